@@ -1,0 +1,116 @@
+"""The transaction a terminal builds (method step 2), as plain data shared by all three parts.
+
+Amounts are integers in minor units (cents), never floats.  The field formats follow the ISO 8583
+fields that carry them, so the same values travel unchanged from terminal to phone to center.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from firmware_sim.errors import DecodeError
+
+
+class TxnType(StrEnum):
+    """Transaction types of the invention (claims 6-10) plus pre-auth completion and balance."""
+
+    PURCHASE = "purchase"
+    PREAUTH = "preauth"
+    COMPLETION = "completion"
+    WITHDRAWAL = "withdrawal"
+    DEPOSIT = "deposit"
+
+
+@dataclass(frozen=True)
+class TxnTypeSpec:
+    """How one transaction type travels: ISO 8583 MTI and processing code, one-byte phone code."""
+
+    mti: str
+    processing_code: str
+    phone_code: int
+    needs_phone: bool
+    label: str
+
+
+#: Specs as data: one row per transaction type.
+TXN_TYPES: dict[TxnType, TxnTypeSpec] = {
+    TxnType.PURCHASE: TxnTypeSpec("0200", "000000", 0x00, True, "Purchase"),
+    TxnType.PREAUTH: TxnTypeSpec("0100", "000000", 0x30, True, "Pre-authorization"),
+    TxnType.COMPLETION: TxnTypeSpec("0220", "000000", 0x31, False, "Pre-auth completion"),
+    TxnType.WITHDRAWAL: TxnTypeSpec("0200", "010000", 0x01, True, "Cash withdrawal"),
+    TxnType.DEPOSIT: TxnTypeSpec("0200", "210000", 0x21, True, "Deposit"),
+}
+
+PHONE_CODE_TO_TYPE: dict[int, TxnType] = {spec.phone_code: t for t, spec in TXN_TYPES.items()}
+
+#: Largest amount field 4 can carry (12 digits).
+MAX_AMOUNT = 999_999_999_999
+
+_DIGITS = re.compile(r"\d+")
+
+
+def _check_digits(name: str, value: str, length: int) -> None:
+    if len(value) != length or not _DIGITS.fullmatch(value):
+        raise DecodeError(f"{name} must be {length} digits")
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """What the terminal asks the phone to confirm and the center to authorize.
+
+    ``stan`` (field 11) and ``transmitted_at`` (field 7, MMDDhhmmss) together with the terminal ID
+    identify the message for retransmission handling.  ``original_stan`` / ``original_at`` refer a
+    pre-auth completion to its pre-authorization.
+    """
+
+    type: TxnType
+    amount: int
+    pan: str
+    expiry: str
+    terminal_id: str
+    merchant_id: str
+    stan: str
+    transmitted_at: str
+    currency: str = "978"
+    entry_mode: str = "05"
+    original_stan: str | None = None
+    original_at: str | None = None
+    auth_code: str | None = None
+    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.amount, int) or isinstance(self.amount, bool):
+            raise DecodeError("amount must be an integer in minor units")
+        if not 0 <= self.amount <= MAX_AMOUNT:
+            raise DecodeError("amount out of range")
+        _check_digits("STAN", self.stan, 6)
+        _check_digits("transmission date/time", self.transmitted_at, 10)
+        _check_digits("currency", self.currency, 3)
+        if not (12 <= len(self.pan) <= 19 and _DIGITS.fullmatch(self.pan)):
+            raise DecodeError("PAN must be 12-19 digits")
+        if len(self.terminal_id) != 8 or not self.terminal_id.isascii():
+            raise DecodeError("terminal ID must be 8 ASCII characters")
+
+    @property
+    def spec(self) -> TxnTypeSpec:
+        return TXN_TYPES[self.type]
+
+
+def format_amount(amount: int, currency: str = "978") -> str:
+    """Show minor units as a decimal amount with the currency's code (2 decimals assumed)."""
+    symbol = CURRENCY_CODES.get(currency, currency)
+    return f"{amount // 100}.{amount % 100:02d} {symbol}"
+
+
+def parse_amount(text: str) -> int:
+    """Parse ``"12.34"`` or ``"12"`` into minor units without going through float."""
+    m = re.fullmatch(r"(\d{1,10})(?:\.(\d{1,2}))?", text.strip())
+    if not m:
+        raise DecodeError(f"not an amount: {text!r} (use e.g. 12.34)")
+    whole, frac = m.group(1), (m.group(2) or "").ljust(2, "0")
+    return int(whole) * 100 + int(frac)
+
+
+CURRENCY_CODES: dict[str, str] = {"978": "EUR", "840": "USD", "826": "GBP", "156": "CNY"}
