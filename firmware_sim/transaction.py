@@ -48,7 +48,7 @@ PHONE_CODE_TO_TYPE: dict[int, TxnType] = {spec.phone_code: t for t, spec in TXN_
 #: Largest amount field 4 can carry (12 digits).
 MAX_AMOUNT = 999_999_999_999
 
-_DIGITS = re.compile(r"\d+")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def _check_digits(name: str, value: str, length: int) -> None:
@@ -106,7 +106,7 @@ def format_amount(amount: int, currency: str = "978") -> str:
 
 def parse_amount(text: str) -> int:
     """Parse ``"12.34"`` or ``"12"`` into minor units without going through float."""
-    m = re.fullmatch(r"(\d{1,10})(?:\.(\d{1,2}))?", text.strip())
+    m = re.fullmatch(r"([0-9]{1,10})(?:\.([0-9]{1,2}))?", text.strip())
     if not m:
         raise DecodeError(f"not an amount: {text!r} (use e.g. 12.34)")
     whole, frac = m.group(1), (m.group(2) or "").ljust(2, "0")

@@ -1,0 +1,519 @@
+"""The payment center's core (method step 7): verify, post, answer — without any network.
+
+The ISO 8583 TLS server calls :meth:`Center.authorize` and :meth:`Center.reverse`; tests and the
+in-process demo call them directly.  Each request is decided and recorded in **one** storage
+transaction: the KSN counter, the PIN try counter, the postings and the stored response become
+durable together before the response is returned, or (on an internal error) nothing does and
+the answer is 96.
+
+Order of the checks (each maps to a field-39 code of :mod:`center.response_codes`):
+
+====  =========================================================================================
+code  check
+====  =========================================================================================
+ --   retransmission: same terminal, STAN, transmission time → the stored response (same
+      content) or 94 (different content); nothing is moved or stored again
+ 58   terminal unknown, or registered to another merchant ID than the request names
+ 58   transaction type not allowed on this kind of terminal (:data:`center.policy.TERMINAL_KINDS`)
+ 14   card unknown, or the expiry date read from the card is not a YYMM date
+ 54   card expired (the enrolled or the presented expiry month is before ``now``'s month)
+ 13   amount 0
+ 12   currency differs from the cardholder's or the terminal's account (no FX in this center)
+ 30   the type needs the phone and PIN block, KSN or confirmation is missing (or KSN malformed)
+ 63   KSN's Initial Key ID is not the card's enrolled one
+ 63   KSN counter not greater than the last one used for this card (replay)
+ 63   phone signature over the confirmation digest does not verify
+ 75   PIN tries already exhausted
+ 63   PIN block does not decode under the derived PIN key
+ 55   wrong PIN (the 3rd wrong PIN in a row blocks the card: later tries get 75)
+ 51   purchase / withdrawal / pre-auth above the available balance
+ 12   completion: no approved, uncompleted pre-auth of this card at this terminal referenced
+ 13   completion: amount above the held amount
+ 00   approved, with a 6-digit authorization code
+ 96   any unexpected internal error (everything of this request rolled back)
+====  =========================================================================================
+
+Once the phone's signature has verified, the KSN counter is spent whatever the outcome, so a
+declined confirmation can never be replayed either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+from center.keystore import CenterKeys
+from center.ledger import POSTING_RULES, AccountKind, Ledger, Party
+from center.pinverify import PinOutcome, check_pin, pin_verification_data, tries_exhausted
+from center.policy import (
+    COMPLETABLE,
+    TERMINAL_KINDS,
+    MessageState,
+    is_expired,
+    parse_expiry,
+)
+from center.response_codes import RC
+from center.storage import (
+    CardRecord,
+    MessageKey,
+    MessageRecord,
+    SQLiteStorage,
+    Storage,
+    TerminalRecord,
+)
+from firmware_sim.confirmation import Decision, confirmation_digest, verify_confirmation
+from firmware_sim.dukpt import derive_initial_key, derive_working_key, split_ksn
+from firmware_sim.ecc import decode_point
+from firmware_sim.errors import DecodeError, LocalError, SwipepayError
+from firmware_sim.hostmsg import AuthRequest, AuthResponse
+from firmware_sim.pinblock import decode_format4
+from firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
+
+__all__ = ["AuthRequest", "AuthResponse", "Center"]
+
+_log = logging.getLogger(__name__)
+
+_REQUEST_DOMAIN = b"swipepay/center/request/v1\x00"
+
+
+class _Declined(Exception):
+    """Internal: a check said no.  Never leaves this module; becomes an :class:`AuthResponse`."""
+
+    def __init__(self, code: RC, message: str, available_balance: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.available_balance = available_balance
+
+
+#: What a PIN check that did not succeed answers.
+_PIN_DECLINES: dict[PinOutcome, tuple[RC, str]] = {
+    PinOutcome.WRONG: (RC.INCORRECT_PIN, "incorrect PIN"),
+    PinOutcome.BLOCKED: (RC.PIN_TRIES_EXCEEDED, "PIN tries exhausted"),
+}
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    response: AuthResponse
+    state: MessageState
+    account_id: str | None
+
+
+def request_hash(req: AuthRequest) -> bytes:
+    """SHA-256 over every field of the request, to tell a retransmission from a different message.
+
+    A retransmission is byte-for-byte the same message, so *all* fields count, including the
+    PIN block (ciphertext under a one-time key; its hash reveals nothing) and the confirmation.
+    """
+    payload = {
+        "txn": asdict(req.txn),
+        "pin_block": None if req.pin_block is None else req.pin_block.hex(),
+        "ksn": None if req.ksn is None else req.ksn.hex(),
+        "confirmation": None if req.confirmation is None else req.confirmation.hex(),
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(_REQUEST_DOMAIN + text.encode("utf-8")).digest()
+
+
+def _masked(pan: str) -> str:
+    return f"…{pan[-4:]}"
+
+
+def _new_auth_code() -> str:
+    return f"{secrets.randbelow(1_000_000):06d}"
+
+
+class Center:
+    """The bank's host: enrollment data, authorization rules and ledger on one :class:`Storage`."""
+
+    def __init__(self, storage: Storage, keys: CenterKeys) -> None:
+        self._storage = storage
+        self._keys = keys
+        self._ledger = Ledger(storage)
+
+    @classmethod
+    def open(cls, db_path: str | Path, keys: CenterKeys) -> Center:
+        """Open (creating if needed) the SQLite database at ``db_path``."""
+        return cls(SQLiteStorage(db_path), keys)
+
+    def close(self) -> None:
+        self._storage.close()
+
+    def __enter__(self) -> Center:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Group commit: requests decided inside ``with center.batch():`` commit together.
+
+        Each request inside is still its own savepoint (an internal error rolls back that one
+        only).  Durability comes when the block exits, so a server must send the responses only
+        after that; if the final commit fails, every response of the batch must become 96.
+        """
+        return self._storage.transaction()
+
+    # -- administration -----------------------------------------------------------------------
+
+    def open_account(
+        self, account_id: str, holder: str, balance: int, currency: str = "978"
+    ) -> None:
+        """Create a cardholder account funded with ``balance`` from the equity account."""
+        with self._storage.transaction():
+            self._ledger.open_account(
+                account_id, holder, AccountKind.CARDHOLDER, currency, funding=balance
+            )
+
+    def register_terminal(
+        self, terminal_id: str, merchant_id: str, merchant_name: str, kind: str
+    ) -> None:
+        """Register a POS or ATM and create its settlement (POS) or cash (ATM) account."""
+        spec = TERMINAL_KINDS.get(kind)
+        if spec is None:
+            raise LocalError(f"terminal kind must be one of {sorted(TERMINAL_KINDS)}")
+        if len(terminal_id) != 8 or not terminal_id.isascii():
+            raise LocalError("terminal ID must be 8 ASCII characters")
+        account_id = spec.account_prefix + terminal_id
+        with self._storage.transaction():
+            if self._storage.get_terminal(terminal_id) is not None:
+                raise LocalError(f"terminal {terminal_id} already registered")
+            self._ledger.open_account(account_id, merchant_name, spec.account_kind, "978")
+            self._storage.insert_terminal(
+                TerminalRecord(terminal_id, merchant_id, merchant_name, kind, account_id)
+            )
+
+    def enroll(
+        self, *, pan: str, expiry: str, account_id: str, phone_key: bytes, ikid: bytes, pin: str
+    ) -> None:
+        """Bind card ↔ account ↔ phone public key ↔ DUKPT Initial Key ID; store no PIN."""
+        if not (12 <= len(pan) <= 19 and pan.isdigit()):
+            raise LocalError("PAN must be 12-19 digits")
+        if parse_expiry(expiry) is None:
+            raise LocalError("expiry must be YYMM")
+        try:
+            decode_point(phone_key)
+        except DecodeError as exc:
+            raise LocalError(f"phone key: {exc}") from None
+        if len(ikid) != 8 or ikid[:4] != self._keys.bdk_id:
+            raise LocalError("IKID must be 8 bytes starting with this center's BDK ID")
+        pvd = pin_verification_data(self._keys.pvk, pan, pin)
+        with self._storage.transaction():
+            account = self._ledger.account(account_id)
+            if account.kind != AccountKind.CARDHOLDER:
+                raise LocalError(f"account {account_id} is not a cardholder account")
+            if self._storage.get_card(pan) is not None:
+                raise LocalError(f"card {_masked(pan)} already enrolled")
+            self._storage.insert_card(
+                CardRecord(pan, expiry, account_id, bytes(phone_key), bytes(ikid), 0, pvd, 0)
+            )
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def available_balance(self, account_id: str) -> int:
+        with self._storage.transaction():
+            return self._ledger.available(account_id)
+
+    def ledger_balance(self, account_id: str) -> int:
+        with self._storage.transaction():
+            return self._ledger.balance(account_id)
+
+    def check_balanced(self) -> bool:
+        with self._storage.transaction():
+            return self._ledger.check_balanced()
+
+    def account_for_pan(self, pan: str) -> str:
+        with self._storage.transaction():
+            card = self._storage.get_card(pan)
+        if card is None:
+            raise LocalError(f"card {_masked(pan)} is not enrolled")
+        return card.account_id
+
+    # -- authorization ------------------------------------------------------------------------
+
+    def authorize(self, req: AuthRequest, now: datetime) -> AuthResponse:
+        """Decide one request (checks in the module docstring's order); record it durably."""
+        txn = req.txn
+        key = MessageKey(txn.terminal_id, txn.stan, txn.transmitted_at)
+        digest = request_hash(req)
+        try:
+            with self._storage.transaction():
+                stored = self._storage.get_message(key)
+                if stored is not None:
+                    if hmac.compare_digest(stored.content_hash, digest):
+                        return _response_of(stored)
+                    _log.warning("message %s reused with different content", key)
+                    return AuthResponse(
+                        RC.DUPLICATE_TRANSMISSION.value,
+                        message="terminal, STAN and transmission time already used for "
+                        "another message",
+                    )
+                outcome = self._decide(req, key, now)
+                r = outcome.response
+                self._storage.insert_message(
+                    MessageRecord(
+                        key=key,
+                        content_hash=digest,
+                        txn_type=txn.type.value,
+                        amount=txn.amount,
+                        pan=txn.pan,
+                        account_id=outcome.account_id,
+                        response_code=r.response_code,
+                        auth_code=r.auth_code,
+                        available_balance=r.available_balance,
+                        message=r.message,
+                        state=outcome.state,
+                        received_at=now.isoformat(),
+                    )
+                )
+        except Exception:
+            _log.exception("authorization %s failed; rolled back", key)
+            return AuthResponse(
+                RC.SYSTEM_MALFUNCTION.value, message="system malfunction; nothing done"
+            )
+        _log.info("authorization %s card %s: %s", key, _masked(txn.pan), r.response_code)
+        return r
+
+    def _decide(self, req: AuthRequest, key: MessageKey, now: datetime) -> _Outcome:
+        account_id: str | None = None
+        try:
+            terminal = self._check_terminal(req.txn)
+            card = self._check_card(req.txn, now)
+            account_id = card.account_id
+            self._check_amount(req.txn, card, terminal)
+            if TXN_TYPES[req.txn.type].needs_phone:
+                self._verify_phone(req, card)
+            return self._post(req.txn, key, card, terminal)
+        except _Declined as d:
+            response = AuthResponse(
+                d.code.value, available_balance=d.available_balance, message=d.message
+            )
+            return _Outcome(response, MessageState.DECLINED, account_id)
+
+    def _check_terminal(self, txn: Transaction) -> TerminalRecord:
+        terminal = self._storage.get_terminal(txn.terminal_id)
+        if terminal is None:
+            raise _Declined(RC.NOT_PERMITTED_TERMINAL, "terminal unknown")
+        if terminal.merchant_id != txn.merchant_id:
+            raise _Declined(RC.NOT_PERMITTED_TERMINAL, "terminal belongs to another merchant")
+        if txn.type not in TERMINAL_KINDS[terminal.kind].allowed:
+            raise _Declined(
+                RC.NOT_PERMITTED_TERMINAL, f"{txn.type.value} not allowed on a {terminal.kind}"
+            )
+        return terminal
+
+    def _check_card(self, txn: Transaction, now: datetime) -> CardRecord:
+        card = self._storage.get_card(txn.pan)
+        if card is None:
+            raise _Declined(RC.INVALID_CARD, "card unknown")
+        expiries = [card.expiry]
+        if txn.expiry:  # a completion may be sent without the card present
+            if parse_expiry(txn.expiry) is None:
+                raise _Declined(RC.INVALID_CARD, "expiry date is not YYMM")
+            expiries.append(txn.expiry)
+        if any(is_expired(e, now) for e in expiries):
+            raise _Declined(RC.EXPIRED_CARD, "card expired")
+        return card
+
+    def _check_amount(self, txn: Transaction, card: CardRecord, terminal: TerminalRecord) -> None:
+        if txn.amount == 0:
+            raise _Declined(RC.INVALID_AMOUNT, "amount is zero")
+        currencies = {
+            self._ledger.account(card.account_id).currency,
+            self._ledger.account(terminal.account_id).currency,
+        }
+        if currencies != {txn.currency}:
+            raise _Declined(RC.INVALID_TRANSACTION, "currency not supported for this account")
+
+    def _verify_phone(self, req: AuthRequest, card: CardRecord) -> None:
+        """KSN, confirmation signature and PIN (method steps 5-7); raises :class:`_Declined`."""
+        txn = req.txn
+        if req.pin_block is None or req.ksn is None or req.confirmation is None:
+            raise _Declined(RC.FORMAT_ERROR, "PIN block, KSN or phone confirmation missing")
+        try:
+            ikid, counter = split_ksn(req.ksn)
+        except DecodeError:
+            raise _Declined(RC.FORMAT_ERROR, "KSN malformed") from None
+        if not hmac.compare_digest(ikid, card.ikid):
+            raise _Declined(RC.SECURITY_VIOLATION, "KSN does not belong to this card's phone")
+        if counter <= card.last_ksn_counter:
+            raise _Declined(RC.SECURITY_VIOLATION, "KSN counter replayed")
+        digest = confirmation_digest(
+            pan=txn.pan,
+            processing_code=TXN_TYPES[txn.type].processing_code,
+            amount=txn.amount,
+            currency=txn.currency,
+            terminal_id=txn.terminal_id,
+            stan=txn.stan,
+            transmitted_at=txn.transmitted_at,
+            decision=Decision.APPROVED,
+            pin_block=req.pin_block,
+            ksn=req.ksn,
+        )
+        try:
+            verify_confirmation(decode_point(card.phone_key), digest, req.confirmation)
+        except SwipepayError:
+            raise _Declined(RC.SECURITY_VIOLATION, "phone confirmation does not verify") from None
+
+        # The KSN is authentic from here on: spend it whatever the outcome.
+        def spend(tries: int) -> None:
+            self._storage.update_card_security(card.pan, counter, tries)
+
+        if tries_exhausted(card.pin_tries):
+            spend(card.pin_tries)
+            raise _Declined(RC.PIN_TRIES_EXCEEDED, "PIN tries exhausted")
+        try:
+            pin_key = derive_working_key(derive_initial_key(self._keys.bdk, ikid), req.ksn, "pin")
+            pin = decode_format4(req.pin_block, txn.pan, pin_key)
+        except DecodeError:  # includes PinBlockError and unusable KSN counters
+            spend(card.pin_tries)
+            raise _Declined(RC.SECURITY_VIOLATION, "PIN block does not decode") from None
+        check = check_pin(self._keys.pvk, txn.pan, pin, card.pvd, card.pin_tries)
+        spend(check.tries)
+        if check.outcome is not PinOutcome.CORRECT:
+            code, message = _PIN_DECLINES[check.outcome]
+            raise _Declined(code, message)
+
+    def _post(
+        self, txn: Transaction, key: MessageKey, card: CardRecord, terminal: TerminalRecord
+    ) -> _Outcome:
+        parties: Mapping[Party, str] = {
+            Party.CARDHOLDER: card.account_id,
+            Party.TERMINAL: terminal.account_id,
+        }
+        hold_reference = str(key)
+        if txn.type is TxnType.COMPLETION:
+            hold_reference = self._check_completion(txn, card)
+        elif POSTING_RULES[txn.type].checks_funds:
+            available = self._ledger.available(card.account_id)
+            if txn.amount > available:
+                raise _Declined(RC.INSUFFICIENT_FUNDS, "insufficient funds", available)
+        self._ledger.apply(txn.type, str(key), parties, txn.amount, hold_reference=hold_reference)
+        response = AuthResponse(
+            RC.APPROVED.value,
+            auth_code=_new_auth_code(),
+            available_balance=self._ledger.available(card.account_id),
+            message="approved",
+        )
+        return _Outcome(response, MessageState.APPROVED, card.account_id)
+
+    def _check_completion(self, txn: Transaction, card: CardRecord) -> str:
+        """Find the pre-authorization a completion refers to; mark it completed; return its key."""
+        if txn.original_stan is None or txn.original_at is None:
+            raise _Declined(RC.INVALID_TRANSACTION, "completion names no pre-authorization")
+        original_key = MessageKey(txn.terminal_id, txn.original_stan, txn.original_at)
+        original = self._storage.get_message(original_key)
+        hold = self._ledger.hold(str(original_key))
+        if (
+            original is None
+            or original.txn_type != TxnType.PREAUTH.value
+            or original.pan != card.pan
+            or original.state not in COMPLETABLE
+            or hold is None
+            or not hold.active
+        ):
+            raise _Declined(RC.INVALID_TRANSACTION, "no open pre-authorization to complete")
+        if txn.amount > hold.amount:
+            raise _Declined(RC.INVALID_AMOUNT, "completion exceeds the held amount")
+        self._storage.update_message_state(
+            original_key, MessageState.COMPLETED, original.reversed_amount
+        )
+        return str(original_key)
+
+    # -- reversal -----------------------------------------------------------------------------
+
+    def reverse(
+        self, terminal_id: str, stan: str, transmitted_at: str, amount: int | None = None
+    ) -> AuthResponse:
+        """Undo the approved transaction (terminal, STAN, transmission time) of a request.
+
+        ``amount`` is how much to give back (``None``: all of it); the rest stays posted.  A
+        pre-authorization's hold shrinks by ``amount`` (released when nothing is left).  Answers
+        and their ``message``:
+
+        * "00" "reversed N of M" — the money moved back (or the hold shrank);
+        * "00" "unknown transaction; nothing to reverse" — never seen (lost on the way, or the
+          terminal timed out before we answered a request we never got);
+        * "00" "declined transaction; nothing to reverse";
+        * "00" "already reversed; nothing changed" — any earlier reversal, full or partial, makes
+          the reversal final, so a terminal that retries a reversal can never reverse twice;
+        * "12" "pre-authorization already completed; reverse the completion instead";
+        * "13" "reversal amount out of range" — ``amount`` ≤ 0 or above the original amount;
+        * "96" on an internal error, nothing changed.
+
+        Acknowledging the unknown / already-reversed cases with 00 is deliberate: the terminal
+        retries a reversal until it is acknowledged, and there is nothing more it could do.
+        """
+        key = MessageKey(terminal_id, stan, transmitted_at)
+        try:
+            with self._storage.transaction():
+                response = self._reverse(key, amount)
+        except Exception:
+            _log.exception("reversal %s failed; rolled back", key)
+            return AuthResponse(
+                RC.SYSTEM_MALFUNCTION.value, message="system malfunction; nothing done"
+            )
+        _log.info("reversal %s: %s %s", key, response.response_code, response.message)
+        return response
+
+    def _reverse(self, key: MessageKey, amount: int | None) -> AuthResponse:
+        original = self._storage.get_message(key)
+        if original is None:
+            return AuthResponse(
+                RC.APPROVED.value, message="unknown transaction; nothing to reverse"
+            )
+        done: dict[str, str] = {
+            MessageState.DECLINED: "declined transaction; nothing to reverse",
+            MessageState.REVERSED: "already reversed; nothing changed",
+            MessageState.PARTIALLY_REVERSED: "already reversed; nothing changed",
+        }
+        if original.state in done:
+            return AuthResponse(RC.APPROVED.value, message=done[original.state])
+        if original.state == MessageState.COMPLETED:
+            return AuthResponse(
+                RC.INVALID_TRANSACTION.value,
+                message="pre-authorization already completed; reverse the completion instead",
+            )
+        give_back = original.amount if amount is None else amount
+        if not 0 < give_back <= original.amount:
+            return AuthResponse(RC.INVALID_AMOUNT.value, message="reversal amount out of range")
+        terminal = self._storage.get_terminal(key.terminal_id)
+        if terminal is None or original.account_id is None:
+            raise LocalError(f"approved message {key} lost its terminal or account")
+        parties = {Party.CARDHOLDER: original.account_id, Party.TERMINAL: terminal.account_id}
+        self._ledger.reverse(TxnType(original.txn_type), str(key), parties, give_back)
+        state = (
+            MessageState.REVERSED
+            if give_back == original.amount
+            else MessageState.PARTIALLY_REVERSED
+        )
+        self._storage.update_message_state(key, state, give_back)
+        return AuthResponse(
+            RC.APPROVED.value,
+            available_balance=self._ledger.available(original.account_id),
+            message=f"reversed {give_back} of {original.amount}",
+        )
+
+
+def _response_of(stored: MessageRecord) -> AuthResponse:
+    return AuthResponse(
+        stored.response_code,
+        auth_code=stored.auth_code,
+        available_balance=stored.available_balance,
+        message=stored.message,
+    )

@@ -1,0 +1,384 @@
+"""The lab directory that ``swipepay init`` creates and every program reads.
+
+One acquirer CA signs both the TLS certificates (center server, terminal clients) and the
+compact phone-link certificates of the terminals.  The center enrolls each card with its
+account, its phone's public key and its phone's DUKPT initial key ID.  Secret files are 0600.
+
+Layout::
+
+    lab.json                     what is in the lab (no secrets)
+    ca/ca.key  ca/ca.crt         acquirer CA (P-256)
+    center/center.key .crt       center TLS server identity
+    center/keys/                 BDK, BDK ID, PIN verification key (center.keystore)
+    center/center.db             SQLite ledger and enrollments
+    terminals/<TID>/tls.key .crt terminal TLS client identity (CN = terminal ID)
+    terminals/<TID>/link.key     terminal phone-link signing key
+    terminals/<TID>/link.cert    compact phone-link certificate
+    phones/<name>.json           phone profile: bound card, signing key, DUKPT key, CA keys
+    secrets/pins.json            the lab cardholders' PINs (the simulated users know them)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from center.keystore import CenterKeys
+from center.secretfile import read_private, write_private
+from firmware_sim import ecc
+from firmware_sim.cards.spec import CardSpec
+from firmware_sim.carddata import luhn_check_digit
+from firmware_sim.certificate import TerminalCertificate, issue_certificate, parse_certificate
+from firmware_sim.dukpt import DukptDevice, derive_initial_key
+from firmware_sim.errors import ConfigError, DecodeError
+from firmware_sim.phonelink.applet import PhoneIdentity
+from firmware_sim.terminal import TerminalConfig
+
+CA_KEY_INDEX = 1
+MANIFEST = "lab.json"
+
+
+@dataclass(frozen=True)
+class TerminalEntry:
+    terminal_id: str
+    merchant_id: str
+    merchant_name: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class AccountEntry:
+    account_id: str
+    holder: str
+    balance: int
+
+
+#: The sample lab: accounts, cards, phones and terminals (specs as data).
+SAMPLE_ACCOUNTS = (
+    AccountEntry("alice-checking", "Alice Martin", 1_500_00),
+    AccountEntry("bob-checking", "Bob Chen", 40_00),
+    AccountEntry("carol-checking", "Carol Diaz", 250_00),
+)
+SAMPLE_CARDS = (
+    # name, PAN prefix (check digit added), holder, interfaces, data in GPO, account
+    ("alice-visa", "476173900101011", "MARTIN/ALICE", ("contactless", "contact", "magstripe"), False, "alice-checking"),
+    ("bob-debit", "541333000000001", "CHEN/BOB", ("contact", "magstripe"), False, "bob-checking"),
+    ("carol-qvsdc", "476173900101234", "DIAZ/CAROL", ("contactless",), True, "carol-checking"),
+)
+SAMPLE_PHONES = (("alice-phone", "alice-visa"), ("bob-phone", "bob-debit"), ("carol-phone", "carol-qvsdc"))
+SAMPLE_TERMINALS = (
+    TerminalEntry("POS00001", "MERCH0000000001", "Corner Coffee", "pos"),
+    TerminalEntry("ATM00001", "BANKATM00000001", "Harbour Bank ATM", "atm"),
+)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(read_private(path), password=None)
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not a PEM private key") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{path} is not an EC key")
+    return key
+
+
+def _x509(
+    subject_cn: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name | None,
+    *,
+    ca: bool = False,
+    server: bool = False,
+    now: dt.datetime,
+) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer or name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=825))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+    elif server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    else:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+@dataclass(frozen=True)
+class PhoneProfile:
+    """A phone's enrollment data as stored in ``phones/<name>.json`` (mode 0600)."""
+
+    name: str
+    card: str
+    pan: str
+    signing_key_pem: bytes
+    initial_key: bytes
+    ikid: bytes
+    counter: int
+    ca_keys: dict[int, bytes]
+    path: Path | None = None
+
+    def __repr__(self) -> str:
+        return f"PhoneProfile(name={self.name!r}, card={self.card!r})"
+
+    def identity(self) -> PhoneIdentity:
+        key = serialization.load_pem_private_key(self.signing_key_pem, password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return PhoneIdentity(
+            card_id=self.pan.encode("ascii"),
+            pan=self.pan,
+            signing_key=key,
+            ca_keys={i: ecc.decode_point(p) for i, p in self.ca_keys.items()},
+        )
+
+    def dukpt(self) -> DukptDevice:
+        return DukptDevice(self.initial_key, self.ikid, self.counter)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "card": self.card,
+            "pan": self.pan,
+            "signing_key_pem": self.signing_key_pem.decode("ascii"),
+            "dukpt_initial_key": self.initial_key.hex(),
+            "dukpt_ikid": self.ikid.hex(),
+            "dukpt_counter": self.counter,
+            "ca_keys": {str(i): p.hex() for i, p in self.ca_keys.items()},
+        }
+
+    def save(self, path: Path) -> None:
+        write_private(path, json.dumps(self.to_json(), indent=2).encode("utf-8"))
+
+    def with_counter(self, counter: int) -> PhoneProfile:
+        data = dict(self.__dict__)
+        data["counter"] = counter
+        return PhoneProfile(**data)
+
+    @classmethod
+    def load(cls, path: Path) -> PhoneProfile:
+        try:
+            d = json.loads(read_private(path))
+            return cls(
+                name=str(d["name"]),
+                card=str(d["card"]),
+                pan=str(d["pan"]),
+                signing_key_pem=str(d["signing_key_pem"]).encode("ascii"),
+                initial_key=bytes.fromhex(d["dukpt_initial_key"]),
+                ikid=bytes.fromhex(d["dukpt_ikid"]),
+                counter=int(d["dukpt_counter"]),
+                ca_keys={int(i): bytes.fromhex(p) for i, p in d["ca_keys"].items()},
+                path=path,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"phone profile {path} is malformed: {type(exc).__name__}") from None
+
+
+class Lab:
+    """A lab directory, read lazily."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        manifest = self.root / MANIFEST
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{self.root} is not a swipepay lab (no {MANIFEST}); run `swipepay init {self.root}`"
+            ) from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{manifest} is not valid JSON: {exc}") from None
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "center" / "center.db"
+
+    def center_keys(self) -> CenterKeys:
+        return CenterKeys.load(self.root / "center" / "keys")
+
+    def cards(self) -> dict[str, CardSpec]:
+        return {c["name"]: CardSpec.from_json(c) for c in self.manifest.get("cards", [])}
+
+    def card_account(self, card: str) -> str:
+        for c in self.manifest.get("cards", []):
+            if c["name"] == card:
+                return str(c["account"])
+        raise ConfigError(f"no card named {card!r}")
+
+    def phones(self) -> dict[str, str]:
+        """Phone name -> name of the card it is bound to."""
+        return {p["name"]: p["card"] for p in self.manifest.get("phones", [])}
+
+    def phone_path(self, name: str) -> Path:
+        if name not in self.phones():
+            raise ConfigError(f"no phone named {name!r} (lab phones: {', '.join(self.phones())})")
+        return self.root / "phones" / f"{name}.json"
+
+    def phone_profile(self, name: str) -> PhoneProfile:
+        return PhoneProfile.load(self.phone_path(name))
+
+    def terminals(self) -> dict[str, TerminalEntry]:
+        return {t["terminal_id"]: TerminalEntry(**t) for t in self.manifest.get("terminals", [])}
+
+    def terminal_config(self, terminal_id: str) -> TerminalConfig:
+        entry = self.terminals().get(terminal_id)
+        if entry is None:
+            raise ConfigError(f"no terminal {terminal_id!r} in {self.root}")
+        return TerminalConfig(entry.terminal_id, entry.merchant_id, entry.merchant_name, entry.kind)
+
+    def terminal_link_identity(
+        self, terminal_id: str
+    ) -> tuple[TerminalCertificate, ec.EllipticCurvePrivateKey]:
+        base = self.root / "terminals" / terminal_id
+        try:
+            cert = parse_certificate((base / "link.cert").read_bytes())
+        except FileNotFoundError:
+            raise ConfigError(f"terminal {terminal_id} has no phone-link certificate") from None
+        except DecodeError as exc:
+            raise ConfigError(f"terminal {terminal_id}: bad phone-link certificate: {exc}") from None
+        return cert, _load_key(base / "link.key")
+
+    def ca_key(self) -> ec.EllipticCurvePrivateKey:
+        return _load_key(self.root / "ca" / "ca.key")
+
+    def pins(self) -> dict[str, str]:
+        """The lab cardholders' PINs (only simulated users and tests read this)."""
+        data = json.loads(read_private(self.root / "secrets" / "pins.json"))
+        return {str(k): str(v) for k, v in data.items()}
+
+
+def create_lab(root: Path, *, now: dt.datetime | None = None) -> Lab:
+    """Create a complete lab in ``root`` (which must not already hold one)."""
+    from center.core import Center  # the center core pulls in SQLite; only init needs it here
+
+    root = Path(root)
+    if (root / MANIFEST).exists():
+        raise ConfigError(f"{root} already holds a lab; remove it or choose another directory")
+    root.mkdir(parents=True, exist_ok=True)
+    now = now or dt.datetime.now(dt.UTC)
+    expiry = f"{(now.year + 3) % 100:02d}12"
+
+    ca_key = ecc.generate_key()
+    ca_cert = _x509("swipepay lab acquirer CA", ca_key, ca_key, None, ca=True, now=now)
+    write_private(root / "ca" / "ca.key", _pem_key(ca_key))
+    _write_public(root / "ca" / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM))
+
+    center_key = ecc.generate_key()
+    center_cert = _x509("swipepay center", center_key, ca_key, ca_cert.subject, server=True, now=now)
+    write_private(root / "center" / "center.key", _pem_key(center_key))
+    _write_public(root / "center" / "center.crt", center_cert.public_bytes(serialization.Encoding.PEM))
+
+    keys = CenterKeys.generate()
+    keys.save(root / "center" / "keys")
+    ca_point = ecc.encode_point(ca_key.public_key())
+
+    for t in SAMPLE_TERMINALS:
+        base = root / "terminals" / t.terminal_id
+        tls_key = ecc.generate_key()
+        tls_cert = _x509(t.terminal_id, tls_key, ca_key, ca_cert.subject, now=now)
+        write_private(base / "tls.key", _pem_key(tls_key))
+        _write_public(base / "tls.crt", tls_cert.public_bytes(serialization.Encoding.PEM))
+        link_key = ecc.generate_key()
+        cert = issue_certificate(
+            ca_key,
+            CA_KEY_INDEX,
+            terminal_id=t.terminal_id,
+            merchant_id=t.merchant_id,
+            merchant_name=t.merchant_name,
+            public_key=ecc.encode_point(link_key.public_key()),
+            not_before=int(now.timestamp()) - 300,
+            not_after=int(now.timestamp()) + 825 * 86400,
+        )
+        write_private(base / "link.key", _pem_key(link_key))
+        _write_public(base / "link.cert", cert.encode())
+
+    cards = []
+    pins: dict[str, str] = {}
+    for name, prefix, holder, interfaces, in_gpo, account in SAMPLE_CARDS:
+        pan = prefix + luhn_check_digit(prefix)
+        spec = CardSpec(name, pan, expiry, holder, interfaces, in_gpo)
+        cards.append({**spec.to_json(), "account": account})
+        pins[name] = f"{secrets.randbelow(10_000):04d}"
+    write_private(root / "secrets" / "pins.json", json.dumps(pins, indent=2).encode("utf-8"))
+
+    phones = []
+    with Center.open(root / "center" / "center.db", keys) as center:
+        for acc in SAMPLE_ACCOUNTS:
+            center.open_account(acc.account_id, acc.holder, acc.balance)
+        for t in SAMPLE_TERMINALS:
+            center.register_terminal(t.terminal_id, t.merchant_id, t.merchant_name, t.kind)
+        for phone_name, card_name in SAMPLE_PHONES:
+            card = next(c for c in cards if c["name"] == card_name)
+            signing_key = ecc.generate_key()
+            ikid = keys.bdk_id + secrets.token_bytes(4)
+            profile = PhoneProfile(
+                name=phone_name,
+                card=card_name,
+                pan=card["pan"],
+                signing_key_pem=_pem_key(signing_key),
+                initial_key=derive_initial_key(keys.bdk, ikid),
+                ikid=ikid,
+                counter=0,
+                ca_keys={CA_KEY_INDEX: ca_point},
+            )
+            profile.save(root / "phones" / f"{phone_name}.json")
+            center.enroll(
+                pan=card["pan"],
+                expiry=expiry,
+                account_id=card["account"],
+                phone_key=ecc.encode_point(signing_key.public_key()),
+                ikid=ikid,
+                pin=pins[card_name],
+            )
+            phones.append({"name": phone_name, "card": card_name})
+
+    manifest = {
+        "version": 1,
+        "created": now.isoformat(timespec="seconds"),
+        "ca_key_index": CA_KEY_INDEX,
+        "accounts": [a.__dict__ for a in SAMPLE_ACCOUNTS],
+        "cards": cards,
+        "phones": phones,
+        "terminals": [t.__dict__ for t in SAMPLE_TERMINALS],
+    }
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return Lab(root)

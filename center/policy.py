@@ -1,0 +1,69 @@
+"""The center's authorization policy as tables: what each terminal kind may do, message states.
+
+Kept apart from :mod:`center.core` so that the rules can be read (and reviewed by someone who is
+not a programmer) without reading the control flow that applies them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from center.ledger import AccountKind
+from firmware_sim.transaction import TxnType
+
+
+@dataclass(frozen=True)
+class TerminalKind:
+    """One kind of terminal: which transaction types it may send, and what its account is."""
+
+    allowed: frozenset[TxnType]
+    account_kind: AccountKind
+    account_prefix: str
+
+
+#: An ATM handles cash; a POS sells goods (DESIGN.md §6).  Anything else is answered 58.
+TERMINAL_KINDS: dict[str, TerminalKind] = {
+    "pos": TerminalKind(
+        frozenset({TxnType.PURCHASE, TxnType.PREAUTH, TxnType.COMPLETION}),
+        AccountKind.MERCHANT,
+        "settlement-",
+    ),
+    "atm": TerminalKind(
+        frozenset({TxnType.WITHDRAWAL, TxnType.DEPOSIT}),
+        AccountKind.ATM_CASH,
+        "atm-cash-",
+    ),
+}
+
+
+class MessageState(StrEnum):
+    """Life of a stored authorization request."""
+
+    DECLINED = "declined"
+    APPROVED = "approved"
+    PARTIALLY_REVERSED = "partially_reversed"
+    REVERSED = "reversed"
+    COMPLETED = "completed"  # a pre-authorization whose completion has been posted
+
+
+#: States in which a pre-authorization can still be completed.
+COMPLETABLE: frozenset[MessageState] = frozenset(
+    {MessageState.APPROVED, MessageState.PARTIALLY_REVERSED}
+)
+
+
+def parse_expiry(yymm: str) -> tuple[int, int] | None:
+    """``(year, month)`` of a YYMM expiry date, or ``None`` if it is not one."""
+    if len(yymm) != 4 or not yymm.isdigit() or not 1 <= int(yymm[2:]) <= 12:
+        return None
+    return 2000 + int(yymm[:2]), int(yymm[2:])
+
+
+def is_expired(yymm: str, now: datetime) -> bool:
+    """A card is valid through the last day of its expiry month (ISO/IEC 7813)."""
+    expiry = parse_expiry(yymm)
+    if expiry is None:
+        raise ValueError("expiry must be YYMM")
+    return expiry < (now.year, now.month)

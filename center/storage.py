@@ -1,0 +1,454 @@
+"""Durable storage of the center: the :class:`Storage` interface and its SQLite implementation.
+
+The authorization logic (:mod:`center.core`) and the ledger (:mod:`center.ledger`) talk only to
+:class:`Storage`, so a PostgreSQL backend can replace SQLite later without touching them.
+
+Transactions.  Every change happens inside ``with storage.transaction():``.  The outermost block
+is one durable database transaction (SQLite: ``BEGIN IMMEDIATE`` ... ``COMMIT`` with WAL and
+``synchronous=FULL``, so ``COMMIT`` returning means the data is on disk).  Nested blocks are
+savepoints: an exception inside one rolls back only that block.  That is what makes *group
+commit* possible later: a server can open one outer block, run several authorizations inside it
+(each its own savepoint, each rolled back alone on an internal error), commit once, and only then
+send the responses.  ``BEGIN IMMEDIATE`` takes the write lock up front, so a read-check-write
+sequence (balance check, then posting) can never interleave with another process's.
+
+Records are frozen dataclasses; fields holding secrets (PIN verification data) are ``repr=False``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from firmware_sim.errors import LocalError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AccountRecord:
+    account_id: str
+    holder: str
+    kind: str  # one of center.ledger.AccountKind
+    currency: str
+
+
+@dataclass(frozen=True)
+class TerminalRecord:
+    terminal_id: str
+    merchant_id: str
+    merchant_name: str
+    kind: str  # "pos" | "atm"
+    account_id: str  # merchant settlement account (POS) or the ATM's cash account
+
+
+@dataclass(frozen=True)
+class CardRecord:
+    """An enrollment: card ↔ account ↔ phone public key ↔ DUKPT initial key ID."""
+
+    pan: str
+    expiry: str  # YYMM
+    account_id: str
+    phone_key: bytes  # 33-byte compressed P-256 point
+    ikid: bytes  # 8-byte DUKPT Initial Key ID (BDK ID + derivation ID)
+    last_ksn_counter: int  # -1 until the first PIN block has been accepted
+    pvd: bytes = field(repr=False)  # PIN verification data (center.pinverify)
+    pin_tries: int = 0  # consecutive wrong PINs
+
+
+@dataclass(frozen=True)
+class HoldRecord:
+    """Funds reserved by a pre-authorization; ``reference`` is the pre-auth's message key."""
+
+    reference: str
+    account_id: str
+    amount: int
+    active: bool
+
+
+@dataclass(frozen=True)
+class MessageKey:
+    """What identifies one request for retransmission handling (DESIGN.md §6)."""
+
+    terminal_id: str
+    stan: str
+    transmitted_at: str
+
+    def __str__(self) -> str:
+        return f"{self.terminal_id}/{self.stan}/{self.transmitted_at}"
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """One authorization request as received and the response the center gave to it.
+
+    ``state`` follows :data:`center.core.MESSAGE_STATES`; ``reversed_amount`` is how much of
+    ``amount`` a reversal took back.
+    """
+
+    key: MessageKey
+    content_hash: bytes
+    txn_type: str
+    amount: int
+    pan: str
+    account_id: str | None
+    response_code: str
+    auth_code: str | None
+    available_balance: int | None
+    message: str
+    state: str
+    reversed_amount: int = 0
+    received_at: str = ""
+
+
+class Storage(Protocol):
+    """What the center needs from a database.  Every method must run inside :meth:`transaction`."""
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Context manager: outermost = one durable transaction, nested = savepoint."""
+        ...
+
+    def close(self) -> None: ...
+
+    # accounts and ledger
+    def insert_account(self, account: AccountRecord) -> None: ...
+    def get_account(self, account_id: str) -> AccountRecord | None: ...
+    def insert_posting(
+        self, reference: str, memo: str, entries: Sequence[tuple[str, int]]
+    ) -> int: ...
+    def entry_sum(self, account_id: str | None = None) -> int:
+        """Sum of the signed entries of one account, or of all accounts when ``None``."""
+        ...
+
+    def unbalanced_postings(self) -> list[int]: ...
+
+    # holds
+    def insert_hold(self, hold: HoldRecord) -> None: ...
+    def get_hold(self, reference: str) -> HoldRecord | None: ...
+    def update_hold(self, reference: str, amount: int, active: bool) -> None: ...
+    def active_hold_sum(self, account_id: str) -> int: ...
+
+    # terminals and cards
+    def insert_terminal(self, terminal: TerminalRecord) -> None: ...
+    def get_terminal(self, terminal_id: str) -> TerminalRecord | None: ...
+    def insert_card(self, card: CardRecord) -> None: ...
+    def get_card(self, pan: str) -> CardRecord | None: ...
+    def update_card_security(self, pan: str, last_ksn_counter: int, pin_tries: int) -> None: ...
+
+    # messages
+    def insert_message(self, message: MessageRecord) -> None: ...
+    def get_message(self, key: MessageKey) -> MessageRecord | None: ...
+    def update_message_state(self, key: MessageKey, state: str, reversed_amount: int) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    account_id TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('cardholder', 'merchant', 'atm_cash', 'equity')),
+    currency   TEXT NOT NULL CHECK (length(currency) = 3)
+);
+CREATE TABLE IF NOT EXISTS postings (
+    posting_id INTEGER PRIMARY KEY,
+    reference  TEXT NOT NULL,
+    memo       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS postings_reference ON postings(reference);
+CREATE TABLE IF NOT EXISTS entries (
+    entry_id   INTEGER PRIMARY KEY,
+    posting_id INTEGER NOT NULL REFERENCES postings(posting_id),
+    account_id TEXT NOT NULL REFERENCES accounts(account_id),
+    amount     INTEGER NOT NULL CHECK (amount <> 0)  -- debit > 0, credit < 0
+);
+CREATE INDEX IF NOT EXISTS entries_account ON entries(account_id);
+CREATE INDEX IF NOT EXISTS entries_posting ON entries(posting_id);
+CREATE TABLE IF NOT EXISTS holds (
+    reference  TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(account_id),
+    amount     INTEGER NOT NULL CHECK (amount >= 0),
+    active     INTEGER NOT NULL CHECK (active IN (0, 1))
+);
+CREATE INDEX IF NOT EXISTS holds_account ON holds(account_id, active);
+CREATE TABLE IF NOT EXISTS terminals (
+    terminal_id   TEXT PRIMARY KEY,
+    merchant_id   TEXT NOT NULL,
+    merchant_name TEXT NOT NULL,
+    kind          TEXT NOT NULL CHECK (kind IN ('pos', 'atm')),
+    account_id    TEXT NOT NULL UNIQUE REFERENCES accounts(account_id)
+);
+CREATE TABLE IF NOT EXISTS cards (
+    pan              TEXT PRIMARY KEY,
+    expiry           TEXT NOT NULL CHECK (length(expiry) = 4),
+    account_id       TEXT NOT NULL REFERENCES accounts(account_id),
+    phone_key        BLOB NOT NULL CHECK (length(phone_key) = 33),
+    ikid             BLOB NOT NULL UNIQUE CHECK (length(ikid) = 8),
+    last_ksn_counter INTEGER NOT NULL,
+    pvd              BLOB NOT NULL CHECK (length(pvd) = 32),
+    pin_tries        INTEGER NOT NULL CHECK (pin_tries >= 0)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    terminal_id       TEXT NOT NULL,
+    stan              TEXT NOT NULL,
+    transmitted_at    TEXT NOT NULL,
+    content_hash      BLOB NOT NULL,
+    txn_type          TEXT NOT NULL,
+    amount            INTEGER NOT NULL,
+    pan               TEXT NOT NULL,
+    account_id        TEXT REFERENCES accounts(account_id),
+    response_code     TEXT NOT NULL,
+    auth_code         TEXT,
+    available_balance INTEGER,
+    message           TEXT NOT NULL,
+    state             TEXT NOT NULL,
+    reversed_amount   INTEGER NOT NULL CHECK (reversed_amount >= 0),
+    received_at       TEXT NOT NULL,
+    PRIMARY KEY (terminal_id, stan, transmitted_at)
+);
+"""
+
+
+class SQLiteStorage:
+    """:class:`Storage` on one SQLite file (WAL, ``synchronous=FULL``, foreign keys on).
+
+    One connection, guarded by a re-entrant lock so that threads of a server take turns per
+    outermost transaction; other processes are kept out by ``BEGIN IMMEDIATE`` and wait up to
+    ``busy_timeout_ms`` for the lock.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        # isolation_level=None: no implicit BEGINs; this class issues every BEGIN/COMMIT itself.
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise LocalError(f"database {path} cannot use WAL journal mode (got {mode})")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        with self.transaction():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise LocalError(f"database {path} has schema version {version}")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- transactions -------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            depth = self._depth
+            savepoint = f"sp{depth}"
+            self._db.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {savepoint}")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if depth == 0:
+                    self._db.execute("ROLLBACK")
+                else:
+                    self._db.execute(f"ROLLBACK TO {savepoint}")
+                    self._db.execute(f"RELEASE {savepoint}")
+                raise
+            self._depth -= 1
+            self._db.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
+
+    def _require_txn(self) -> None:
+        if self._depth == 0:
+            raise LocalError("storage used outside storage.transaction()")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._depth:
+                raise LocalError("cannot close storage inside a transaction")
+            self._db.close()
+
+    # -- accounts and ledger ------------------------------------------------------------------
+
+    def insert_account(self, account: AccountRecord) -> None:
+        self._require_txn()
+        self._db.execute(
+            "INSERT INTO accounts (account_id, holder, kind, currency) VALUES (?, ?, ?, ?)",
+            (account.account_id, account.holder, account.kind, account.currency),
+        )
+
+    def get_account(self, account_id: str) -> AccountRecord | None:
+        row = self._db.execute(
+            "SELECT account_id, holder, kind, currency FROM accounts WHERE account_id = ?",
+            (account_id,),
+        ).fetchone()
+        return AccountRecord(*row) if row else None
+
+    def insert_posting(self, reference: str, memo: str, entries: Sequence[tuple[str, int]]) -> int:
+        self._require_txn()
+        cur = self._db.execute(
+            "INSERT INTO postings (reference, memo) VALUES (?, ?)", (reference, memo)
+        )
+        posting_id = cur.lastrowid
+        assert posting_id is not None
+        self._db.executemany(
+            "INSERT INTO entries (posting_id, account_id, amount) VALUES (?, ?, ?)",
+            [(posting_id, account_id, amount) for account_id, amount in entries],
+        )
+        return posting_id
+
+    def entry_sum(self, account_id: str | None = None) -> int:
+        if account_id is None:
+            row = self._db.execute("SELECT COALESCE(SUM(amount), 0) FROM entries").fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(amount), 0) FROM entries WHERE account_id = ?", (account_id,)
+            ).fetchone()
+        return int(row[0])
+
+    def unbalanced_postings(self) -> list[int]:
+        rows = self._db.execute(
+            "SELECT p.posting_id FROM postings p LEFT JOIN entries e USING (posting_id) "
+            "GROUP BY p.posting_id HAVING COALESCE(SUM(e.amount), 0) <> 0 OR COUNT(e.entry_id) < 2"
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    # -- holds --------------------------------------------------------------------------------
+
+    def insert_hold(self, hold: HoldRecord) -> None:
+        self._require_txn()
+        self._db.execute(
+            "INSERT INTO holds (reference, account_id, amount, active) VALUES (?, ?, ?, ?)",
+            (hold.reference, hold.account_id, hold.amount, int(hold.active)),
+        )
+
+    def get_hold(self, reference: str) -> HoldRecord | None:
+        row = self._db.execute(
+            "SELECT reference, account_id, amount, active FROM holds WHERE reference = ?",
+            (reference,),
+        ).fetchone()
+        return HoldRecord(row[0], row[1], row[2], bool(row[3])) if row else None
+
+    def update_hold(self, reference: str, amount: int, active: bool) -> None:
+        self._require_txn()
+        self._update_one(
+            "UPDATE holds SET amount = ?, active = ? WHERE reference = ?",
+            (amount, int(active), reference),
+        )
+
+    def active_hold_sum(self, account_id: str) -> int:
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM holds WHERE account_id = ? AND active = 1",
+            (account_id,),
+        ).fetchone()
+        return int(row[0])
+
+    # -- terminals and cards ------------------------------------------------------------------
+
+    def insert_terminal(self, terminal: TerminalRecord) -> None:
+        self._require_txn()
+        self._db.execute(
+            "INSERT INTO terminals (terminal_id, merchant_id, merchant_name, kind, account_id) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (
+                terminal.terminal_id,
+                terminal.merchant_id,
+                terminal.merchant_name,
+                terminal.kind,
+                terminal.account_id,
+            ),
+        )
+
+    def get_terminal(self, terminal_id: str) -> TerminalRecord | None:
+        row = self._db.execute(
+            "SELECT terminal_id, merchant_id, merchant_name, kind, account_id FROM terminals "
+            "WHERE terminal_id = ?",
+            (terminal_id,),
+        ).fetchone()
+        return TerminalRecord(*row) if row else None
+
+    def insert_card(self, card: CardRecord) -> None:
+        self._require_txn()
+        self._db.execute(
+            "INSERT INTO cards (pan, expiry, account_id, phone_key, ikid, last_ksn_counter, pvd, "
+            "pin_tries) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                card.pan,
+                card.expiry,
+                card.account_id,
+                card.phone_key,
+                card.ikid,
+                card.last_ksn_counter,
+                card.pvd,
+                card.pin_tries,
+            ),
+        )
+
+    def get_card(self, pan: str) -> CardRecord | None:
+        row = self._db.execute(
+            "SELECT pan, expiry, account_id, phone_key, ikid, last_ksn_counter, pvd, pin_tries "
+            "FROM cards WHERE pan = ?",
+            (pan,),
+        ).fetchone()
+        return CardRecord(*row) if row else None
+
+    def update_card_security(self, pan: str, last_ksn_counter: int, pin_tries: int) -> None:
+        self._require_txn()
+        self._update_one(
+            "UPDATE cards SET last_ksn_counter = ?, pin_tries = ? WHERE pan = ?",
+            (last_ksn_counter, pin_tries, pan),
+        )
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def insert_message(self, message: MessageRecord) -> None:
+        self._require_txn()
+        k = message.key
+        self._db.execute(
+            "INSERT INTO messages (terminal_id, stan, transmitted_at, content_hash, txn_type, "
+            "amount, pan, account_id, response_code, auth_code, available_balance, message, "
+            "state, reversed_amount, received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                k.terminal_id,
+                k.stan,
+                k.transmitted_at,
+                message.content_hash,
+                message.txn_type,
+                message.amount,
+                message.pan,
+                message.account_id,
+                message.response_code,
+                message.auth_code,
+                message.available_balance,
+                message.message,
+                message.state,
+                message.reversed_amount,
+                message.received_at,
+            ),
+        )
+
+    def get_message(self, key: MessageKey) -> MessageRecord | None:
+        row = self._db.execute(
+            "SELECT content_hash, txn_type, amount, pan, account_id, response_code, auth_code, "
+            "available_balance, message, state, reversed_amount, received_at FROM messages "
+            "WHERE terminal_id = ? AND stan = ? AND transmitted_at = ?",
+            (key.terminal_id, key.stan, key.transmitted_at),
+        ).fetchone()
+        return MessageRecord(key, *row) if row else None
+
+    def update_message_state(self, key: MessageKey, state: str, reversed_amount: int) -> None:
+        self._require_txn()
+        self._update_one(
+            "UPDATE messages SET state = ?, reversed_amount = ? "
+            "WHERE terminal_id = ? AND stan = ? AND transmitted_at = ?",
+            (state, reversed_amount, key.terminal_id, key.stan, key.transmitted_at),
+        )
+
+    def _update_one(self, sql: str, params: tuple[object, ...]) -> None:
+        if self._db.execute(sql, params).rowcount != 1:
+            raise LocalError("update matched no row")

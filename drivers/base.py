@@ -1,0 +1,47 @@
+"""What every driver offers, whatever carries the bytes (mock, PC/SC, nfcpy, serial, TCP)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from firmware_sim.carddata import CardData
+from firmware_sim.hostmsg import AuthRequest, AuthResponse
+from firmware_sim.transaction import Transaction
+
+
+class CardReader(Protocol):
+    """Reads one user card (method step 1)."""
+
+    url: str
+
+    def read_card(self, timeout: float) -> CardData:
+        """Wait up to ``timeout`` seconds for a card and read it; raise a SwipepayError."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class PhoneLink(Protocol):
+    """The terminal's side of the near-field link: it is the reader, the phone is the card."""
+
+    url: str
+
+    def connect(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a phone in the field."""
+        ...
+
+    def transmit(self, apdu: bytes) -> bytes:
+        """Send one command APDU, return the response; TransportError if the phone left."""
+        ...
+
+    def disconnect(self) -> None: ...
+
+
+class Host(Protocol):
+    """The payment center as the terminal sees it (in-process core or ISO 8583 over TLS)."""
+
+    def authorize(self, request: AuthRequest, timeout: float) -> AuthResponse:
+        """Ask for authorization; LinkTimeout when the center is silent."""
+        ...
+
+    def reverse(self, txn: Transaction) -> AuthResponse: ...

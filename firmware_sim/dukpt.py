@@ -1,0 +1,223 @@
+"""AES DUKPT (ANSI X9.24-3-2017), AES-128 keys only: the PIN key of every payment.
+
+The phone is the PIN entry device.  It holds one *initial key* (derived by the lab from the BDK
+and the device's Initial Key ID) and a transaction counter; for each PIN it takes the next
+counter, derives that counter's *transaction key* and from it the *PIN working key*, and sends
+the counter along inside the 12-byte KSN.  The center, which alone knows the BDK, repeats the
+derivation from the KSN.  The terminal in between never holds any of these keys.
+
+Every derivation is one AES-ECB block under the parent key, over 16 bytes of derivation data
+(X9.24-3-2017 6.3.2)::
+
+    01 | 01 | key usage (2) | algorithm 0002 = AES-128 (2) | length 0080 (2) | 8 context bytes
+
+The usages are a table (:data:`KEY_USAGES`, :data:`WORKING_KEY_USAGES`), not branches.
+
+Counters: a counter is usable only if it has at most 16 one-bits (so that a device needs at most
+16 derivations per transaction); a device skips the others by adding the lowest set bit, and
+after ``FFFF0000`` no counter is left.
+
+Simplification: :class:`DukptDevice` keeps the initial key and re-derives from it, instead of
+the standard's 32 intermediate derivation-key registers that let a real device erase the
+initial key.  The keys it produces are identical; only the key-storage hygiene differs.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from firmware_sim.errors import DecodeError, LocalError
+
+KEY_LEN: Final = 16
+BDK_LEN: Final = 16
+IKID_LEN: Final = 8
+KSN_LEN: Final = 12
+COUNTER_BITS: Final = 32
+MAX_COUNTER: Final = (1 << COUNTER_BITS) - 1
+#: X9.24-3: a device never uses a counter with more one-bits than this.
+MAX_ONE_BITS: Final = 16
+
+_VERSION: Final = 0x01
+_KEY_BLOCK_COUNTER: Final = 0x01
+#: Algorithm indicator and key length in bits for the derived key (AES-128 only here).
+_ALGORITHM_AES128: Final = 0x0002
+_LENGTH_BITS_AES128: Final = 0x0080
+
+#: Key usage indicators for the key-management derivations (X9.24-3-2017 table 2).
+KEY_USAGES: Final[dict[str, int]] = {
+    "initial-key": 0x8001,
+    "derivation-key": 0x8000,
+}
+
+#: Working-key usages a caller may ask for, by name (X9.24-3-2017 table 2).
+WORKING_KEY_USAGES: Final[dict[str, int]] = {
+    "pin": 0x1000,
+    "mac-generate": 0x2000,
+    "mac-verify": 0x2001,
+    "mac-both": 0x2002,
+    "data-encrypt": 0x3000,
+    "data-decrypt": 0x3001,
+    "data-both": 0x3002,
+}
+
+
+class DukptExhausted(LocalError):
+    """The device has used its last transaction counter and must be re-keyed."""
+
+
+def _derivation_data(usage: int, context: bytes) -> bytes:
+    return (
+        bytes((_VERSION, _KEY_BLOCK_COUNTER))
+        + usage.to_bytes(2, "big")
+        + _ALGORITHM_AES128.to_bytes(2, "big")
+        + _LENGTH_BITS_AES128.to_bytes(2, "big")
+        + context
+    )
+
+
+def _derive(key: bytes, usage: int, context: bytes) -> bytes:
+    """One derivation step: AES-128-ECB of the derivation data under ``key``."""
+    # ECB over a single fixed-format block is exactly what X9.24-3 specifies.
+    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # noqa: S305
+    return encryptor.update(_derivation_data(usage, context)) + encryptor.finalize()
+
+
+def _check_own(name: str, value: bytes, length: int) -> None:
+    """Our own keys and IDs: a wrong length is a configuration bug (:class:`LocalError`)."""
+    if not isinstance(value, bytes | bytearray) or len(value) != length:
+        raise LocalError(f"{name} must be {length} bytes")
+
+
+def usable(counter: int) -> bool:
+    """True if a device may use ``counter``: 1..2**32-1 with at most 16 one-bits."""
+    return 0 < counter <= MAX_COUNTER and counter.bit_count() <= MAX_ONE_BITS
+
+
+def next_usable_counter(counter: int) -> int | None:
+    """The smallest usable counter above ``counter``, or ``None`` if there is none.
+
+    Adding the lowest set bit (X9.24-3's skip) clears a run of ones; nothing between the old
+    and the new value can have fewer ones, so this is the very next usable counter.
+    """
+    if not 0 <= counter <= MAX_COUNTER:
+        raise LocalError(f"transaction counter must be 0..{MAX_COUNTER}")
+    candidate = counter + 1
+    while candidate <= MAX_COUNTER and candidate.bit_count() > MAX_ONE_BITS:
+        candidate += candidate & -candidate
+    return candidate if candidate <= MAX_COUNTER else None
+
+
+def make_ksn(ikid: bytes, counter: int) -> bytes:
+    """KSN = Initial Key ID (8 bytes) || counter (4 bytes, big-endian)."""
+    _check_own("Initial Key ID", ikid, IKID_LEN)
+    if not 0 <= counter <= MAX_COUNTER:
+        raise LocalError(f"transaction counter must be 0..{MAX_COUNTER}")
+    return bytes(ikid) + counter.to_bytes(4, "big")
+
+
+def split_ksn(ksn: bytes) -> tuple[bytes, int]:
+    """``(Initial Key ID, counter)`` of a KSN received from outside (:class:`DecodeError`)."""
+    if not isinstance(ksn, bytes | bytearray) or len(ksn) != KSN_LEN:
+        raise DecodeError(f"KSN must be {KSN_LEN} bytes")
+    return bytes(ksn[:IKID_LEN]), int.from_bytes(ksn[IKID_LEN:], "big")
+
+
+def derive_initial_key(bdk: bytes, ikid: bytes) -> bytes:
+    """Initial key of one device: derived from the BDK over the whole Initial Key ID."""
+    _check_own("BDK", bdk, BDK_LEN)
+    _check_own("Initial Key ID", ikid, IKID_LEN)
+    return _derive(bytes(bdk), KEY_USAGES["initial-key"], bytes(ikid))
+
+
+def _usable_ksn(ksn: bytes) -> tuple[bytes, int]:
+    """Split a KSN and refuse counters no compliant device would send."""
+    ikid, counter = split_ksn(ksn)
+    if not usable(counter):
+        raise DecodeError("KSN counter is 0 or has more than 16 one-bits")
+    return ikid, counter
+
+
+def _transaction_key(initial_key: bytes, ikid: bytes, counter: int) -> bytes:
+    """Walk the counter's one-bits from the most significant down, one derivation each."""
+    key = bytes(initial_key)
+    working = 0
+    for bit in reversed(range(COUNTER_BITS)):
+        mask = 1 << bit
+        if counter & mask:
+            working |= mask
+            key = _derive(key, KEY_USAGES["derivation-key"], ikid[4:] + working.to_bytes(4, "big"))
+    return key
+
+
+def derive_transaction_key(initial_key: bytes, ksn: bytes) -> bytes:
+    """Transaction (intermediate derivation) key for the KSN's counter."""
+    _check_own("initial key", initial_key, KEY_LEN)
+    ikid, counter = _usable_ksn(ksn)
+    return _transaction_key(initial_key, ikid, counter)
+
+
+def derive_working_key(initial_key: bytes, ksn: bytes, usage: str) -> bytes:
+    """Working key (PIN, MAC or data) for the KSN's counter, derived via its transaction key.
+
+    ``usage`` is a key of :data:`WORKING_KEY_USAGES`; the host calls this with the initial key
+    it derived from its BDK and the KSN that came with the PIN block.
+    """
+    usage_id = WORKING_KEY_USAGES.get(usage)
+    if usage_id is None:
+        raise LocalError(f"unknown DUKPT key usage {usage!r}")
+    _check_own("initial key", initial_key, KEY_LEN)
+    ikid, counter = _usable_ksn(ksn)
+    transaction_key = _transaction_key(initial_key, ikid, counter)
+    return _derive(transaction_key, usage_id, ikid[4:] + counter.to_bytes(4, "big"))
+
+
+class DukptDevice:
+    """The PIN entry device's side: hands out one PIN key per transaction, never reusing one.
+
+    ``counter`` is the last counter used (0 for a freshly loaded device); the caller persists
+    it after each :meth:`next_pin_key` so that a restart never reuses a key.
+    """
+
+    __slots__ = ("_counter", "_ikid", "_initial_key")
+
+    def __init__(self, initial_key: bytes, ikid: bytes, counter: int = 0) -> None:
+        _check_own("initial key", initial_key, KEY_LEN)
+        _check_own("Initial Key ID", ikid, IKID_LEN)
+        if not 0 <= counter <= MAX_COUNTER:
+            raise LocalError(f"transaction counter must be 0..{MAX_COUNTER}")
+        self._initial_key = bytes(initial_key)
+        self._ikid = bytes(ikid)
+        self._counter = counter
+
+    def __repr__(self) -> str:
+        # Deliberately leaves the key out: reprs end up in logs and tracebacks.
+        return f"DukptDevice(ikid={self._ikid.hex().upper()}, counter={self._counter})"
+
+    @property
+    def ikid(self) -> bytes:
+        return self._ikid
+
+    @property
+    def counter(self) -> int:
+        """The last transaction counter used (persist this)."""
+        return self._counter
+
+    @property
+    def exhausted(self) -> bool:
+        """True once no further PIN key can be issued."""
+        return next_usable_counter(self._counter) is None
+
+    def next_pin_key(self) -> tuple[bytes, bytes]:
+        """``(PIN working key, KSN)`` for the next usable counter; advances :attr:`counter`.
+
+        Raises :class:`DukptExhausted` once the counter space is used up.
+        """
+        counter = next_usable_counter(self._counter)
+        if counter is None:
+            raise DukptExhausted("DUKPT transaction counters exhausted; the device needs a new key")
+        ksn = make_ksn(self._ikid, counter)
+        key = derive_working_key(self._initial_key, ksn, "pin")
+        self._counter = counter
+        return key, ksn
