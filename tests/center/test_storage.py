@@ -1,0 +1,86 @@
+"""SQLite storage: transactions, savepoints, constraints."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from center.storage import AccountRecord, CardRecord, HoldRecord, MessageKey, SQLiteStorage
+from firmware_sim.errors import LocalError
+
+
+def account(account_id: str) -> AccountRecord:
+    return AccountRecord(account_id, "holder", "cardholder", "978")
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> SQLiteStorage:
+    return SQLiteStorage(tmp_path / "s.db")
+
+
+def test_outer_rollback_discards_everything(storage: SQLiteStorage) -> None:
+    with pytest.raises(RuntimeError), storage.transaction():
+        storage.insert_account(account("A"))
+        raise RuntimeError
+    with storage.transaction():
+        assert storage.get_account("A") is None
+
+
+def test_nested_block_is_a_savepoint(storage: SQLiteStorage) -> None:
+    with storage.transaction():
+        storage.insert_account(account("A"))
+        with pytest.raises(RuntimeError), storage.transaction():
+            storage.insert_account(account("B"))
+            raise RuntimeError
+        with storage.transaction():
+            storage.insert_account(account("C"))
+    with storage.transaction():
+        assert [storage.get_account(a) is not None for a in "ABC"] == [True, False, True]
+
+
+def test_commit_is_visible_to_a_new_connection(tmp_path: Path) -> None:
+    first = SQLiteStorage(tmp_path / "s.db")
+    with first.transaction():
+        first.insert_account(account("A"))
+    second = SQLiteStorage(tmp_path / "s.db")
+    assert second.get_account("A") == account("A")
+    first.close()
+    second.close()
+
+
+def test_writes_outside_a_transaction_are_refused(storage: SQLiteStorage) -> None:
+    with pytest.raises(LocalError):
+        storage.insert_account(account("A"))
+
+
+def test_foreign_keys_and_checks_are_enforced(storage: SQLiteStorage) -> None:
+    with pytest.raises(sqlite3.IntegrityError), storage.transaction():
+        storage.insert_posting("ref", "memo", [("nobody", 5), ("nobody-else", -5)])
+    with pytest.raises(sqlite3.IntegrityError), storage.transaction():
+        storage.insert_hold(HoldRecord("ref", "nobody", 5, True))
+    with pytest.raises(sqlite3.IntegrityError), storage.transaction():
+        storage.insert_account(account("A"))
+        storage.insert_card(CardRecord("4111", "2712", "A", bytes(32), bytes(8), 0, bytes(32)))
+
+
+def test_entry_sums_and_unbalanced_postings(storage: SQLiteStorage) -> None:
+    with storage.transaction():
+        storage.insert_account(account("A"))
+        storage.insert_account(account("B"))
+        storage.insert_posting("p1", "ok", [("A", 7), ("B", -7)])
+        bad = storage.insert_posting("p2", "bad", [("A", 3), ("B", -2)])
+    assert storage.entry_sum("A") == 10
+    assert storage.entry_sum() == 1
+    assert storage.unbalanced_postings() == [bad]
+
+
+def test_update_of_missing_row_is_an_error(storage: SQLiteStorage) -> None:
+    with pytest.raises(LocalError), storage.transaction():
+        storage.update_message_state(MessageKey("T", "1", "2"), "reversed", 0)
+
+
+def test_card_record_repr_hides_pin_verification_data() -> None:
+    card = CardRecord("4111", "2712", "A", bytes(33), bytes(8), 0, b"\xaa" * 32)
+    assert "xaa" not in repr(card)
