@@ -351,7 +351,7 @@ class Center:
             raise _Declined(RC.FORMAT_ERROR, "KSN malformed") from None
         if not hmac.compare_digest(ikid, card.ikid):
             raise _Declined(RC.SECURITY_VIOLATION, "KSN does not belong to this card's phone")
-        if counter <= card.last_ksn_counter:
+        if counter < card.last_ksn_counter:
             raise _Declined(RC.SECURITY_VIOLATION, "KSN counter replayed")
         digest = confirmation_digest(
             pan=txn.pan,

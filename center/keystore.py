@@ -12,12 +12,11 @@ ssh refuses a readable private key: a key that others could have read is as good
 from __future__ import annotations
 
 import binascii
-import os
 import secrets
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from center.secretfile import read_private, write_private
 from firmware_sim.errors import ConfigError
 
 BDK_LEN = 16  # AES-128 BDK (ANSI X9.24-3-2017)
@@ -41,9 +40,6 @@ KEY_FILES: tuple[KeyFile, ...] = (
     KeyFile("bdk_id", "center-bdk-id.hex", BDK_ID_LEN, secret=False),
     KeyFile("pvk", "center-pvk.hex", PVK_LEN, secret=True),
 )
-
-#: Any permission bit for group or others makes a secret file unusable.
-_FOREIGN_ACCESS = stat.S_IRWXG | stat.S_IRWXO
 
 
 @dataclass(frozen=True)
@@ -74,7 +70,7 @@ class CenterKeys:
         path = Path(directory)
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         for kf in KEY_FILES:
-            _write_private(path / kf.filename, getattr(self, kf.attr).hex().encode("ascii") + b"\n")
+            write_private(path / kf.filename, getattr(self, kf.attr).hex().encode("ascii") + b"\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> CenterKeys:
@@ -84,36 +80,16 @@ class CenterKeys:
         return cls(**values)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` so that no moment exists in which another user could read it.
-
-    The file is created 0600 under a temporary name, synced, and renamed over the old one, so a
-    crash leaves either the old key or the new one, never half a key.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already existed
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def _read_key(path: Path, kf: KeyFile) -> bytes:
+    if kf.secret:
+        raw = read_private(path)
+    else:
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"key file {path} is missing") from None
     try:
-        mode = path.stat().st_mode
-    except FileNotFoundError as exc:
-        raise ConfigError(f"key file {path} is missing") from exc
-    if kf.secret and mode & _FOREIGN_ACCESS:
-        raise ConfigError(
-            f"secret key file {path} has mode {stat.S_IMODE(mode):04o}; "
-            "others may have read it: chmod 600 it or generate new keys"
-        )
-    text = path.read_text(encoding="ascii", errors="replace").strip()
-    try:
-        value = binascii.unhexlify(text)
+        value = binascii.unhexlify(raw.strip())
     except (binascii.Error, ValueError):
         raise ConfigError(f"key file {path} is not hex") from None
     if len(value) != kf.length:

@@ -71,11 +71,22 @@ SAMPLE_ACCOUNTS = (
 )
 SAMPLE_CARDS = (
     # name, PAN prefix (check digit added), holder, interfaces, data in GPO, account
-    ("alice-visa", "476173900101011", "MARTIN/ALICE", ("contactless", "contact", "magstripe"), False, "alice-checking"),
+    (
+        "alice-visa",
+        "476173900101011",
+        "MARTIN/ALICE",
+        ("contactless", "contact", "magstripe"),
+        False,
+        "alice-checking",
+    ),
     ("bob-debit", "541333000000001", "CHEN/BOB", ("contact", "magstripe"), False, "bob-checking"),
     ("carol-qvsdc", "476173900101234", "DIAZ/CAROL", ("contactless",), True, "carol-checking"),
 )
-SAMPLE_PHONES = (("alice-phone", "alice-visa"), ("bob-phone", "bob-debit"), ("carol-phone", "carol-qvsdc"))
+SAMPLE_PHONES = (
+    ("alice-phone", "alice-visa"),
+    ("bob-phone", "bob-debit"),
+    ("carol-phone", "carol-qvsdc"),
+)
 SAMPLE_TERMINALS = (
     TerminalEntry("POS00001", "MERCH0000000001", "Corner Coffee", "pos"),
     TerminalEntry("ATM00001", "BANKATM00000001", "Harbour Bank ATM", "atm"),
@@ -123,7 +134,8 @@ def _x509(
     )
     if ca:
         builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
         )
     elif server:
         builder = builder.add_extension(
@@ -274,7 +286,9 @@ class Lab:
         except FileNotFoundError:
             raise ConfigError(f"terminal {terminal_id} has no phone-link certificate") from None
         except DecodeError as exc:
-            raise ConfigError(f"terminal {terminal_id}: bad phone-link certificate: {exc}") from None
+            raise ConfigError(
+                f"terminal {terminal_id}: bad phone-link certificate: {exc}"
+            ) from None
         return cert, _load_key(base / "link.key")
 
     def ca_key(self) -> ec.EllipticCurvePrivateKey:
@@ -303,9 +317,13 @@ def create_lab(root: Path, *, now: dt.datetime | None = None) -> Lab:
     _write_public(root / "ca" / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM))
 
     center_key = ecc.generate_key()
-    center_cert = _x509("swipepay center", center_key, ca_key, ca_cert.subject, server=True, now=now)
+    center_cert = _x509(
+        "swipepay center", center_key, ca_key, ca_cert.subject, server=True, now=now
+    )
     write_private(root / "center" / "center.key", _pem_key(center_key))
-    _write_public(root / "center" / "center.crt", center_cert.public_bytes(serialization.Encoding.PEM))
+    _write_public(
+        root / "center" / "center.crt", center_cert.public_bytes(serialization.Encoding.PEM)
+    )
 
     keys = CenterKeys.generate()
     keys.save(root / "center" / "keys")

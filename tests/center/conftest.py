@@ -1,4 +1,4 @@
-"""Shared fixtures: a center with one POS, one ATM, one funded account and an enrolled card+phone."""
+"""Shared fixtures: a center with a POS, an ATM, a funded account and an enrolled card + phone."""
 
 from __future__ import annotations
 

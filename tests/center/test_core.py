@@ -6,6 +6,7 @@ import re
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,7 +167,8 @@ def test_foreign_currency_is_12(world: World) -> None:
 
 @pytest.mark.parametrize("missing", ["pin_block", "ksn", "confirmation"])
 def test_missing_phone_data_is_30(world: World, missing: str) -> None:
-    req = replace(world.signed(P, 1_00), **{missing: None})
+    changes: dict[str, Any] = {missing: None}
+    req = replace(world.signed(P, 1_00), **changes)
     assert code(world, req) == "30"
 
 
@@ -245,6 +247,8 @@ def test_third_wrong_pin_blocks_every_later_try_with_75(world: World) -> None:
     assert codes == ["55", "55", "55"]
     assert code(world, world.signed(P, 1_00)) == "75"  # even the right PIN
     assert code(world, world.phone.request(world.txn(P, 1_00), pin="0000")) == "75"
+    # blocked is answered before the PIN block is even looked at
+    assert code(world, world.phone.request(world.txn(P, 1_00), pin_block=bytes(16))) == "75"
     assert world.center.ledger_balance(ACCOUNT) == OPENING
 
 

@@ -14,6 +14,8 @@ Vector sources:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -225,7 +227,7 @@ def test_host_refuses_counters_no_device_sends(counter: int) -> None:
 
 def test_own_bad_lengths_are_local_errors() -> None:
     ksn = make_ksn(IKID, 1)
-    cases = [
+    cases: list[Callable[[], object]] = [
         lambda: derive_initial_key(BDK[:15], IKID),
         lambda: derive_initial_key(BDK + b"\x00", IKID),
         lambda: derive_initial_key(BDK, IKID[:7]),

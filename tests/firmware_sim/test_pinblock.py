@@ -15,6 +15,8 @@ Vector sources:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import assume, given, settings
@@ -223,7 +225,11 @@ def test_format4_short_pan_is_left_padded_with_length_nibble_zero() -> None:
 
 @pytest.mark.parametrize("pin", ["123", "1234567890123", "12a4", "", "１２３４", " 1234"])
 def test_bad_pin_is_local_error_without_the_pin(pin: str) -> None:
-    for encode in (lambda: encode_format4(pin, PAN, KEY1), lambda: encode_format0(pin, PAN)):
+    encoders: list[Callable[[], bytes]] = [
+        lambda: encode_format4(pin, PAN, KEY1),
+        lambda: encode_format0(pin, PAN),
+    ]
+    for encode in encoders:
         with pytest.raises(LocalError) as info:
             encode()
         if pin:
