@@ -181,9 +181,19 @@ class Center:
             )
 
     def register_terminal(
-        self, terminal_id: str, merchant_id: str, merchant_name: str, kind: str
+        self,
+        terminal_id: str,
+        merchant_id: str,
+        merchant_name: str,
+        kind: str,
+        *,
+        currency: str = "978",
     ) -> None:
-        """Register a POS or ATM and create its settlement (POS) or cash (ATM) account."""
+        """Register a POS or ATM and create its settlement (POS) or cash (ATM) account.
+
+        The account starts at 0: an ATM's cash account goes negative as cash is paid out (the
+        bank's asset shrinks); loading cash into the ATM is not modelled yet.
+        """
         spec = TERMINAL_KINDS.get(kind)
         if spec is None:
             raise LocalError(f"terminal kind must be one of {sorted(TERMINAL_KINDS)}")
@@ -193,7 +203,7 @@ class Center:
         with self._storage.transaction():
             if self._storage.get_terminal(terminal_id) is not None:
                 raise LocalError(f"terminal {terminal_id} already registered")
-            self._ledger.open_account(account_id, merchant_name, spec.account_kind, "978")
+            self._ledger.open_account(account_id, merchant_name, spec.account_kind, currency)
             self._storage.insert_terminal(
                 TerminalRecord(terminal_id, merchant_id, merchant_name, kind, account_id)
             )
@@ -384,7 +394,7 @@ class Center:
             spend(card.pin_tries)
             raise _Declined(RC.SECURITY_VIOLATION, "PIN block does not decode") from None
         check = check_pin(self._keys.pvk, txn.pan, pin, card.pvd, card.pin_tries)
-        spend(0)
+        spend(check.tries)
         if check.outcome is not PinOutcome.CORRECT:
             code, message = _PIN_DECLINES[check.outcome]
             raise _Declined(code, message)

@@ -56,7 +56,7 @@ class CardRecord:
     account_id: str
     phone_key: bytes  # 33-byte compressed P-256 point
     ikid: bytes  # 8-byte DUKPT Initial Key ID (BDK ID + derivation ID)
-    last_ksn_counter: int  # -1 until the first PIN block has been accepted
+    last_ksn_counter: int  # 0 until the first PIN block is accepted (devices start at 1)
     pvd: bytes = field(repr=False)  # PIN verification data (center.pinverify)
     pin_tries: int = 0  # consecutive wrong PINs
 
@@ -87,7 +87,7 @@ class MessageKey:
 class MessageRecord:
     """One authorization request as received and the response the center gave to it.
 
-    ``state`` follows :data:`center.core.MESSAGE_STATES`; ``reversed_amount`` is how much of
+    ``state`` is a :class:`center.policy.MessageState`; ``reversed_amount`` is how much of
     ``amount`` a reversal took back.
     """
 
