@@ -36,8 +36,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from center.keystore import CenterKeys
 from center.secretfile import read_private, write_private
 from firmware_sim import ecc
-from firmware_sim.cards.spec import CardSpec
 from firmware_sim.carddata import luhn_check_digit
+from firmware_sim.cards.spec import CardSpec
 from firmware_sim.certificate import TerminalCertificate, issue_certificate, parse_certificate
 from firmware_sim.dukpt import DukptDevice, derive_initial_key
 from firmware_sim.errors import ConfigError, DecodeError
@@ -235,7 +235,8 @@ class Lab:
             self.manifest: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(
-                f"{self.root} is not a swipepay lab (no {MANIFEST}); run `swipepay init {self.root}`"
+                f"{self.root} is not a swipepay lab (no {MANIFEST}); "
+                f"run `swipepay init {self.root}`"
             ) from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{manifest} is not valid JSON: {exc}") from None

@@ -27,105 +27,142 @@ class Scenario:
     completes: int | None = None
 
 
-#: The demo's story, as data.  ``expect`` is a response code or an ending name.
+POS, ATM = "POS00001", "ATM00001"
+
+#: The demo's story, as data.  ``expect`` is a response code or an ending name; ``completes``
+#: is the (1-based) number of the pre-authorization a completion refers to.
 SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("Purchase", "POS00001", TxnType.PURCHASE, 12_34, "alice-visa?via=tap", "alice-phone", "00"),
-    Scenario("Pre-authorization", "POS00001", TxnType.PREAUTH, 80_00, "alice-visa?via=insert", "alice-phone", "00"),
-    Scenario("Pre-auth completion", "POS00001", TxnType.COMPLETION, 64_50, None, None, "00", completes=1),
-    Scenario("Cash withdrawal", "ATM00001", TxnType.WITHDRAWAL, 20_00, "bob-debit?via=swipe", "bob-phone", "00"),
-    Scenario("Deposit", "ATM00001", TxnType.DEPOSIT, 100_00, "carol-qvsdc?via=tap", "carol-phone", "00"),
-    Scenario("Wrong PIN typed on the phone", "POS00001", TxnType.PURCHASE, 5_00, "alice-visa?via=tap", "alice-phone", "55", wrong_pin=True),
-    Scenario("Phone bound to another card stays silent", "POS00001", TxnType.PURCHASE, 5_00, "alice-visa?via=tap", "bob-phone", "NO_PHONE"),
-    Scenario("Insufficient funds", "POS00001", TxnType.PURCHASE, 500_00, "bob-debit?via=insert", "bob-phone", "51"),
-    Scenario("User declines on the phone", "POS00001", TxnType.PURCHASE, 7_50, "carol-qvsdc?via=tap", "carol-phone", "DECLINED_BY_USER", choice="decline"),
-)
+    Scenario("", POS, TxnType.PURCHASE, 12_34, "alice-visa?via=tap", "alice-phone", "00"),
+    Scenario("", POS, TxnType.PREAUTH, 80_00, "alice-visa?via=insert", "alice-phone", "00"),
+    Scenario("", POS, TxnType.COMPLETION, 64_50, None, None, "00", completes=2),
+    Scenario("", ATM, TxnType.WITHDRAWAL, 20_00, "bob-debit?via=swipe", "bob-phone", "00"),
+    Scenario("", ATM, TxnType.DEPOSIT, 100_00, "carol-qvsdc?via=tap", "carol-phone", "00"),
+    Scenario(
+        "Wrong PIN typed on the phone",
+        POS, TxnType.PURCHASE, 5_00, "alice-visa?via=tap", "alice-phone", "55", wrong_pin=True,
+    ),
+    Scenario(
+        "Phone bound to another card stays silent",
+        POS, TxnType.PURCHASE, 5_00, "alice-visa?via=tap", "bob-phone", "NO_PHONE",
+    ),
+    Scenario(
+        "Insufficient funds",
+        POS, TxnType.PURCHASE, 500_00, "bob-debit?via=insert", "bob-phone", "51",
+    ),
+    Scenario(
+        "User declines on the phone",
+        POS, TxnType.PURCHASE, 7_50, "carol-qvsdc?via=tap", "carol-phone", "DECLINED_BY_USER",
+        choice="decline",
+    ),
+)  # fmt: skip
 
 
 def run_demo(home: Path | None, as_json: bool) -> int:
+    """Run the story on ``home`` (or a temporary lab); return the process exit code."""
     from center.lab import create_lab
-    from drivers.inprocess import InProcessBench, PhoneSetup
-    from firmware_sim.phone import Choice
-    from firmware_sim.terminal import STEP_TEXT, Order, Step
+    from drivers.inprocess import InProcessBench
 
+    echo = _quiet if as_json else click.echo
     with tempfile.TemporaryDirectory(prefix="swipepay-demo-") as tmp:
         root = home or Path(tmp) / "lab"
         if not (root / "lab.json").exists():
             create_lab(root)
+        echo(click.style(f"swipepay demo — lab {root}", bold=True))
         results: list[dict[str, Any]] = []
         done: list[Transaction | None] = []
-        failures = 0
-        echo = (lambda *a, **k: None) if as_json else click.echo
-        echo(click.style(f"swipepay demo — lab {root}", bold=True))
         with InProcessBench.open(root) as bench:
             for n, sc in enumerate(SCENARIOS, 1):
                 original = done[sc.completes - 1] if sc.completes else None
-                order = Order(sc.type, sc.amount, original)
-                merchant = bench.lab.terminal_config(sc.terminal).merchant_name
-                head = f"{n}. {sc.title}: {TXN_TYPES[sc.type].label} {format_amount(sc.amount)} at {merchant} ({sc.terminal})"
-                echo("\n" + click.style(head, bold=True))
-                if sc.card:
-                    card, _, via = sc.card.partition("?via=")
-                    echo(f"   card {card} by {via}; phone in the field: {sc.phone}")
-                else:
-                    echo(f"   merchant-initiated, refers to STAN {original.stan if original else '?'}; no phone step")
-                phone = (
-                    PhoneSetup(sc.phone, Choice(sc.choice), sc.wrong_pin) if sc.phone else None
-                )
-                report = bench.run(
-                    sc.terminal,
-                    order,
-                    card_url=f"mock:{sc.card}" if sc.card else None,
-                    phone=phone,
-                )
-                done.append(report.outcome.txn)
-                steps = [
-                    {"step": int(step), "name": step.name.lower(), "text": STEP_TEXT[step], "ms": round(ms, 3)}
-                    for step, ms in report.steps
-                ]
-                for s in steps:
-                    echo(f"   [{s['step']}] {s['text']:<64} {s['ms']:8.2f} ms")
-                out = report.outcome
-                got = out.response_code if out.response_code and out.ending.name in ("APPROVED", "DECLINED_BY_HOST") else out.ending.name
-                ok = got == sc.expect
-                failures += 0 if ok else 1
-                verdict = f"{out.ending.name} {out.response_code or ''}".strip()
-                detail = f"auth {out.auth_code}" if out.auth_code else out.message
-                echo(
-                    "   -> "
-                    + click.style(verdict, fg="green" if out.approved else "yellow", bold=True)
-                    + (f" ({detail})" if detail else "")
-                    + f"; {report.total_ms:.2f} ms; {report.apdu_count} APDUs,"
-                    f" {report.bytes_to_phone} B to phone / {report.bytes_from_phone} B back"
-                    + ("" if ok else click.style(f"  [expected {sc.expect}]", fg="red"))
-                )
-                results.append(
-                    {
-                        "title": sc.title,
-                        "type": sc.type.value,
-                        "amount": sc.amount,
-                        "currency": "978",
-                        "terminal": sc.terminal,
-                        "card": sc.card.split("?")[0] if sc.card else None,
-                        "phone": sc.phone,
-                        "ending": out.ending.name,
-                        "response_code": out.response_code,
-                        "auth_code": out.auth_code,
-                        "expected": sc.expect,
-                        "as_expected": ok,
-                        "steps": steps,
-                        "total_ms": round(report.total_ms, 3),
-                        "apdu_count": report.apdu_count,
-                        "bytes_to_phone": report.bytes_to_phone,
-                        "bytes_from_phone": report.bytes_from_phone,
-                    }
-                )
+                result = _run_one(bench, n, sc, original, echo)
+                done.append(result.pop("_txn"))
+                results.append(result)
             balanced = bench.center.check_balanced()
-        echo(f"\nledger balanced: {balanced}; {len(SCENARIOS) - failures}/{len(SCENARIOS)} as expected")
+        good = sum(r["as_expected"] for r in results)
+        echo(f"\nledger balanced: {balanced}; {good}/{len(SCENARIOS)} ended as expected")
         if as_json:
-            click.echo(
-                json.dumps(
-                    {"lab": str(root) if home else None, "ledger_balanced": balanced, "transactions": results},
-                    indent=2,
-                )
+            summary = {
+                "lab": str(root) if home else None,
+                "ledger_balanced": balanced,
+                "transactions": results,
+            }
+            click.echo(json.dumps(summary, indent=2))
+        return 0 if good == len(SCENARIOS) and balanced else 1
+
+
+def _quiet(*args: object, **kwargs: object) -> None:
+    return None
+
+
+def _run_one(
+    bench: Any, n: int, sc: Scenario, original: Transaction | None, echo: Any
+) -> dict[str, Any]:
+    from drivers.inprocess import PhoneSetup
+    from firmware_sim.phone import Choice
+    from firmware_sim.terminal import STEP_TEXT, Order
+
+    label = TXN_TYPES[sc.type].label
+    merchant = bench.lab.terminal_config(sc.terminal).merchant_name
+    what = f"{label} {format_amount(sc.amount)} at {merchant} ({sc.terminal})"
+    echo("\n" + click.style(f"{n}. {sc.title} — {what}" if sc.title else f"{n}. {what}", bold=True))
+    card = sc.card.partition("?")[0] if sc.card else None
+    if sc.card:
+        echo(f"   card {card} by {sc.card.partition('?via=')[2]}; phone in the field: {sc.phone}")
+    else:
+        ref = original.stan if original else "?"
+        echo(f"   merchant-initiated, completes the pre-authorization STAN {ref}; no phone step")
+
+    phone = PhoneSetup(sc.phone, Choice(sc.choice), sc.wrong_pin) if sc.phone else None
+    report = bench.run(
+        sc.terminal,
+        Order(sc.type, sc.amount, original),
+        card_url=f"mock:{sc.card}" if sc.card else None,
+        phone=phone,
+    )
+    steps = [
+        {"step": int(step), "name": step.name.lower(), "text": STEP_TEXT[step], "ms": round(ms, 3)}
+        for step, ms in report.steps
+    ]
+    shown = bench.last_user.shown if bench.last_user else []
+    for s in steps:
+        echo(f"   [{s['step']}] {s['text']:<68} {s['ms']:7.2f} ms")
+        if s["step"] == 4 and shown:
+            p = shown[-1]
+            echo(
+                f"       phone shows {p.merchant_name} ({p.terminal_id}, from its certificate):"
+                f" {TXN_TYPES[TxnType(p.txn_type)].label} {format_amount(p.amount, p.currency)}"
+                f" — user {'confirms and types the PIN' if sc.choice == 'confirm' else 'declines'}"
             )
-        return 0 if failures == 0 and balanced else 1
+    out = report.outcome
+    by_host = out.ending.name in ("APPROVED", "DECLINED_BY_HOST")
+    got = out.response_code if by_host else out.ending.name
+    ok = got == sc.expect
+    verdict = f"{out.ending.name} {out.response_code or ''}".strip()
+    detail = f"auth {out.auth_code}" if out.auth_code else out.message
+    echo(
+        "   -> "
+        + click.style(verdict, fg="green" if out.approved else "yellow", bold=True)
+        + (f" ({detail})" if detail else "")
+        + f"; {report.total_ms:.2f} ms; {report.apdu_count} APDUs,"
+        f" {report.bytes_to_phone} B to phone / {report.bytes_from_phone} B back"
+        + ("" if ok else click.style(f"  [expected {sc.expect}]", fg="red"))
+    )
+    return {
+        "_txn": out.txn,
+        "title": sc.title or label,
+        "type": sc.type.value,
+        "amount": sc.amount,
+        "currency": out.txn.currency if out.txn else "978",
+        "terminal": sc.terminal,
+        "card": card,
+        "phone": sc.phone,
+        "ending": out.ending.name,
+        "response_code": out.response_code,
+        "auth_code": out.auth_code,
+        "expected": sc.expect,
+        "as_expected": ok,
+        "steps": steps,
+        "total_ms": round(report.total_ms, 3),
+        "apdu_count": report.apdu_count,
+        "bytes_to_phone": report.bytes_to_phone,
+        "bytes_from_phone": report.bytes_from_phone,
+    }

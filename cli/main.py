@@ -41,8 +41,12 @@ def init(home: Path) -> None:
 
 
 @main.command()
-@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Use (or create) this lab instead of a temporary one.")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Use (or create) this lab instead of a temporary one.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the story.")
 def demo(home: Path | None, as_json: bool) -> None:
     """Run every transaction type and the telling failures in one process, step by step."""

@@ -43,6 +43,8 @@ class InProcessBench:
     center: Center
     rf: MockField = dc_field(default_factory=MockField)
     stans: dict[str, int] = dc_field(default_factory=dict)
+    #: The simulated user of the last phone placed in the field (what it was shown).
+    last_user: ScriptedUser | None = None
 
     @classmethod
     def open(cls, root: Path) -> InProcessBench:
@@ -69,6 +71,7 @@ class InProcessBench:
             return f"{(int(real) + 1) % 10_000:04d}" if wrong else real
 
         user = ScriptedUser(setup.choice, pin, setup.delay_polls)
+        self.last_user = user
         phone = Phone(applet, user, time.time)
 
         def save() -> None:
@@ -98,6 +101,7 @@ class InProcessBench:
             simulated, save = self._phone(phone)
             self.rf.place(simulated, phone.leave_after)
         else:
+            self.last_user = None
             self.rf.place(None)
         link = open_phone_link("mock:", field=self.rf)
         try:

@@ -11,11 +11,11 @@ import os
 from collections.abc import Mapping
 from urllib.parse import parse_qs
 
-from firmware_sim.cards.spec import CardSpec, present
+from drivers.registry import split_url
 from firmware_sim.carddata import CardData
+from firmware_sim.cards.spec import CardSpec, present
 from firmware_sim.errors import ConfigError, LinkTimeout
 from firmware_sim.tracks import card_from_tracks
-from drivers.registry import split_url
 
 
 class MockCardReader:
@@ -27,7 +27,9 @@ class MockCardReader:
         self.amount = 0
 
     @classmethod
-    def from_url(cls, url: str, cards: Mapping[str, CardSpec] | None = None, **context: object) -> MockCardReader:
+    def from_url(
+        cls, url: str, cards: Mapping[str, CardSpec] | None = None, **context: object
+    ) -> MockCardReader:
         _scheme, rest = split_url(url)
         name, _sep, query = rest.partition("?")
         via = parse_qs(query).get("via", [None])[0]

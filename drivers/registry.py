@@ -23,7 +23,7 @@ DRIVERS: dict[str, dict[str, str]] = {
 
 
 def split_url(url: str) -> tuple[str, str]:
-    """``"pcsc:ACR122"`` -> ``("pcsc", "ACR122")``; a bare scheme (``"mock:"``) has an empty rest."""
+    """``"pcsc:ACR122"`` -> ``("pcsc", "ACR122")``; ``"mock:"`` has an empty rest."""
     scheme, sep, rest = url.partition(":")
     if not sep or not scheme.isidentifier():
         raise ConfigError(f"not a driver URL: {url!r} (expected scheme:rest, e.g. mock:alice)")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from drivers.base import CardReader, Host, PhoneLink
 from firmware_sim.apdu import ResponseApdu
 from firmware_sim.errors import DecodeError, LinkTimeout, SwipepayError, TransportError
 from firmware_sim.terminal import (
@@ -36,7 +37,6 @@ from firmware_sim.terminal import (
     TimerFired,
     Wait,
 )
-from drivers.base import CardReader, Host, PhoneLink
 
 
 @dataclass(frozen=True)

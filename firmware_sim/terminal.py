@@ -28,6 +28,7 @@ from firmware_sim.phonelink.protocol import ConfirmationStatus, Ins
 from firmware_sim.phonelink.terminal_link import Exchange, PhoneNotBound, TerminalLink
 from firmware_sim.transaction import Transaction, TxnType
 
+
 class Step(IntEnum):
     """The steps of the method (DESIGN.md §1), numbered as there."""
 
@@ -47,8 +48,8 @@ STEP_TEXT: dict[Step, str] = {
     Step.CONNECT_PHONE: "connection request with user-ID token; phone verified terminal",
     Step.PAYMENT_REQUEST: "encrypted payment request sent to phone",
     Step.USER_CONFIRMATION: "user confirmed and typed PIN on the phone",
-    Step.HOST_REQUEST: "identification + transaction + confirmation sent to center",
-    Step.HOST_RESULT: "center verified and answered",
+    Step.HOST_REQUEST: "ID + transaction + confirmation to center; it verifies, posts",
+    Step.HOST_RESULT: "center's result received",
     Step.RESULT_TO_PHONE: "result forwarded to phone; link disconnected",
 }
 
@@ -196,7 +197,16 @@ class Finished:
     outcome: Outcome
 
 
-Action = StepStarted | ReadCard | SendToPhone | Wait | SendToHost | QueueReversal | DisconnectPhone | Finished
+Action = (
+    StepStarted
+    | ReadCard
+    | SendToPhone
+    | Wait
+    | SendToHost
+    | QueueReversal
+    | DisconnectPhone
+    | Finished
+)
 
 
 class Phase(Enum):
@@ -267,7 +277,10 @@ class Terminal:
         match (self.phase, event):
             case (Phase.READING, CardRead(card=card)):
                 run.txn = self._build(run.order, card.pan, card.expiry, card.entry_mode, None)
-                run.actions += [StepStarted(Step.BUILD_TRANSACTION), StepStarted(Step.CONNECT_PHONE)]
+                run.actions += [
+                    StepStarted(Step.BUILD_TRANSACTION),
+                    StepStarted(Step.CONNECT_PHONE),
+                ]
                 self.phase = Phase.PHONE
                 run.card_id = card.card_id
                 self._send(run, self.link.select_command())
@@ -278,7 +291,9 @@ class Terminal:
             case (Phase.POLLING, TimerFired()):
                 self._send(run, self.link.confirmation_command())
             case (Phase.PHONE | Phase.POLLING, PhoneGone(reason=reason)):
-                self._end_on_phone(Outcome(Ending.PHONE_GONE, run.txn, message=reason, polls=run.polls))
+                self._end_on_phone(
+                    Outcome(Ending.PHONE_GONE, run.txn, message=reason, polls=run.polls)
+                )
             case (Phase.HOST, HostAnswer(response=response)):
                 self._host_answer(run, response)
             case (Phase.HOST, HostSilent(reason=reason)):
@@ -308,7 +323,11 @@ class Terminal:
                 self.link.handle_connect(response)
             except PhoneNotBound:
                 self._end_on_phone(
-                    Outcome(Ending.NO_PHONE, run.txn, message="the phone in the field is not bound to this card")
+                    Outcome(
+                        Ending.NO_PHONE,
+                        run.txn,
+                        message="the phone in the field is not bound to this card",
+                    )
                 )
                 return
             self._send(run, self.link.authenticate_command())
@@ -336,7 +355,9 @@ class Terminal:
             if remaining <= 0:
                 self._end_on_phone(Outcome(Ending.USER_TIMEOUT, run.txn, polls=run.polls))
                 return
-            run.actions.append(Wait(self.config.poll_interval_ms, "user to confirm on the phone", remaining))
+            run.actions.append(
+                Wait(self.config.poll_interval_ms, "user to confirm on the phone", remaining)
+            )
             return
         if answer.status is not ConfirmationStatus.APPROVED:
             ending = (
@@ -380,7 +401,9 @@ class Terminal:
                 run.txn,
                 response.response_code,
                 response.auth_code,
-                f"result not delivered ({reason}); approval reversed" if response.approved else reason,
+                f"result not delivered ({reason}); approval reversed"
+                if response.approved
+                else reason,
                 run.polls,
             )
         )
@@ -444,4 +467,3 @@ class Terminal:
         assert self._run is not None
         actions, self._run.actions = self._run.actions, []
         return actions
-

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from firmware_sim.cards.emv_card import EmvCardApplet, EmvCardProfile
 from firmware_sim.carddata import CardData
+from firmware_sim.cards.emv_card import EmvCardApplet, EmvCardProfile
 from firmware_sim.emv_reader import EmvReader, run_reader
 from firmware_sim.errors import ConfigError
 from firmware_sim.tracks import build_track1, build_track2, card_from_tracks
@@ -90,6 +90,6 @@ def present(card: CardSpec, how: str, terminal_data: dict[int, bytes]) -> CardDa
         track1, track2 = card.tracks()
         return card_from_tracks(track1, track2)
     contactless = interface == "contactless"
-    applet = EmvCardApplet(card.emv_profile(), interface="contactless" if contactless else "contact")
+    applet = EmvCardApplet(card.emv_profile(), "contactless" if contactless else "contact")
     reader = EmvReader(contactless=contactless, terminal_data=terminal_data)
     return run_reader(reader, applet.process)

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, auto
+from typing import ClassVar
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -241,7 +242,9 @@ class PhoneApplet:
     def _dispatch(self, command: CommandApdu) -> bytes:
         if command.ins == Ins.SELECT:
             if command.cla != CLA_ISO:
-                raise RemoteProtocolError("SELECT must use class 00", status_word=SW.CLA_NOT_SUPPORTED)
+                raise RemoteProtocolError(
+                    "SELECT must use class 00", status_word=SW.CLA_NOT_SUPPORTED
+                )
             return self._select(command)
         if command.cla != CLA_PROPRIETARY:
             raise RemoteProtocolError("class not supported", status_word=SW.CLA_NOT_SUPPORTED)
@@ -252,7 +255,9 @@ class PhoneApplet:
                 "instruction not supported", status_word=SW.INS_NOT_SUPPORTED
             ) from None
         if self.state is State.IDLE:
-            raise RemoteProtocolError("applet not selected", status_word=SW.CONDITIONS_NOT_SATISFIED)
+            raise RemoteProtocolError(
+                "applet not selected", status_word=SW.CONDITIONS_NOT_SATISFIED
+            )
         if command.p1 != 0 or command.p2 != 0:
             raise RemoteProtocolError("P1-P2 must be 00 00", status_word=SW.WRONG_P1P2)
         nxt = TRANSITIONS.get((self.state, ins))
@@ -301,7 +306,7 @@ class PhoneApplet:
     def _connect(self, data: bytes) -> bytes:
         f = decode_fields(data, (Tag.USER_TOKEN, Tag.TERMINAL_NONCE, Tag.TERMINAL_KEY))
         expected = user_token(f[Tag.TERMINAL_NONCE], self.identity.card_id)
-        if not _ct_equal(expected, f[Tag.USER_TOKEN]):
+        if not hmac.compare_digest(expected, f[Tag.USER_TOKEN]):
             # Not our card: stay silent about who we are and keep no state (DESIGN.md §4).
             raise RemoteProtocolError(
                 "user token does not match the bound card",
@@ -374,7 +379,7 @@ class PhoneApplet:
         self._events.append(ResultShown(result.response_code, result.auth_code))
         return b""
 
-    _HANDLERS: dict[Ins, Callable[[PhoneApplet, bytes], bytes]] = {
+    _HANDLERS: ClassVar[dict[Ins, Callable[[PhoneApplet, bytes], bytes]]] = {
         Ins.CONNECT: _connect,
         Ins.AUTHENTICATE: _authenticate,
         Ins.PAYMENT_REQUEST: _payment_request,
@@ -382,6 +387,3 @@ class PhoneApplet:
         Ins.RESULT: _result,
     }
 
-
-def _ct_equal(a: bytes, b: bytes) -> bool:
-    return hmac.compare_digest(a, b)

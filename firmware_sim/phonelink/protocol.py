@@ -112,7 +112,9 @@ def encode_fields(fields: list[tuple[int, bytes]]) -> bytes:
     return b"".join(encode_tlv(tag, value) for tag, value in fields)
 
 
-def decode_fields(data: bytes, required: tuple[int, ...], optional: tuple[int, ...] = ()) -> dict[int, bytes]:
+def decode_fields(
+    data: bytes, required: tuple[int, ...], optional: tuple[int, ...] = ()
+) -> dict[int, bytes]:
     """Parse a flat TLV body: every required tag once, no unknown or repeated tag, exact sizes."""
     allowed = set(required) | set(optional)
     out: dict[int, bytes] = {}

@@ -59,7 +59,9 @@ class Script:
     polls: int = 0
 
 
-def drive(pair: Pair, order: Order, script: Script, config: TerminalConfig | None = None) -> Outcome:
+def drive(
+    pair: Pair, order: Order, script: Script, config: TerminalConfig | None = None
+) -> Outcome:
     terminal = Terminal(
         config or TerminalConfig("POS00001", "MERCH0000000001", "Corner Coffee"), pair.link
     )
@@ -103,7 +105,9 @@ def test_purchase_approved_with_pin_block_signature_and_result() -> None:
     assert outcome.polls == 3
 
 
-@pytest.mark.parametrize("step", ["SELECT", "CONNECT", "AUTHENTICATE", "PAYMENT_REQUEST", "GET_CONFIRMATION"])
+@pytest.mark.parametrize(
+    "step", ["SELECT", "CONNECT", "AUTHENTICATE", "PAYMENT_REQUEST", "GET_CONFIRMATION"]
+)
 def test_phone_leaving_before_the_host_ends_without_host_message(step: str) -> None:
     script = Script(phone_leaves_at=step)
     outcome = drive(make_pair(), Order(TxnType.PURCHASE, 5_00), script)
@@ -133,7 +137,9 @@ def test_host_decline_is_forwarded() -> None:
 def test_user_declines_and_user_timeout() -> None:
     declined = drive(make_pair(), Order(TxnType.PURCHASE, 5_00), Script(decline=True))
     assert declined.ending is Ending.DECLINED_BY_USER
-    config = TerminalConfig("POS00001", "M", "Corner Coffee", poll_interval_ms=100, confirm_timeout_ms=500)
+    config = TerminalConfig(
+        "POS00001", "M", "Corner Coffee", poll_interval_ms=100, confirm_timeout_ms=500
+    )
     script = Script(confirm_after_polls=100)
     timed_out = drive(make_pair(), Order(TxnType.PURCHASE, 5_00), script, config)
     assert timed_out.ending is Ending.USER_TIMEOUT and timed_out.polls == 5

@@ -108,7 +108,9 @@ def test_rogue_terminal_certificate_from_another_ca_is_refused() -> None:
 
 def test_expired_certificate_is_refused() -> None:
     p = make_pair()
-    p.link.certificate = make_cert(p.ca_key, p.terminal_key, not_before=NOW - 1000, not_after=NOW - 1)
+    p.link.certificate = make_cert(
+        p.ca_key, p.terminal_key, not_before=NOW - 1000, not_after=NOW - 1
+    )
     p.link.handle_select(p.send(p.link.select_command().apdu))
     p.link.handle_connect(p.send(p.link.connect_command(PAN.encode()).apdu))
     assert sw(p.send(p.link.authenticate_command().apdu)) == 0x6982
