@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -9,13 +10,34 @@ import click
 
 from firmware_sim.errors import SwipepayError
 
+#: Subcommands that live in their own modules: name -> "module:attribute".  They are imported
+#: only when used (or listed by --help), so start-up stays fast.  Add a row per command module.
+LAZY_COMMANDS: dict[str, str] = {}
 
-def _fail(exc: SwipepayError) -> None:
+
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module only when the subcommand is needed."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = LAZY_COMMANDS.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, _, attr = target.partition(":")
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+def fail(exc: SwipepayError) -> None:
+    """Print a SwipepayError as one clear line and exit with its exit code."""
     click.echo(click.style("error: ", fg="red", bold=True) + str(exc), err=True)
     sys.exit(exc.exit_code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="swipepay")
 def main() -> None:
     """swipepay: the card is read at the terminal, the payment is confirmed and the PIN typed on
@@ -31,7 +53,7 @@ def init(home: Path) -> None:
     try:
         lab = create_lab(home)
     except SwipepayError as exc:
-        _fail(exc)
+        fail(exc)
         return
     click.echo(f"created lab in {lab.root}")
     click.echo(f"  terminals: {', '.join(lab.terminals())}")
@@ -55,6 +77,6 @@ def demo(home: Path | None, as_json: bool) -> None:
     try:
         code = run_demo(home, as_json)
     except SwipepayError as exc:
-        _fail(exc)
+        fail(exc)
         return
     sys.exit(code)

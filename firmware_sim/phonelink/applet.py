@@ -28,7 +28,6 @@ from firmware_sim.errors import (
     RemoteProtocolError,
     SecurityError,
     SwipepayError,
-    WrongLength,
 )
 from firmware_sim.phonelink.protocol import (
     AID,
@@ -160,10 +159,8 @@ class PhoneApplet:
         """Handle one command APDU at unix time ``now``; always returns a response APDU."""
         self._now = now
         try:
-            if len(apdu) > 5 and apdu[4] == 0:
-                # Extended length (a body starting 00): phones promise short APDUs only.
-                raise WrongLength("extended APDUs are not supported")
-            command = CommandApdu.parse(apdu)
+            # Phones promise short APDUs only (DESIGN.md §4): extended length gets 6700.
+            command = CommandApdu.parse(apdu, short_only=True)
         except SwipepayError as exc:
             return self._fail(exc)
         try:
