@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol
 
 from firmware_sim.carddata import CardData
 from firmware_sim.hostmsg import AuthRequest, AuthResponse
+from firmware_sim.phone import Phone
 from firmware_sim.transaction import Transaction
 
 
@@ -45,3 +47,19 @@ class Host(Protocol):
         ...
 
     def reverse(self, txn: Transaction) -> AuthResponse: ...
+
+
+class PhoneServer(Protocol):
+    """The phone's side of the near-field link: serves a phone to whatever reader is in range.
+
+    ``serve`` blocks, handing every command APDU from the field to ``phone.process`` and calling
+    ``phone.deactivate()`` when the field drops or the reader deselects, until ``stop`` is set
+    (or, with ``once``, after the first session ends).
+    """
+
+    url: str
+
+    def serve(self, phone: Phone, stop: threading.Event | None = None, once: bool = False) -> None:
+        ...
+
+    def close(self) -> None: ...

@@ -19,6 +19,8 @@ DRIVERS: dict[str, dict[str, str]] = {
     "phone": {
         "mock": "drivers.mock_phone:MockPhoneLink",
     },
+    # The phone's own side of the link (what `swipepay phone run --link URL` serves on).
+    "phone-serve": {},
 }
 
 
@@ -48,3 +50,7 @@ def open_card_reader(url: str, **context: Any) -> Any:
 
 def open_phone_link(url: str, **context: Any) -> Any:
     return driver_class("phone", url).from_url(url, **context)
+
+
+def open_phone_server(url: str, **context: Any) -> Any:
+    return driver_class("phone-serve", url).from_url(url, **context)
