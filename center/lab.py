@@ -292,6 +292,22 @@ class Lab:
             ) from None
         return cert, _load_key(base / "link.key")
 
+    def next_stan(self, terminal_id: str) -> int:
+        """The terminal's next system trace audit number (field 11), kept across runs."""
+        path = self.root / "terminals" / terminal_id / "state.json"
+        try:
+            return int(json.loads(path.read_text(encoding="utf-8"))["next_stan"])
+        except FileNotFoundError:
+            return 1
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"{path} is malformed; delete it to restart STANs at 1") from None
+
+    def save_next_stan(self, terminal_id: str, stan: int) -> None:
+        path = self.root / "terminals" / terminal_id / "state.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"next_stan": stan}) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
     def ca_key(self) -> ec.EllipticCurvePrivateKey:
         return _load_key(self.root / "ca" / "ca.key")
 

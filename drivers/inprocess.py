@@ -42,7 +42,6 @@ class InProcessBench:
     lab: Lab
     center: Center
     rf: MockField = dc_field(default_factory=MockField)
-    stans: dict[str, int] = dc_field(default_factory=dict)
     #: The simulated user of the last phone placed in the field (what it was shown).
     last_user: ScriptedUser | None = None
 
@@ -92,7 +91,7 @@ class InProcessBench:
     ) -> TxnReport:
         config = self.lab.terminal_config(terminal_id)
         cert, key = self.lab.terminal_link_identity(terminal_id)
-        terminal = Terminal(config, TerminalLink(cert, key), self.stans.get(terminal_id, 1))
+        terminal = Terminal(config, TerminalLink(cert, key), self.lab.next_stan(terminal_id))
         reader = open_card_reader(card_url, cards=self.lab.cards()) if card_url else None
         if reader is not None and hasattr(reader, "amount"):
             reader.amount = order.amount
@@ -117,5 +116,5 @@ class InProcessBench:
             )
         finally:
             save()
-            self.stans[terminal_id] = terminal.next_stan
+            self.lab.save_next_stan(terminal_id, terminal.next_stan)
         return report

@@ -33,7 +33,8 @@ class UserAgent(Protocol):
 
 @dataclass
 class ScriptedUser:
-    """Confirms (with the PIN from ``pin_source``) or declines after ``delay_polls`` polls."""
+    """Confirms (with the PIN from ``pin_source``) or declines once ``delay_polls`` polls of the
+    terminal have been answered "pending"."""
 
     choice: Choice = Choice.CONFIRM
     pin_source: Callable[[], str] = field(default=lambda: "", repr=False)
@@ -83,6 +84,5 @@ class Phone:
         for event in events:
             if isinstance(event, PaymentShown):
                 self.user.on_payment(event)
-                self.user.poll(self.applet)
             elif isinstance(event, ResultShown):
                 self.user.on_result(event)

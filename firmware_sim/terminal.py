@@ -47,7 +47,7 @@ STEP_TEXT: dict[Step, str] = {
     Step.BUILD_TRANSACTION: "transaction built",
     Step.CONNECT_PHONE: "connection request with user-ID token; phone verified terminal",
     Step.PAYMENT_REQUEST: "encrypted payment request sent to phone",
-    Step.USER_CONFIRMATION: "user confirmed and typed PIN on the phone",
+    Step.USER_CONFIRMATION: "user confirms and types the PIN on the phone (or declines)",
     Step.HOST_REQUEST: "ID + transaction + confirmation to center; it verifies, posts",
     Step.HOST_RESULT: "center's result received",
     Step.RESULT_TO_PHONE: "result forwarded to phone; link disconnected",
