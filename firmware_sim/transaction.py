@@ -97,6 +97,14 @@ class Transaction:
     def spec(self) -> TxnTypeSpec:
         return TXN_TYPES[self.type]
 
+    def __repr__(self) -> str:
+        # The PAN is masked 6+4 so a logged transaction never carries the whole card number.
+        masked = self.pan[:6] + "*" * (len(self.pan) - 10) + self.pan[-4:]
+        return (
+            f"Transaction(type={self.type.value}, amount={self.amount}, pan={masked}, "
+            f"terminal_id={self.terminal_id}, stan={self.stan}, at={self.transmitted_at})"
+        )
+
 
 def format_amount(amount: int, currency: str = "978") -> str:
     """Show minor units as a decimal amount with the currency's code (2 decimals assumed)."""
