@@ -12,7 +12,11 @@ from firmware_sim.errors import SwipepayError
 
 #: Subcommands that live in their own modules: name -> "module:attribute".  They are imported
 #: only when used (or listed by --help), so start-up stays fast.  Add a row per command module.
-LAZY_COMMANDS: dict[str, str] = {}
+LAZY_COMMANDS: dict[str, str] = {
+    "phone": "cli.phone_cmds:phone",
+    "conformance": "cli.phone_cmds:conformance",
+    "trace": "cli.phone_cmds:trace",
+}
 
 
 class LazyGroup(click.Group):

@@ -18,9 +18,12 @@ DRIVERS: dict[str, dict[str, str]] = {
     },
     "phone": {
         "mock": "drivers.mock_phone:MockPhoneLink",
+        "tcp": "drivers.tcp_link:TcpPhoneLink",
     },
     # The phone's own side of the link (what `swipepay phone run --link URL` serves on).
-    "phone-serve": {},
+    "phone-serve": {
+        "tcp": "drivers.tcp_link:TcpPhoneServer",
+    },
 }
 
 

@@ -1,0 +1,371 @@
+"""``swipepay phone run``, ``swipepay conformance`` and ``swipepay trace``.
+
+Click commands only: the phone is :class:`firmware_sim.phone.Phone`, the checks live in
+:mod:`firmware_sim.conformance`, traces are read by :mod:`firmware_sim.trace_view`; links come
+from :mod:`drivers.registry`.  Heavy imports happen inside the commands so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from cli.main import fail
+from firmware_sim.errors import ConfigError, SwipepayError
+
+if TYPE_CHECKING:
+    from firmware_sim.phonelink.applet import PaymentShown, PhoneApplet, ResultShown
+
+PIN_DIGITS = range(4, 13)
+
+
+def _check_pin(pin: str, where: str) -> str:
+    if not pin.isdigit() or len(pin) not in PIN_DIGITS:
+        raise ConfigError(f"the PIN from {where} must be 4 to 12 digits")  # never echo it
+    return pin
+
+
+def pin_from_env(var: str) -> Callable[[], str]:
+    """A PIN source reading ``var`` when the PIN is needed (checked once at start-up)."""
+    if var not in os.environ:
+        raise ConfigError(f"environment variable {var} is not set")
+    _check_pin(os.environ[var], f"${var}")
+    return lambda: _check_pin(os.environ.get(var, ""), f"${var}")
+
+
+def pin_from_file(path: Path) -> Callable[[], str]:
+    """A PIN source reading a file that only its owner may read (like an ssh key)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"cannot read PIN file {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"PIN file {path} is accessible by others; chmod 600 {path}")
+
+    def read() -> str:
+        try:
+            return _check_pin(path.read_text(encoding="utf-8").strip(), str(path))
+        except (OSError, UnicodeDecodeError):
+            raise ConfigError(f"cannot read PIN file {path}") from None
+
+    read()
+    return read
+
+
+class PromptUser:
+    """The person holding the phone, asked on the terminal this program runs in.
+
+    The prompt runs in its own thread so the phone keeps answering "pending" to the reader's
+    polls while the user thinks (DESIGN.md §4); :meth:`poll`, called on each exchange, hands the
+    answer to the applet or expires the payment after ``timeout`` seconds.
+    """
+
+    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout = timeout
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._answer: tuple[bool, str] | None = None
+        self._shown_at: float | None = None
+        self._prompting = False
+
+    def __repr__(self) -> str:
+        return f"PromptUser(timeout={self.timeout})"
+
+    def on_payment(self, shown: PaymentShown) -> None:
+        click.echo(
+            f"\nPAY {shown.merchant_name} (terminal {shown.terminal_id}, certified)\n"
+            f"  {shown.txn_type} {shown.amount / 100:.2f} (currency {shown.currency})"
+        )
+        with self._lock:
+            self._answer = None
+            self._shown_at = self._clock()
+            if self._prompting:
+                click.echo("  (answer the earlier prompt first)")
+                return
+            self._prompting = True
+        threading.Thread(target=self._ask, daemon=True).start()
+
+    def _ask(self) -> None:
+        try:
+            ok = click.confirm("  confirm this payment?", default=False)
+            pin = click.prompt("  PIN", hide_input=True) if ok else ""
+        except (click.Abort, EOFError):
+            ok, pin = False, ""
+        with self._lock:
+            self._answer = (ok, pin)
+            self._prompting = False
+        del pin
+
+    def poll(self, applet: PhoneApplet) -> None:
+        if not applet.awaiting_user:
+            return
+        with self._lock:
+            answer, self._answer = self._answer, None
+            shown_at = self._shown_at
+        if answer is not None:
+            ok, pin = answer
+            del answer
+            if ok:
+                applet.confirm(pin)
+            else:
+                applet.decline()
+        elif shown_at is not None and self._clock() - shown_at > self.timeout:
+            click.echo("  timed out: the payment was not confirmed")
+            applet.expire()
+
+    def on_result(self, shown: ResultShown) -> None:
+        _echo_result(shown)
+
+
+def _echo_result(shown: ResultShown) -> None:
+    verdict = "APPROVED" if shown.response_code == "00" else "DECLINED"
+    auth = f" (auth {shown.auth_code})" if shown.auth_code else ""
+    click.echo(f"  result: {verdict} {shown.response_code}{auth}")
+
+
+@click.group()
+def phone() -> None:
+    """The cardholder's phone (the card side of the NFC link)."""
+
+
+@phone.command("run")
+@click.option("--profile", "profile_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="Phone profile (lab phones/).")
+@click.option("--link", "url", required=True, help="Where to serve, e.g. tcp:127.0.0.1:7000.")
+@click.option("--auto-confirm", is_flag=True, help="Confirm every payment without asking.")
+@click.option("--pin-env", metavar="VAR", help="With --auto-confirm: the PIN is in $VAR.")
+@click.option("--pin-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --auto-confirm: the PIN is in this file (mode 600).")
+@click.option("--decline", is_flag=True, help="Decline every payment without asking.")
+@click.option("--once", is_flag=True, help="Stop after the first session.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds the user has to act.")
+def phone_run(
+    profile_path: Path, url: str, auto_confirm: bool, pin_env: str | None,
+    pin_file: Path | None, decline: bool, once: bool, timeout: float,
+) -> None:
+    """Serve the phone applet on a link until interrupted (or one session with --once).
+
+    The PIN is never taken from the command line (other users see it in `ps`).
+    """
+    try:
+        _phone_run(profile_path, url, auto_confirm, pin_env, pin_file, decline, once, timeout)
+    except SwipepayError as exc:
+        fail(exc)
+
+
+def _phone_run(
+    profile_path: Path, url: str, auto_confirm: bool, pin_env: str | None,
+    pin_file: Path | None, decline: bool, once: bool, timeout: float,
+) -> None:
+    from center.lab import PhoneProfile
+    from drivers.registry import open_phone_server
+    from firmware_sim.phone import Choice, Phone, ScriptedUser, UserAgent
+    from firmware_sim.phonelink.applet import PhoneApplet
+
+    if auto_confirm and decline:
+        raise ConfigError("--auto-confirm and --decline exclude each other")
+    if (pin_env or pin_file) and not auto_confirm:
+        raise ConfigError("--pin-env / --pin-file go with --auto-confirm")
+    if auto_confirm and bool(pin_env) == bool(pin_file):
+        raise ConfigError("--auto-confirm needs exactly one of --pin-env VAR or --pin-file FILE")
+    profile = PhoneProfile.load(profile_path)
+
+    class EchoingUser(ScriptedUser):
+        def on_payment(self, shown: PaymentShown) -> None:
+            click.echo(f"PAY {shown.merchant_name} ({shown.terminal_id}) {shown.txn_type} "
+                       f"{shown.amount / 100:.2f} -> {self.choice.value}")
+            super().on_payment(shown)
+
+        def on_result(self, shown: ResultShown) -> None:
+            _echo_result(shown)
+            super().on_result(shown)
+
+    user: UserAgent
+    if auto_confirm:
+        source = pin_from_env(pin_env) if pin_env else pin_from_file(pin_file)  # type: ignore[arg-type]
+        user = EchoingUser(Choice.CONFIRM, source)
+    elif decline:
+        user = EchoingUser(Choice.DECLINE)
+    else:
+        user = PromptUser(timeout)
+
+    applet = PhoneApplet(profile.identity(), profile.dukpt())
+    saved = [profile.counter]
+
+    class PersistingPhone(Phone):
+        """Writes the DUKPT counter back after each confirmation: a counter must never be
+        reused, even if the program is killed right after."""
+
+        def process(self, apdu: bytes) -> bytes:
+            response = super().process(apdu)
+            counter = self.applet.dukpt.counter
+            if counter != saved[0]:
+                profile.with_counter(counter).save(profile_path)
+                saved[0] = counter
+            return response
+
+    server = open_phone_server(url)
+    where = url
+    address = getattr(server, "address", None)
+    if isinstance(address, tuple):
+        where = f"{url.partition(':')[0]}:{address[0]}:{address[1]}"
+    click.echo(f"phone {profile.name} (card {profile.card}) listening on {where}")
+    try:
+        server.serve(PersistingPhone(applet, user, time.time), once=once)
+    except KeyboardInterrupt:
+        click.echo("stopped")
+    finally:
+        server.close()
+
+
+def _conformance_context(home: Path, card: str | None, terminal: str | None) -> Any:
+    from center.lab import Lab
+    from firmware_sim.conformance import Context
+
+    lab = Lab(home)
+    cards = lab.cards()
+    bound = lab.phones()
+    if card is None:
+        card = next(iter(bound.values()), None)
+        if card is None:
+            raise ConfigError(f"{home} has no phone bound to a card")
+    spec = cards.get(card)
+    if spec is None:
+        raise ConfigError(f"no card {card!r} in {home} (cards: {', '.join(cards)})")
+    if terminal is None:
+        terminal = next(iter(lab.terminals()), None)
+        if terminal is None:
+            raise ConfigError(f"{home} has no terminal")
+    cert, key = lab.terminal_link_identity(terminal)
+    phone_key = None
+    for name, bound_card in bound.items():
+        if bound_card == card:
+            phone_key = lab.phone_profile(name).identity().signing_key.public_key()
+    return Context(
+        certificate=cert, signing_key=key, ca_key=lab.ca_key(), ca_key_index=cert.ca_key_index,
+        pan=spec.pan, expiry=spec.expiry, now=int(time.time()), phone_key=phone_key,
+    )
+
+
+@click.command()
+@click.option("--link", "url", required=True, help="Phone link, e.g. tcp:127.0.0.1:7000.")
+@click.option("--home", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Lab directory (terminal certificate, CA, cards).")
+@click.option("--card", help="Card the phone is bound to (default: the first bound card).")
+@click.option("--terminal", "terminal_id", help="Terminal ID whose certificate is used.")
+@click.option("--check", "checks", multiple=True, help="Run only this check (repeatable).")
+@click.option("--connect-timeout", default=30.0, show_default=True,
+              help="Seconds to wait for a phone in the field.")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Record every APDU to this JSON-lines file.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def conformance(
+    url: str, home: Path, card: str | None, terminal_id: str | None, checks: tuple[str, ...],
+    connect_timeout: float, trace_path: Path | None, as_json: bool,
+) -> None:
+    """Run the phone-link checks against whatever phone answers on LINK.
+
+    The last check is a full purchase: the phone's user must confirm it (run the emulator
+    with --auto-confirm to test unattended).
+    """
+    try:
+        code = _conformance(url, home, card, terminal_id, list(checks), connect_timeout,
+                            trace_path, as_json)
+    except SwipepayError as exc:
+        fail(exc)
+        return
+    sys.exit(code)
+
+
+def _conformance(
+    url: str, home: Path, card: str | None, terminal_id: str | None, names: list[str],
+    connect_timeout: float, trace_path: Path | None, as_json: bool,
+) -> int:
+    from drivers.registry import open_phone_link
+    from drivers.trace import TraceWriter, TracingLink
+    from firmware_sim.conformance import CheckResult, run_check, select_checks
+
+    suite = select_checks(names)
+    ctx = _conformance_context(home, card, terminal_id)
+    link = open_phone_link(url)
+    trace_file = None
+    if trace_path is not None:
+        try:
+            trace_file = trace_path.open("w", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write trace {trace_path}: {exc.strerror}") from None
+        link = TracingLink(link, TraceWriter(trace_file))
+    results: list[CheckResult] = []
+    connected = False
+    try:
+        for check in suite:
+            if not connected:
+                if not as_json:
+                    click.echo(f"waiting up to {connect_timeout:.0f} s for a phone on {url}",
+                               err=True)
+                try:
+                    link.connect(connect_timeout)
+                except SwipepayError as exc:
+                    if not results:
+                        raise
+                    results.append(CheckResult(check.name, check.sends, check.expected, "",
+                                               False, f"link: {exc}", True))
+                    continue
+                connected = True
+            if check.name == "transaction" and not as_json:
+                click.echo("transaction: confirm the payment on the phone "
+                           "(the emulator does it with --auto-confirm)", err=True)
+            result = run_check(check, ctx, link.transmit, time.sleep)
+            results.append(result)
+            if result.link_broken:
+                link.disconnect()
+                connected = False
+    finally:
+        if connected:
+            link.disconnect()
+        if trace_file is not None:
+            trace_file.close()
+    failed = [r for r in results if not r.passed]
+    if as_json:
+        click.echo(json.dumps({
+            "link": url,
+            "passed": not failed,
+            "checks": [r.__dict__ for r in results],
+        }, indent=2))
+    else:
+        width = max(len(r.name) for r in results)
+        for r in results:
+            mark = click.style("pass", fg="green") if r.passed else click.style("FAIL", fg="red")
+            click.echo(f"{mark}  {r.name:<{width}}  expected {r.expected:<10} seen {r.seen}")
+            detail = f"; {r.detail}" if r.detail else ""
+            click.echo(f"      {'':<{width}}  sent: {r.sends}{detail}")
+        click.echo(f"{len(results) - len(failed)}/{len(results)} checks passed")
+    return 1 if failed else 0
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--mermaid", is_flag=True, help="Print a Mermaid sequence diagram instead.")
+def trace(file: Path, mermaid: bool) -> None:
+    """Pretty-print an APDU trace (from `swipepay conformance --trace` or a tracing link)."""
+    from firmware_sim.trace_view import parse_trace, render_mermaid, render_table
+
+    try:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read trace {file}: {exc}") from None
+        records = parse_trace(text)
+    except SwipepayError as exc:
+        fail(exc)
+        return
+    click.echo(render_mermaid(records) if mermaid else render_table(records))

@@ -1,0 +1,226 @@
+"""`swipepay phone run` and `swipepay conformance` as real processes talking over tcp:."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from center.lab import Lab, create_lab
+from cli.main import main
+from cli.phone_cmds import pin_from_env, pin_from_file
+from firmware_sim.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    return create_lab(tmp_path_factory.mktemp("lab") / "lab")
+
+
+def swipepay(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from cli.main import main; main()", *args]
+
+
+class PhoneProcess:
+    def __init__(self, lab: Lab, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            swipepay("phone", "run", "--profile", str(lab.phone_path("alice-phone")),
+                     "--link", "tcp:127.0.0.1:0", "--once", *extra),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})},
+        )
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()  # bounded: the process prints or exits at once
+        match = re.search(r"listening on (tcp:127\.0\.0\.1:\d+)", first)
+        if match is None:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+            raise AssertionError(f"phone did not start: {first!r} {err!r}")
+        self.url = match.group(1)
+        self.first = first
+
+    def finish(self) -> tuple[str, str]:
+        try:
+            out, err = self.proc.communicate(timeout=20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.communicate()
+        return self.first + out, err
+
+
+@pytest.fixture
+def phone(lab: Lab) -> Iterator[PhoneProcess]:
+    pin = lab.pins()["alice-visa"]
+    p = PhoneProcess(lab, "--auto-confirm", "--pin-env", "SWIPEPAY_TEST_PIN",
+                     env={"SWIPEPAY_TEST_PIN": pin})
+    yield p
+    if p.proc.poll() is None:
+        p.proc.kill()
+        p.proc.communicate()
+
+
+def test_conformance_against_the_emulator_passes(
+    lab: Lab, phone: PhoneProcess, tmp_path: Path
+) -> None:
+    pin = lab.pins()["alice-visa"]
+    before = lab.phone_profile("alice-phone").counter
+    trace = tmp_path / "trace.jsonl"
+    result = subprocess.run(
+        swipepay("conformance", "--link", phone.url, "--home", str(lab.root),
+                 "--card", "alice-visa", "--terminal", "POS00001", "--json",
+                 "--connect-timeout", "10", "--trace", str(trace)),
+        capture_output=True, text=True, timeout=60,
+    )
+    phone_out, phone_err = phone.finish()
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] is True
+    assert {c["name"] for c in report["checks"] if c["passed"]} >= {"wrong-token", "transaction"}
+    assert phone.proc.returncode == 0
+    assert "PAY Corner Coffee" in phone_out
+    for text in (result.stdout, result.stderr, phone_out, phone_err):
+        assert pin not in text
+    for raw in trace.read_text().splitlines():
+        record = json.loads(raw)
+        for name in ("cmd", "rsp"):
+            if record.get(name):
+                assert pin.encode() not in bytes.fromhex(record[name])
+                record[name] = ""
+        assert pin not in json.dumps(record)
+    # Each confirmation's DUKPT counter was written back to the profile.
+    assert lab.phone_profile("alice-phone").counter > before
+
+
+def test_conformance_table_and_exit_code_on_failure(lab: Lab) -> None:
+    declining = PhoneProcess(lab, "--decline")
+    result = subprocess.run(
+        swipepay("conformance", "--link", declining.url, "--home", str(lab.root),
+                 "--check", "wrong-token", "--check", "transaction", "--connect-timeout", "10"),
+        capture_output=True, text=True, timeout=60,
+    )
+    declining.finish()
+    assert result.returncode == 1
+    assert re.search(r"pass\s+wrong-token\s+expected 6A88 6985\s+seen 9000 6A88 6985",
+                     result.stdout)
+    assert re.search(r"FAIL\s+transaction", result.stdout)
+    assert "1/2 checks passed" in result.stdout
+    assert "confirm the payment on the phone" in result.stderr
+
+
+def test_conformance_without_a_phone_is_one_clear_error(lab: Lab) -> None:
+    result = CliRunner().invoke(main, ["conformance", "--link", "tcp:127.0.0.1:9", "--home",
+                                       str(lab.root), "--connect-timeout", "0.2"])
+    assert result.exit_code == 5
+    assert "no phone at 127.0.0.1:9" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--auto-confirm"], "exactly one of --pin-env"),
+        (["--auto-confirm", "--decline", "--pin-env", "X"], "exclude each other"),
+        (["--pin-env", "X"], "go with --auto-confirm"),
+        (["--auto-confirm", "--pin-env", "SWIPEPAY_UNSET_VARIABLE"], "is not set"),
+    ],
+)
+def test_phone_run_refuses_bad_pin_options(lab: Lab, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["phone", "run", "--profile",
+                                       str(lab.phone_path("alice-phone")),
+                                       "--link", "tcp:127.0.0.1:0", *args])
+    assert result.exit_code == 3
+    assert message in result.output
+
+
+def test_phone_run_refuses_an_unknown_link_scheme(lab: Lab) -> None:
+    result = CliRunner().invoke(main, ["phone", "run", "--profile",
+                                       str(lab.phone_path("alice-phone")), "--link", "zz:x",
+                                       "--decline"])
+    assert result.exit_code == 3 and "unknown phone-serve URL scheme" in result.output
+
+
+def test_pin_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "pin"
+    path.write_text("2468\n")
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="accessible by others"):
+        pin_from_file(path)
+    path.chmod(0o600)
+    assert pin_from_file(path)() == "2468"
+
+
+def test_bad_pins_are_refused_without_echoing_them(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWIPEPAY_TEST_PIN", "12ab")
+    with pytest.raises(ConfigError) as info:
+        pin_from_env("SWIPEPAY_TEST_PIN")
+    assert "12ab" not in str(info.value)
+    path = tmp_path / "pin"
+    path.write_text("1")
+    path.chmod(0o600)
+    with pytest.raises(ConfigError):
+        pin_from_file(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        pin_from_file(tmp_path / "missing")
+
+
+def test_lazy_commands_are_listed() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    for name in ("phone", "conformance", "trace"):
+        assert name in result.output
+
+
+def test_prompt_user_confirms_with_a_hidden_pin(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.phone_cmds import PromptUser
+    from firmware_sim.conformance import run_check, select_checks
+    from firmware_sim.phone import Phone
+    from tests.firmware_sim.test_conformance import setup
+
+    asked: list[dict[str, object]] = []
+    monkeypatch.setattr("click.confirm", lambda *a, **k: True)
+
+    def prompt(*args: object, **kwargs: object) -> str:
+        asked.append(kwargs)
+        return "1234"
+
+    monkeypatch.setattr("click.prompt", prompt)
+    ctx, scripted = setup()
+    phone = Phone(scripted.applet, PromptUser(timeout=30), lambda: ctx.now)
+    check = select_checks(["transaction"])[0]
+    result = run_check(check, replace(ctx, max_polls=2000), phone.process,
+                       lambda s: time.sleep(0.005))
+    assert result.passed, result.detail
+    assert asked == [{"hide_input": True}]
+
+
+def test_prompt_user_expires_after_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.phone_cmds import PromptUser
+    from firmware_sim.conformance import run_check, select_checks
+    from firmware_sim.phone import Phone
+    from tests.firmware_sim.test_conformance import setup
+
+    release = threading.Event()
+    monkeypatch.setattr("click.confirm", lambda *a, **k: release.wait(5) and False)
+    now = [0.0]
+    ctx, scripted = setup()
+    phone = Phone(scripted.applet, PromptUser(timeout=10, clock=lambda: now[0]), lambda: ctx.now)
+
+    def pause(seconds: float) -> None:
+        now[0] += 5  # the user's clock moves on; nobody answers
+
+    try:
+        result = run_check(select_checks(["transaction"])[0], ctx, phone.process, pause)
+    finally:
+        release.set()
+    assert not result.passed and "TIMED_OUT" in result.detail

@@ -1,0 +1,308 @@
+"""The tcp: phone link: a phone served in a thread on a free port, the terminal in this thread."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from center.core import Center
+from center.lab import Lab, create_lab
+from drivers.local_host import LocalHost
+from drivers.registry import open_card_reader, open_phone_link, open_phone_server
+from drivers.runner import TxnReport, run_transaction
+from drivers.tcp_link import (
+    MAX_COMMAND_FRAME,
+    TcpPhoneLink,
+    TcpPhoneServer,
+    frame,
+    parse_address,
+)
+from firmware_sim.errors import ConfigError, LinkTimeout, TransportError
+from firmware_sim.phone import Choice, Phone, ScriptedUser
+from firmware_sim.phonelink.applet import PhoneApplet
+from firmware_sim.phonelink.terminal_link import TerminalLink
+from firmware_sim.terminal import Ending, Order, Terminal
+from firmware_sim.transaction import TxnType
+
+SELECT = bytes.fromhex("00a4040007f053575041590100")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    return create_lab(tmp_path_factory.mktemp("lab") / "lab")
+
+
+class CountingPhone(Phone):
+    """A phone that records deactivations and can leave after ``leave_after`` commands."""
+
+    def __init__(self, *args: object, stop: threading.Event, leave_after: int | None) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.stop = stop
+        self.leave_after = leave_after
+        self.commands = 0
+        self.deactivations = 0
+
+    def process(self, apdu: bytes) -> bytes:
+        self.commands += 1
+        if self.leave_after is not None and self.commands >= self.leave_after:
+            self.stop.set()  # the server ends the session after this answer: the phone left
+        return super().process(apdu)
+
+    def deactivate(self) -> None:
+        self.deactivations += 1
+        super().deactivate()
+
+
+class Served:
+    def __init__(self, lab: Lab, leave_after: int | None = None, once: bool = False) -> None:
+        profile = lab.phone_profile("alice-phone")
+        pin = lab.pins()[profile.card]
+        self.stop = threading.Event()
+        self.phone = CountingPhone(
+            PhoneApplet(profile.identity(), profile.dukpt()),
+            ScriptedUser(Choice.CONFIRM, lambda: pin),
+            time.time,
+            stop=self.stop,
+            leave_after=leave_after,
+        )
+        self.server = open_phone_server("tcp:127.0.0.1:0")
+        host, port = self.server.address
+        self.url = f"tcp:{host}:{port}"
+        self.thread = threading.Thread(
+            target=self.server.serve, args=(self.phone, self.stop, once), daemon=True
+        )
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.server.close()
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def served(lab: Lab) -> Iterator[Served]:
+    s = Served(lab)
+    yield s
+    s.close()
+
+
+def purchase(lab: Lab, url: str, amount: int) -> TxnReport:
+    cert, key = lab.terminal_link_identity("POS00001")
+    terminal = Terminal(lab.terminal_config("POS00001"), TerminalLink(cert, key), 1)
+    reader = open_card_reader("mock:alice-visa", cards=lab.cards())
+    reader.amount = amount
+    center = Center.open(lab.db_path, lab.center_keys())
+    try:
+        return run_transaction(
+            terminal,
+            Order(TxnType.PURCHASE, amount),
+            reader=reader,
+            link=open_phone_link(url, response_timeout=5.0),
+            host=LocalHost(center),
+            sleep=lambda s: None,
+            phone_timeout=5.0,
+        )
+    finally:
+        center.close()
+
+
+def test_registry_knows_both_sides() -> None:
+    assert isinstance(open_phone_link("tcp:127.0.0.1:9"), TcpPhoneLink)
+    server = open_phone_server("tcp:127.0.0.1:0")
+    try:
+        assert isinstance(server, TcpPhoneServer)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("url", ["tcp:", "tcp:host", "tcp:host:port", "tcp::7000", "tcp:h:99999"])
+def test_bad_urls_are_config_errors(url: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_address(url)
+
+
+def test_full_transaction_over_tcp(lab: Lab, served: Served) -> None:
+    report = purchase(lab, served.url, 2_50)
+    assert report.outcome.ending is Ending.APPROVED, report.outcome.message
+    assert report.exchanges[0].ins == "SELECT"
+    assert report.exchanges[-1].ins == "RESULT"
+    # The terminal disconnected: the phone saw the field drop.
+    deadline = time.monotonic() + 5
+    while served.phone.deactivations == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert served.phone.deactivations >= 1
+
+
+@pytest.mark.parametrize("leave_after", [1, 3, 4])
+def test_phone_closing_mid_session_is_phone_gone(lab: Lab, leave_after: int) -> None:
+    s = Served(lab, leave_after=leave_after, once=True)
+    try:
+        report = purchase(lab, s.url, 1_00)
+    finally:
+        s.close()
+    assert report.outcome.ending is Ending.PHONE_GONE
+    assert s.phone.deactivations == 1
+
+
+def test_connect_times_out_when_nobody_listens() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    link = open_phone_link(f"tcp:127.0.0.1:{port}")
+    with pytest.raises(LinkTimeout):
+        link.connect(0.2)
+
+
+def test_connect_retries_until_the_phone_listens(lab: Lab) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    link = open_phone_link(f"tcp:127.0.0.1:{port}")
+    server: list[TcpPhoneServer] = []
+
+    def late_start() -> None:
+        time.sleep(0.2)
+        server.append(TcpPhoneServer.from_url(f"tcp:127.0.0.1:{port}"))
+
+    t = threading.Thread(target=late_start)
+    t.start()
+    try:
+        link.connect(5.0)
+    finally:
+        t.join()
+        link.disconnect()
+        for srv in server:
+            srv.close()
+
+
+def test_transmit_without_connect_is_transport_error() -> None:
+    with pytest.raises(TransportError):
+        open_phone_link("tcp:127.0.0.1:9").transmit(SELECT)
+
+
+def raw_client(url: str) -> socket.socket:
+    host, port = parse_address(url)
+    sock = socket.create_connection((host, port), timeout=5)
+    return sock
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    size = int.from_bytes(sock.recv(2), "big")
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk
+        data += chunk
+    return data
+
+
+def _closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(10) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_oversize_frame_drops_the_terminal(served: Served) -> None:
+    with raw_client(served.url) as sock:
+        sock.sendall(frame(SELECT))
+        assert read_answer(sock)[-2:] == b"\x90\x00"
+        sock.sendall((MAX_COMMAND_FRAME + 1).to_bytes(2, "big"))
+        assert _closed(sock)  # nothing buffered or answered
+    # ...and the phone serves the next terminal.
+    with raw_client(served.url) as sock:
+        sock.sendall(frame(SELECT))
+        assert read_answer(sock)[-2:] == b"\x90\x00"
+
+
+def test_empty_frame_gets_a_status_word(served: Served) -> None:
+    with raw_client(served.url) as sock:
+        sock.sendall(b"\x00\x00")
+        assert read_answer(sock) == b"\x67\x00"
+
+
+def test_frame_cut_short_ends_the_session(served: Served) -> None:
+    with raw_client(served.url) as sock:
+        sock.sendall(frame(SELECT))
+        read_answer(sock)
+        sock.sendall(b"\x00\x10\x80")
+    deadline = time.monotonic() + 5
+    while served.phone.deactivations == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert served.phone.deactivations == 1
+    assert served.phone.applet.state.name == "IDLE"
+
+
+def test_response_timeout_is_link_timeout() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    link = TcpPhoneLink.from_url(f"tcp:127.0.0.1:{port}", response_timeout=0.2)
+    try:
+        link.connect(2.0)
+        conn, _ = listener.accept()
+        with conn, pytest.raises(LinkTimeout):
+            link.transmit(SELECT)
+    finally:
+        link.disconnect()
+        listener.close()
+
+
+def test_oversize_response_is_transport_error() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    link = TcpPhoneLink.from_url(f"tcp:127.0.0.1:{port}", response_timeout=2.0)
+    try:
+        link.connect(2.0)
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall((300).to_bytes(2, "big") + b"\x00" * 300)
+            with pytest.raises(TransportError):
+                link.transmit(SELECT)
+    finally:
+        link.disconnect()
+        listener.close()
+
+
+class EchoPhone:
+    """Answers SELECT with 9000 and everything else with 6D00: the framing is under test."""
+
+    def process(self, apdu: bytes) -> bytes:
+        return b"\x90\x00" if apdu == SELECT else b"\x6d\x00"
+
+    def deactivate(self) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def echo_url() -> Iterator[str]:
+    stop = threading.Event()
+    server = TcpPhoneServer.from_url("tcp:127.0.0.1:0")
+    host, port = server.address
+    thread = threading.Thread(target=server.serve, args=(EchoPhone(), stop), daemon=True)
+    thread.start()
+    yield f"tcp:{host}:{port}"
+    stop.set()
+    thread.join(timeout=5)
+    server.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_any_bytes_from_a_terminal_never_break_the_server(echo_url: str, data: bytes) -> None:
+    """Arbitrary garbage on the socket: the server answers or drops, and keeps serving."""
+    with raw_client(echo_url) as sock, contextlib.suppress(OSError):  # dropped: fine
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+    with raw_client(echo_url) as sock:
+        sock.sendall(frame(SELECT))
+        assert read_answer(sock)[-2:] == b"\x90\x00"
