@@ -144,6 +144,11 @@ class Storage(Protocol):
     def insert_message(self, message: MessageRecord) -> None: ...
     def get_message(self, key: MessageKey) -> MessageRecord | None: ...
     def update_message_state(self, key: MessageKey, state: str, reversed_amount: int) -> None: ...
+    def list_messages(self, day: str | None = None) -> list[MessageRecord]:
+        """Every stored message (of one ``YYYY-MM-DD`` receive date), oldest first: reports."""
+        ...
+
+    def list_terminals(self) -> list[TerminalRecord]: ...
 
 
 _SCHEMA = """
@@ -448,6 +453,23 @@ class SQLiteStorage:
             "WHERE terminal_id = ? AND stan = ? AND transmitted_at = ?",
             (state, reversed_amount, key.terminal_id, key.stan, key.transmitted_at),
         )
+
+    def list_messages(self, day: str | None = None) -> list[MessageRecord]:
+        rows = self._db.execute(
+            "SELECT terminal_id, stan, transmitted_at, content_hash, txn_type, amount, pan, "
+            "account_id, response_code, auth_code, available_balance, message, state, "
+            "reversed_amount, received_at FROM messages WHERE ? IS NULL OR substr(received_at, "
+            "1, 10) = ? ORDER BY rowid",
+            (day, day),
+        ).fetchall()
+        return [MessageRecord(MessageKey(r[0], r[1], r[2]), *r[3:]) for r in rows]
+
+    def list_terminals(self) -> list[TerminalRecord]:
+        rows = self._db.execute(
+            "SELECT terminal_id, merchant_id, merchant_name, kind, account_id FROM terminals "
+            "ORDER BY terminal_id"
+        ).fetchall()
+        return [TerminalRecord(*r) for r in rows]
 
     def _update_one(self, sql: str, params: tuple[object, ...]) -> None:
         if self._db.execute(sql, params).rowcount != 1:

@@ -16,6 +16,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "phone": "cli.phone_cmds:phone",
     "conformance": "cli.phone_cmds:conformance",
     "trace": "cli.phone_cmds:trace",
+    "center": "cli.center_cmds:center",
 }
 
 

@@ -1,0 +1,372 @@
+"""ISO 8583 for the terminal <-> center link (DESIGN.md §6), as data plus a sans-IO framer.
+
+Everything here is pure: dicts and bytes in, dicts, dataclasses and bytes out.  The TLS server
+(:mod:`center.server`) and the terminal's client (:mod:`drivers.host_tls`) both use it, so the
+two sides can never disagree about a field.  The field map with worked examples is
+``hardware_notes/iso8583.md``.
+
+Encoding: pyiso8583's ``default_ascii`` spec with the overrides in :data:`SPEC_OVERRIDES` (binary
+fields for the AES PIN block, the AES-DUKPT KSN and the phone's confirmation signature).
+
+Framing: every message is preceded by a 2-byte big-endian length.  :class:`FrameDecoder` takes
+whatever bytes arrived and gives back complete frames, or raises :class:`FrameError` for a length
+prefix that cannot be right (0, or above :data:`MAX_FRAME`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import iso8583
+import iso8583.specs
+
+from firmware_sim.errors import DecodeError, WrongLength
+from firmware_sim.hostmsg import AuthRequest, AuthResponse
+from firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
+
+#: Largest frame body we accept.  A full 0200 with every field of ours is < 400 bytes.
+MAX_FRAME = 2048
+
+#: Field overrides on top of pyiso8583's default_ascii (specs as data).
+SPEC_OVERRIDES: dict[str, dict[str, Any]] = {
+    "52": {
+        "data_enc": "b",
+        "len_enc": "ascii",
+        "len_type": 0,
+        "max_len": 16,
+        "desc": "PIN block, ISO 9564-1 format 4 (AES, 16 bytes)",
+    },
+    "53": {
+        "data_enc": "b",
+        "len_enc": "ascii",
+        "len_type": 0,
+        "max_len": 12,
+        "desc": "AES-DUKPT KSN (12 bytes)",
+    },
+    "62": {
+        "data_enc": "b",
+        "len_enc": "ascii",
+        "len_type": 3,
+        "max_len": 64,
+        "desc": "Phone confirmation signature (ECDSA P-256 raw r||s, 64 bytes)",
+    },
+}
+
+SPEC: dict[str, dict[str, Any]] = copy.deepcopy(iso8583.specs.default_ascii)
+for _field, _override in SPEC_OVERRIDES.items():
+    SPEC[_field] = dict(_override)
+
+#: Field 70 network management codes of 0800.
+NETWORK_CODES: dict[str, str] = {"001": "sign-on", "002": "sign-off", "301": "echo"}
+
+#: Mandatory fields per request MTI (checked before anything else is looked at).
+MANDATORY: dict[str, frozenset[str]] = {
+    "0800": frozenset({"7", "11", "41", "70"}),
+    "0100": frozenset({"2", "3", "4", "7", "11", "14", "22", "41", "42", "49", "52", "53", "62"}),
+    "0200": frozenset({"2", "3", "4", "7", "11", "14", "22", "41", "42", "49", "52", "53", "62"}),
+    "0220": frozenset({"2", "3", "4", "7", "11", "41", "42", "49", "90"}),
+    "0400": frozenset({"2", "3", "4", "7", "11", "41", "42", "49", "90"}),
+}
+
+#: Response MTI of each request MTI.
+RESPONSE_MTI: dict[str, str] = {
+    "0800": "0810",
+    "0100": "0110",
+    "0200": "0210",
+    "0220": "0230",
+    "0400": "0410",
+}
+
+#: (MTI, first two digits of the processing code) -> transaction type.
+TYPE_OF: dict[tuple[str, str], TxnType] = {
+    (spec.mti, spec.processing_code[:2]): t for t, spec in TXN_TYPES.items()
+}
+
+#: Fields a response echoes from its request.
+ECHOED = ("2", "3", "4", "7", "11", "41", "42", "49", "90")
+
+
+class FrameError(WrongLength):
+    """The 2-byte length prefix is 0 or above :data:`MAX_FRAME`: the stream cannot be trusted."""
+
+
+class FrameDecoder:
+    """Sans-IO framing: ``feed(data)`` returns the complete frames; the rest stays buffered."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._max = max_frame
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        frames: list[bytes] = []
+        while len(self._buf) >= 2:
+            length = int.from_bytes(self._buf[:2], "big")
+            if not 0 < length <= self._max:
+                raise FrameError(f"frame length {length} outside 1..{self._max}")
+            if len(self._buf) < 2 + length:
+                break
+            frames.append(bytes(self._buf[2 : 2 + length]))
+            del self._buf[: 2 + length]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame (non-zero at end of stream = a truncated frame)."""
+        return len(self._buf)
+
+
+def frame(body: bytes) -> bytes:
+    if not 0 < len(body) <= MAX_FRAME:
+        raise WrongLength(f"message of {len(body)} bytes cannot be framed")
+    return len(body).to_bytes(2, "big") + body
+
+
+def encode(fields: dict[str, Any]) -> bytes:
+    """Encode a pyiso8583 dict with :data:`SPEC`; a wrong field is a DecodeError naming it."""
+    try:
+        raw, _ = iso8583.encode(dict(fields), SPEC)
+    except iso8583.EncodeError as exc:
+        raise DecodeError(f"ISO 8583 encode: {exc}") from None
+    return bytes(raw)
+
+
+def decode(raw: bytes) -> dict[str, Any]:
+    """Decode one message body; anything pyiso8583 refuses is a DecodeError (format error)."""
+    try:
+        fields, _ = iso8583.decode(raw, SPEC)
+    except iso8583.DecodeError as exc:
+        raise DecodeError(f"ISO 8583 decode: {exc}") from None
+    except (ValueError, UnicodeDecodeError, IndexError) as exc:  # defensive: never a traceback
+        raise DecodeError(f"ISO 8583 decode: {type(exc).__name__}") from None
+    return dict(fields)
+
+
+# -- typed requests ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetworkRequest:
+    terminal_id: str
+    stan: str
+    transmitted_at: str
+    code: str
+
+
+@dataclass(frozen=True)
+class ReversalRequest:
+    """0400: undo (terminal, original STAN, original transmission time); ``amount`` given back."""
+
+    terminal_id: str
+    original_stan: str
+    original_at: str
+    amount: int | None  # None: all of it
+
+
+Request = NetworkRequest | ReversalRequest | AuthRequest
+
+
+def _text(fields: dict[str, Any], key: str) -> str:
+    value = fields.get(key, "")
+    return value if isinstance(value, str) else ""
+
+
+def _number(fields: dict[str, Any], key: str) -> int:
+    value = _text(fields, key)
+    if not value.isdigit() or not value.isascii():
+        raise DecodeError(f"field {key} must be digits")
+    return int(value)
+
+
+def _original(fields: dict[str, Any]) -> tuple[str, str]:
+    """Field 90: original MTI (4) + STAN (6) + transmission date/time (10) + zeros."""
+    f90 = _text(fields, "90")
+    if len(f90) != 42 or not f90.isdigit():
+        raise DecodeError("field 90 must be 42 digits")
+    return f90[4:10], f90[10:20]
+
+
+def original_data(mti: str, stan: str, transmitted_at: str) -> str:
+    return f"{mti}{stan}{transmitted_at}".ljust(42, "0")
+
+
+def parse_request(fields: dict[str, Any]) -> Request:
+    """Turn a decoded request into a typed one; DecodeError (-> field 39 = 30) if it is not."""
+    mti = _text(fields, "t")
+    need = MANDATORY.get(mti)
+    if need is None:
+        raise DecodeError(f"unknown request MTI {mti!r}")
+    missing = sorted(need - fields.keys(), key=int)
+    if missing:
+        raise DecodeError(f"MTI {mti} misses field(s) {', '.join(missing)}")
+    tid = _text(fields, "41")
+    if mti == "0800":
+        if _text(fields, "70") not in NETWORK_CODES:
+            raise DecodeError("unknown network management code")
+        return NetworkRequest(tid, _text(fields, "11"), _text(fields, "7"), _text(fields, "70"))
+    if mti == "0400":
+        stan, at = _original(fields)
+        amount = _number(fields, "4")
+        give_back: int | None = None
+        if "95" in fields:
+            f95 = _text(fields, "95")
+            if len(f95) != 42 or not f95.isdigit():
+                raise DecodeError("field 95 must be 42 digits")
+            remaining = int(f95[:12])
+            if remaining >= amount:
+                raise DecodeError("field 95 actual amount must be below field 4")
+            give_back = amount - remaining
+        return ReversalRequest(tid, stan, at, give_back)
+    txn_type = TYPE_OF.get((mti, _text(fields, "3")[:2]))
+    if txn_type is None:
+        raise DecodeError(f"processing code {_text(fields, '3')!r} not valid with MTI {mti}")
+    original_stan = original_at = None
+    if mti == "0220":
+        original_stan, original_at = _original(fields)
+    try:
+        txn = Transaction(
+            type=txn_type,
+            amount=_number(fields, "4"),
+            pan=_text(fields, "2"),
+            expiry=_text(fields, "14"),
+            terminal_id=tid,
+            merchant_id=_text(fields, "42").rstrip(),
+            stan=_text(fields, "11"),
+            transmitted_at=_text(fields, "7"),
+            currency=_text(fields, "49"),
+            entry_mode=_text(fields, "22")[:2] or "05",
+            original_stan=original_stan,
+            original_at=original_at,
+            auth_code=_text(fields, "38") or None,
+        )
+    except TypeError as exc:
+        raise DecodeError(f"bad transaction fields: {type(exc).__name__}") from None
+    return AuthRequest(txn, _binary(fields, "52"), _binary(fields, "53"), _binary(fields, "62"))
+
+
+def _binary(fields: dict[str, Any], key: str) -> bytes | None:
+    """pyiso8583 gives binary fields as hex text; we want bytes."""
+    value = fields.get(key)
+    if not isinstance(value, str):
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise DecodeError(f"field {key} is not binary data") from None
+
+
+# -- building messages -------------------------------------------------------------------------
+
+
+def request_fields(req: AuthRequest) -> dict[str, Any]:
+    """The pyiso8583 dict of a 0100/0200/0220 for ``req``."""
+    txn = req.txn
+    spec = TXN_TYPES[txn.type]
+    fields: dict[str, Any] = {
+        "t": spec.mti,
+        "2": txn.pan,
+        "3": spec.processing_code,
+        "4": f"{txn.amount:012d}",
+        "7": txn.transmitted_at,
+        "11": txn.stan,
+        "22": (txn.entry_mode + "1")[:3],
+        "41": txn.terminal_id,
+        "42": txn.merchant_id.ljust(15),
+        "49": txn.currency,
+    }
+    if txn.expiry:
+        fields["14"] = txn.expiry
+    if txn.auth_code:
+        fields["38"] = txn.auth_code
+    if txn.original_stan and txn.original_at:
+        fields["90"] = original_data(
+            TXN_TYPES[TxnType.PREAUTH].mti, txn.original_stan, txn.original_at
+        )
+    for key, value in (("52", req.pin_block), ("53", req.ksn), ("62", req.confirmation)):
+        if value is not None:
+            fields[key] = bytes(value).hex().upper()  # pyiso8583 carries binary as hex text
+    return fields
+
+
+def reversal_fields(txn: Transaction, amount: int | None = None) -> dict[str, Any]:
+    """0400 reversing ``txn``; ``amount`` given back (None: all of it; else field 95)."""
+    spec = TXN_TYPES[txn.type]
+    fields: dict[str, Any] = {
+        "t": "0400",
+        "2": txn.pan,
+        "3": spec.processing_code,
+        "4": f"{txn.amount:012d}",
+        "7": txn.transmitted_at,
+        "11": txn.stan,
+        "41": txn.terminal_id,
+        "42": txn.merchant_id.ljust(15),
+        "49": txn.currency,
+        "90": original_data(spec.mti, txn.stan, txn.transmitted_at),
+    }
+    if amount is not None:
+        fields["95"] = f"{txn.amount - amount:012d}".ljust(42, "0")
+    return fields
+
+
+def network_fields(terminal_id: str, stan: str, transmitted_at: str, code: str) -> dict[str, Any]:
+    return {"t": "0800", "7": transmitted_at, "11": stan, "41": terminal_id, "70": code}
+
+
+def _balance_field(balance: int, currency: str) -> str:
+    """Field 54, one amount: account type 00, amount type 02 (available), currency, C/D, 12n."""
+    sign = "C" if balance >= 0 else "D"
+    return f"0002{currency}{sign}{abs(balance):012d}"
+
+
+def response_fields(request: dict[str, Any], response: AuthResponse) -> dict[str, Any]:
+    """The response to a decoded request: its MTI +10, echoed fields, 38, 39 and 54."""
+    mti = _text(request, "t")
+    out: dict[str, Any] = {"t": RESPONSE_MTI.get(mti, "0810" if mti.startswith("08") else "0210")}
+    for key in ECHOED:
+        value = request.get(key)
+        if isinstance(value, str):
+            out[key] = value
+    if mti == "0800" and isinstance(request.get("70"), str):
+        out["70"] = request["70"]
+    out["39"] = response.response_code
+    if response.auth_code:
+        out["38"] = response.auth_code
+    if response.available_balance is not None:
+        out["54"] = _balance_field(response.available_balance, _text(request, "49") or "978")
+    if response.message:
+        out["44"] = response.message.encode("ascii", "replace").decode("ascii")[:25]
+    return out
+
+
+def format_error_fields(raw: bytes, reason: str) -> dict[str, Any] | None:
+    """A field-39 = 30 answer to a body we could not use, or None when we cannot even tell the
+    MTI (then the only safe answer is to close the connection)."""
+    try:
+        fields = decode(raw)
+    except DecodeError:
+        mti = raw[:4].decode("ascii", "replace")
+        if mti not in RESPONSE_MTI:
+            return None
+        fields = {"t": mti}
+    if _text(fields, "t") not in RESPONSE_MTI:
+        fields = {**fields, "t": "0800" if _text(fields, "t").startswith("08") else "0200"}
+    return response_fields(fields, AuthResponse("30", message=reason[:25]))
+
+
+def parse_response(fields: dict[str, Any]) -> AuthResponse:
+    """Read an answer's 39, 38, 54 and 44 into an :class:`AuthResponse`."""
+    code = _text(fields, "39")
+    if len(code) != 2:
+        raise DecodeError("response has no field 39")
+    balance: int | None = None
+    f54 = _text(fields, "54")
+    if len(f54) >= 20 and f54[7] in "CD" and f54[8:20].isdigit():
+        balance = int(f54[8:20]) * (1 if f54[7] == "C" else -1)
+    return AuthResponse(
+        code,
+        auth_code=_text(fields, "38") or None,
+        available_balance=balance,
+        message=_text(fields, "44"),
+    )

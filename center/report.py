@@ -1,0 +1,117 @@
+"""Settlement report: totals per merchant, terminal and transaction type, reversals netted.
+
+Read from the stored messages only (approved ones, in every later state), so the report and the
+ledger are two independent records of the same day; :func:`reconcile` checks they agree: for
+every terminal, the net money moved by its messages equals its account's ledger balance.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass
+
+from center.ledger import Ledger
+from center.policy import MessageState
+from center.storage import Storage
+from firmware_sim.transaction import TxnType
+
+#: States in which the money (or the hold) of a message was really moved.
+_APPROVED_STATES = frozenset(
+    {
+        MessageState.APPROVED,
+        MessageState.PARTIALLY_REVERSED,
+        MessageState.REVERSED,
+        MessageState.COMPLETED,
+    }
+)
+
+#: Sign of each type's net amount on the terminal's account balance (0: no money moves).
+TERMINAL_SIGN: dict[str, int] = {
+    TxnType.PURCHASE: 1,
+    TxnType.COMPLETION: 1,
+    TxnType.PREAUTH: 0,
+    TxnType.WITHDRAWAL: -1,
+    TxnType.DEPOSIT: 1,
+}
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    merchant_id: str
+    terminal_id: str
+    txn_type: str
+    count: int
+    gross: int
+    reversed: int
+    net: int
+
+
+def settlement(storage: Storage, day: str | None = None) -> list[ReportRow]:
+    """Rows per (merchant, terminal, type); ``day`` is ``YYYY-MM-DD`` of receipt, or all."""
+    with storage.transaction():
+        terminals = {t.terminal_id: t for t in storage.list_terminals()}
+        messages = storage.list_messages(day)
+    totals: dict[tuple[str, str, str], list[int]] = {}
+    for m in messages:
+        if m.state not in _APPROVED_STATES:
+            continue
+        terminal = terminals.get(m.key.terminal_id)
+        merchant = terminal.merchant_id if terminal else "?"
+        t = totals.setdefault((merchant, m.key.terminal_id, m.txn_type), [0, 0, 0])
+        t[0] += 1
+        t[1] += m.amount
+        t[2] += m.reversed_amount
+    return [
+        ReportRow(k[0], k[1], k[2], v[0], v[1], v[2], v[1] - v[2])
+        for k, v in sorted(totals.items())
+    ]
+
+
+def reconcile(storage: Storage, rows: list[ReportRow]) -> dict[str, tuple[int, int]]:
+    """Terminals whose report total differs from the ledger: id -> (report, ledger).
+
+    Only meaningful for a report over all days (``day=None``).
+    """
+    expected: dict[str, int] = {}
+    for r in rows:
+        expected[r.terminal_id] = expected.get(r.terminal_id, 0) + TERMINAL_SIGN[r.txn_type] * r.net
+    ledger = Ledger(storage)
+    out: dict[str, tuple[int, int]] = {}
+    with storage.transaction():
+        for t in storage.list_terminals():
+            balance = ledger.balance(t.account_id)
+            want = expected.get(t.terminal_id, 0)
+            if balance != want:
+                out[t.terminal_id] = (want, balance)
+    return out
+
+
+_HEADER = ("merchant_id", "terminal_id", "txn_type", "count", "gross", "reversed", "net")
+
+
+def as_table(rows: list[ReportRow]) -> str:
+    lines = [
+        f"{'merchant':<10} {'terminal':<9} {'type':<11} {'count':>5} {'gross':>12} "
+        f"{'reversed':>12} {'net':>12}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r.merchant_id:<10} {r.terminal_id:<9} {r.txn_type:<11} {r.count:>5} "
+            f"{r.gross:>12} {r.reversed:>12} {r.net:>12}"
+        )
+    return "\n".join(lines)
+
+
+def as_csv(rows: list[ReportRow]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(_HEADER)
+    for r in rows:
+        w.writerow([getattr(r, h) for h in _HEADER])
+    return buf.getvalue()
+
+
+def as_json(rows: list[ReportRow]) -> str:
+    return json.dumps([asdict(r) for r in rows], indent=2)

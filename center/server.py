@@ -1,0 +1,264 @@
+"""The payment center as a real server: ISO 8583 over mutual TLS 1.3 (DESIGN.md §6).
+
+* TLS 1.3 only, client certificate required and issued by the lab CA; the terminal ID is the
+  certificate's CN and must equal field 41 (else 63: a terminal cannot speak for another).
+* One worker thread owns the :class:`Center` (one SQLite connection).  Requests go to a queue;
+  the batcher takes everything that arrived while the previous commit ran, decides it inside one
+  ``center.batch()``, commits once, and only then releases the responses (group commit: never a
+  response before its commit; one fsync per batch, not per transaction).  If the commit fails,
+  every response of the batch becomes 96.
+* Bad input (length prefix, truncated/oversize frame, undecodable body, unknown MTI, missing
+  fields) gets a field-39 = 30 answer when the MTI is known, else the connection is closed; it is
+  logged and never reaches the ledger.  Idle and slow clients are timed out, connections capped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from center import iso8583 as codec
+from center.core import Center
+from center.response_codes import RC
+from firmware_sim.errors import DecodeError, SwipepayError
+from firmware_sim.hostmsg import AuthRequest, AuthResponse
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    idle_timeout: float = 30.0  # no byte for this long: close
+    frame_timeout: float = 5.0  # a started frame not complete after this long: close
+    handshake_timeout: float = 5.0
+    max_connections: int = 64
+
+
+def server_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cafile=str(ca))
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def peer_terminal_id(writer: asyncio.StreamWriter) -> str | None:
+    cert: Any = writer.get_extra_info("peercert")
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return None
+
+
+_Job = tuple[codec.Request, "asyncio.Future[AuthResponse]"]
+
+
+class CenterServer:
+    """Owns the worker thread, the batcher and the listening socket."""
+
+    def __init__(
+        self,
+        open_center: Callable[[], Center],
+        ssl_context: ssl.SSLContext,
+        limits: ServerLimits | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._open_center = open_center
+        self._ssl = ssl_context
+        self.limits = limits or ServerLimits()
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="center")
+        self._center: Center | None = None
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._connections = 0
+        self._server: asyncio.Server | None = None
+        self._batcher: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.decided = 0
+
+    async def start(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self._center = await loop.run_in_executor(self._executor, self._open_center)
+        self._batcher = asyncio.create_task(self._run_batches())
+        self._server = await asyncio.start_server(
+            self._handle,
+            host,
+            port,
+            ssl=self._ssl,
+            ssl_handshake_timeout=self.limits.handshake_timeout,
+        )
+        sock = self._server.sockets[0]
+        return int(sock.getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._batcher is not None:
+            self._batcher.cancel()
+        center = self._center
+        if center is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, center.close)
+        self._executor.shutdown(wait=True)
+
+    # -- group commit ---------------------------------------------------------------------------
+
+    async def _run_batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self._queue.get()]
+            while not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+            requests = [req for req, _ in jobs]
+            responses = await loop.run_in_executor(self._executor, self._decide, requests)
+            self.batches += 1
+            self.decided += len(jobs)
+            for (_, fut), resp in zip(jobs, responses, strict=True):
+                if not fut.done():
+                    fut.set_result(resp)
+
+    def _decide(self, requests: list[codec.Request]) -> list[AuthResponse]:
+        """Worker thread: decide every request in one storage transaction, commit once."""
+        center = self._center
+        assert center is not None
+        now = self._clock()
+        out: list[AuthResponse] = []
+        try:
+            with center.batch():
+                for req in requests:
+                    if isinstance(req, AuthRequest):
+                        out.append(center.authorize(req, now))
+                    elif isinstance(req, codec.ReversalRequest):
+                        out.append(
+                            center.reverse(
+                                req.terminal_id, req.original_stan, req.original_at, req.amount
+                            )
+                        )
+                    else:
+                        out.append(AuthResponse(RC.APPROVED.value))
+        except Exception:
+            _log.exception("group commit of %d requests failed", len(requests))
+            return [
+                AuthResponse(RC.SYSTEM_MALFUNCTION.value, message="system malfunction")
+                for _ in requests
+            ]
+        return out
+
+    async def submit(self, req: codec.Request) -> AuthResponse:
+        fut: asyncio.Future[AuthResponse] = asyncio.get_running_loop().create_future()
+        await self._queue.put((req, fut))
+        return await fut
+
+    # -- connections ----------------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if self._connections >= self.limits.max_connections:
+            _log.warning("%s: connection cap %d reached; closed", peer, self.limits.max_connections)
+            writer.close()
+            return
+        self._connections += 1
+        try:
+            tid = peer_terminal_id(writer)
+            if tid is None:
+                _log.warning("%s: no client certificate CN; closed", peer)
+                return
+            await self._serve(reader, writer, tid)
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            _log.info("%s: connection ended: %s", peer, type(exc).__name__)
+        finally:
+            self._connections -= 1
+            writer.close()
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tid: str
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        decoder = codec.FrameDecoder()
+        started: float | None = None
+        while True:
+            wait = self.limits.idle_timeout
+            if started is not None:
+                wait = max(0.0, started + self.limits.frame_timeout - loop.time())
+            try:
+                data = await asyncio.wait_for(reader.read(4096), wait)
+            except TimeoutError:
+                _log.warning(
+                    "%s: %s client timed out; closed",
+                    tid,
+                    "slow" if started is not None else "idle",
+                )
+                return
+            if not data:
+                if decoder.pending:
+                    _log.warning(
+                        "%s: truncated frame (%d bytes) at end of stream", tid, decoder.pending
+                    )
+                return
+            try:
+                frames = decoder.feed(data)
+            except codec.FrameError as exc:
+                _log.warning("%s: %s; closed", tid, exc)
+                return
+            started = (started or loop.time()) if decoder.pending else None
+            for body in frames:
+                answer = await self._answer(body, tid)
+                if answer is None:
+                    return
+                writer.write(codec.frame(answer))
+                await writer.drain()
+
+    async def _answer(self, body: bytes, tid: str) -> bytes | None:
+        try:
+            fields = codec.decode(body)
+            req = codec.parse_request(fields)
+        except DecodeError as exc:
+            _log.warning("%s: format error: %s", tid, exc)
+            err = codec.format_error_fields(body, "format error")
+            return None if err is None else codec.encode(err)
+        req_tid = req.txn.terminal_id if isinstance(req, AuthRequest) else req.terminal_id
+        if req_tid != tid:
+            _log.warning("certificate %s sent field 41 %r; refused", tid, req_tid)
+            resp = AuthResponse(RC.SECURITY_VIOLATION.value, message="field 41 mismatch")
+        else:
+            resp = await self.submit(req)
+        try:
+            return codec.encode(codec.response_fields(fields, resp))
+        except SwipepayError as exc:  # an echoed field we cannot re-encode: should not happen
+            _log.error("%s: cannot encode response: %s", tid, exc)
+            return None
+
+
+async def serve_forever(
+    server: CenterServer, host: str, port: int, ready: Callable[[int], None] | None = None
+) -> None:
+    bound = await server.start(host, port)
+    if ready is not None:
+        ready(bound)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.close()
+
+
+def lab_server(home: Path, limits: ServerLimits | None = None) -> CenterServer:
+    """A server for the lab at ``home``: its CA, center certificate, keys and database."""
+    from center.lab import Lab
+
+    lab = Lab(home)
+    keys = lab.center_keys()
+    ctx = server_context(
+        home / "ca" / "ca.crt", home / "center" / "center.crt", home / "center" / "center.key"
+    )
+    return CenterServer(lambda: Center.open(lab.db_path, keys), ctx, limits)

@@ -1,0 +1,87 @@
+"""``swipepay center serve`` and ``swipepay center report`` (click only; work in center/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.main import fail
+from firmware_sim.errors import ConfigError, SwipepayError
+
+_HOME = click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="lab",
+    show_default=True,
+    help="Lab directory (swipepay init).",
+)
+
+
+@click.group()
+def center() -> None:
+    """The payment center: ISO 8583 server over mutual TLS, settlement report."""
+
+
+@center.command()
+@_HOME
+@click.option("--listen", default="127.0.0.1:8583", show_default=True, help="HOST:PORT")
+@click.option("--max-connections", default=64, show_default=True)
+@click.option("--idle-timeout", default=30.0, show_default=True, help="Seconds.")
+def serve(home: Path, listen: str, max_connections: int, idle_timeout: float) -> None:
+    """Serve ISO 8583 over TLS 1.3 with required client certificates from the lab CA."""
+    import asyncio
+    import logging
+
+    from center.server import ServerLimits, lab_server, serve_forever
+
+    host, _, port_text = listen.rpartition(":")
+    try:
+        if not host or not port_text.isdigit():
+            raise ConfigError(f"--listen must be HOST:PORT, not {listen!r}")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        server = lab_server(
+            home, ServerLimits(idle_timeout=idle_timeout, max_connections=max_connections)
+        )
+
+        def ready(port: int) -> None:
+            click.echo(
+                f"center listening on {host}:{port} (TLS 1.3, client cert required)", err=True
+            )
+
+        asyncio.run(serve_forever(server, host, int(port_text), ready))
+    except SwipepayError as exc:
+        fail(exc)
+    except OSError as exc:
+        fail(ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}"))
+    except KeyboardInterrupt:
+        pass
+
+
+@center.command()
+@_HOME
+@click.option("--date", "day", default=None, help="Only messages received on YYYY-MM-DD.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+def report(home: Path, day: str | None, fmt: str) -> None:
+    """Settlement totals per merchant and terminal, reversals netted, checked against the ledger."""
+    from center import report as rep
+    from center.lab import Lab
+    from center.storage import SQLiteStorage
+
+    try:
+        lab = Lab(home)
+        storage = SQLiteStorage(lab.db_path)
+        try:
+            rows = rep.settlement(storage, day)
+            mismatch = rep.reconcile(storage, rows) if day is None else {}
+        finally:
+            storage.close()
+    except SwipepayError as exc:
+        fail(exc)
+        return
+    render = {"table": rep.as_table, "csv": rep.as_csv, "json": rep.as_json}[fmt]
+    click.echo(render(rows))
+    if mismatch:
+        for tid, (want, got) in mismatch.items():
+            click.echo(f"MISMATCH {tid}: report {want}, ledger {got}", err=True)
+        raise SystemExit(2)

@@ -1,0 +1,146 @@
+"""The ISO 8583 codec and the sans-IO framer: round trips, exact bytes, hostile input."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from center import iso8583 as codec
+from firmware_sim.errors import DecodeError
+from firmware_sim.hostmsg import AuthRequest, AuthResponse
+from firmware_sim.transaction import Transaction, TxnType
+
+PAN = "4761739001010119"
+
+
+def _txn(type_: TxnType = TxnType.PURCHASE, **kw: object) -> Transaction:
+    values: dict[str, object] = {
+        "type": type_,
+        "amount": 12_34,
+        "pan": PAN,
+        "expiry": "2812",
+        "terminal_id": "POS00001",
+        "merchant_id": "MERCH0000000001",
+        "stan": "000042",
+        "transmitted_at": "1126120000",
+    }
+    values.update(kw)
+    return Transaction(**values)  # type: ignore[arg-type]
+
+
+REQ = AuthRequest(_txn(), bytes(range(16)), bytes(range(100, 112)), bytes(range(64)))
+
+
+@pytest.mark.parametrize(
+    "type_", [TxnType.PURCHASE, TxnType.PREAUTH, TxnType.WITHDRAWAL, TxnType.DEPOSIT]
+)
+def test_financial_request_round_trip(type_: TxnType) -> None:
+    req = AuthRequest(_txn(type_), REQ.pin_block, REQ.ksn, REQ.confirmation)
+    parsed = codec.parse_request(codec.decode(codec.encode(codec.request_fields(req))))
+    assert parsed == req
+    assert isinstance(parsed, AuthRequest)
+    assert (parsed.pin_block, parsed.ksn, parsed.confirmation) == (
+        req.pin_block,
+        req.ksn,
+        req.confirmation,
+    )
+
+
+def test_completion_carries_the_preauth_in_field_90() -> None:
+    req = AuthRequest(
+        _txn(
+            TxnType.COMPLETION, original_stan="000041", original_at="1126115900", auth_code="123456"
+        )
+    )
+    fields = codec.request_fields(req)
+    assert fields["t"] == "0220"
+    assert fields["90"] == "0100" + "000041" + "1126115900" + "0" * 22
+    assert codec.parse_request(codec.decode(codec.encode(fields))) == req
+
+
+def test_purchase_bytes_are_the_documented_example() -> None:
+    """The 0200 example in hardware_notes/iso8583.md, byte for byte."""
+    raw = codec.encode(codec.request_fields(REQ))
+    assert raw[:4] == b"0200"
+    assert raw[4:20] == b"7224040000C09804"  # bitmap: 2 3 4 7 11 14 22 41 42 49 52 53 62
+    assert bytes(range(16)) in raw and bytes(range(64)) in raw
+    assert raw.endswith(b"064" + bytes(range(64)))
+
+
+def test_reversal_full_and_partial() -> None:
+    full = codec.parse_request(codec.decode(codec.encode(codec.reversal_fields(REQ.txn))))
+    assert full == codec.ReversalRequest("POS00001", "000042", "1126120000", None)
+    part = codec.reversal_fields(REQ.txn, 2_34)
+    assert part["95"].startswith("000000001000")  # 10.00 stays posted
+    assert codec.parse_request(codec.decode(codec.encode(part))).amount == 2_34  # type: ignore[union-attr]
+
+
+def test_response_echoes_and_carries_balance() -> None:
+    request = codec.request_fields(REQ)
+    fields = codec.response_fields(request, AuthResponse("00", "654321", 1_487_66, "approved"))
+    assert fields["t"] == "0210" and fields["54"] == "0002978C000000148766"
+    decoded = codec.decode(codec.encode(fields))
+    assert codec.parse_response(decoded) == AuthResponse("00", "654321", 1_487_66, "approved")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"t": "0300"}, "unknown request MTI"),
+        ({"t": "0200", "41": "POS00001"}, r"misses field\(s\) 2, 3, 4"),
+        ({**codec.request_fields(REQ), "3": "990000"}, "processing code"),
+        ({**codec.request_fields(REQ), "4": "00000000001x"}, "field 4 must be digits"),
+        ({**codec.reversal_fields(REQ.txn), "90": "x" * 42}, "field 90"),
+        ({**codec.reversal_fields(REQ.txn), "95": "9" * 42}, "field 95"),
+        ({**codec.network_fields("POS00001", "000001", "1126120000", "777")}, "network"),
+    ],
+)
+def test_parse_request_refuses(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        codec.parse_request(fields)
+
+
+def test_format_error_answer_needs_a_known_mti() -> None:
+    assert codec.format_error_fields(b"\xff\xff", "x") is None
+    answer = codec.format_error_fields(b"0200garbage", "bad")
+    assert answer is not None and answer["t"] == "0210" and answer["39"] == "30"
+
+
+def test_frame_decoder_splits_and_buffers() -> None:
+    d = codec.FrameDecoder()
+    assert d.feed(b"\x00\x03ab") == []
+    assert d.pending == 4
+    assert d.feed(b"c\x00\x01z\x00") == [b"abc", b"z"]
+    assert d.pending == 1
+
+
+@pytest.mark.parametrize("prefix", [b"\x00\x00", (codec.MAX_FRAME + 1).to_bytes(2, "big")])
+def test_frame_decoder_refuses_bad_lengths(prefix: bytes) -> None:
+    with pytest.raises(codec.FrameError):
+        codec.FrameDecoder().feed(prefix)
+
+
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=5), st.integers(1, 7))
+def test_frame_decoder_any_chunking(bodies: list[bytes], chunk: int) -> None:
+    stream = b"".join(codec.frame(b) for b in bodies)
+    d = codec.FrameDecoder()
+    out: list[bytes] = []
+    for i in range(0, len(stream), chunk):
+        out += d.feed(stream[i : i + chunk])
+    assert out == bodies and d.pending == 0
+
+
+@given(st.binary(max_size=400))
+def test_hostile_bodies_give_decode_errors_only(body: bytes) -> None:
+    with contextlib.suppress(DecodeError):
+        codec.parse_request(codec.decode(body))
+    codec.format_error_fields(body, "x")
+
+
+@given(st.binary(max_size=64))
+def test_hostile_streams_give_frame_errors_only(data: bytes) -> None:
+    with contextlib.suppress(codec.FrameError):
+        codec.FrameDecoder().feed(data)

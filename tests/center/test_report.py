@@ -1,0 +1,101 @@
+"""Settlement report: totals per merchant/terminal/type, reversals netted, reconciled."""
+# ruff: noqa: F401, F811  (fixtures imported from tests.center.test_server)
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from click.testing import CliRunner
+
+from center import report
+from center.lab import Lab
+from center.storage import SQLiteStorage
+from cli.main import main
+from firmware_sim.hostmsg import AuthRequest
+from firmware_sim.transaction import TxnType
+from tests.center.test_server import (
+    ATM,
+    BANK,
+    MERCHANT,
+    POS,
+    cardholder,
+    lab,
+    lab_template,
+    ledger,
+    signed,
+    txn,
+)
+
+NOW = datetime.now(UTC)
+
+
+def _load(lab: Lab) -> None:
+    alice = cardholder(lab, "alice-phone")
+    bob = cardholder(lab, "bob-phone")
+    with ledger(lab) as c:
+        assert c.authorize(signed(alice, TxnType.PURCHASE, 10_00, "000001"), NOW).approved
+        assert c.authorize(signed(alice, TxnType.PURCHASE, 5_00, "000002"), NOW).approved
+        assert (
+            c.authorize(signed(bob, TxnType.PURCHASE, 99_00, "000003"), NOW).response_code == "51"
+        )
+        pre = signed(alice, TxnType.PREAUTH, 30_00, "000004")
+        assert c.authorize(pre, NOW).approved
+        comp = txn(
+            alice,
+            TxnType.COMPLETION,
+            25_00,
+            "000005",
+            original_stan="000004",
+            original_at=pre.txn.transmitted_at,
+        )
+        assert c.authorize(AuthRequest(comp), NOW).approved
+        assert c.authorize(signed(alice, TxnType.WITHDRAWAL, 20_00, "000006"), NOW).approved
+        assert c.authorize(signed(alice, TxnType.DEPOSIT, 50_00, "000007"), NOW).approved
+        assert c.reverse(POS, "000002", "1126120000").approved  # full
+        assert c.reverse(ATM, "000007", "1126120000", 20_00).approved  # partial
+
+
+def test_totals_net_reversals_and_reconcile(lab: Lab) -> None:
+    _load(lab)
+    storage = SQLiteStorage(lab.db_path)
+    try:
+        rows = report.settlement(storage)
+        assert report.reconcile(storage, rows) == {}
+        assert report.settlement(storage, "1999-01-01") == []
+        assert report.settlement(storage, NOW.date().isoformat()) == rows
+    finally:
+        storage.close()
+    by = {(r.terminal_id, r.txn_type): r for r in rows}
+    assert by[(POS, "purchase")] == report.ReportRow(
+        MERCHANT, POS, "purchase", 2, 15_00, 5_00, 10_00
+    )
+    assert by[(POS, "completion")].net == 25_00
+    assert by[(POS, "preauth")].count == 1
+    assert by[(ATM, "withdrawal")].net == 20_00
+    assert by[(ATM, "deposit")] == report.ReportRow(BANK, ATM, "deposit", 1, 50_00, 20_00, 30_00)
+    assert all(r.txn_type != "purchase" or r.count == 2 for r in rows)  # the 51 is not counted
+
+
+def test_cli_report_formats(lab: Lab) -> None:
+    _load(lab)
+    runner = CliRunner()
+    out = runner.invoke(main, ["center", "report", "--home", str(lab.root), "--format", "json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert {(d["terminal_id"], d["txn_type"]) for d in data} >= {
+        (POS, "purchase"),
+        (ATM, "deposit"),
+    }
+    csv_out = runner.invoke(main, ["center", "report", "--home", str(lab.root), "--format", "csv"])
+    assert (
+        csv_out.output.splitlines()[0]
+        == "merchant_id,terminal_id,txn_type,count,gross,reversed,net"
+    )
+    table = runner.invoke(main, ["center", "report", "--home", str(lab.root)])
+    assert table.exit_code == 0 and "purchase" in table.output
+
+
+def test_cli_report_on_a_missing_lab_is_one_line(tmp_path: object) -> None:
+    out = CliRunner().invoke(main, ["center", "report", "--home", "/nonexistent/lab"])
+    assert out.exit_code == 3 and "not a swipepay lab" in out.output

@@ -1,0 +1,482 @@
+"""The real ISO 8583 / TLS server on 127.0.0.1, driven by a raw pyiso8583 client and TlsHost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import iso8583
+import pytest
+
+from center import iso8583 as codec
+from center.core import Center
+from center.lab import Lab, create_lab
+from center.server import CenterServer, ServerLimits, lab_server
+from center.storage import MessageKey, SQLiteStorage
+from drivers.host_tls import TlsHost, client_context
+from firmware_sim.hostmsg import AuthRequest
+from firmware_sim.transaction import Transaction, TxnType
+from tests.center.conftest import Phone as SigningPhone
+
+POS, ATM = "POS00001", "ATM00001"
+MERCHANT, BANK = "MERCH0000000001", "BANKATM00000001"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Cardholder:
+    pan: str
+    expiry: str
+    account: str
+    phone: SigningPhone
+
+
+def cardholder(lab: Lab, phone_name: str) -> Cardholder:
+    profile = lab.phone_profile(phone_name)
+    card = lab.cards()[profile.card]
+    signer = SigningPhone(profile.identity().signing_key, profile.dukpt(), lab.pins()[profile.card])
+    return Cardholder(card.pan, card.expiry, lab.card_account(profile.card), signer)
+
+
+class Stan:
+    def __init__(self, start: int = 0) -> None:
+        self.n = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        with self._lock:
+            self.n += 1
+            return f"{self.n:06d}"
+
+
+def txn(who: Cardholder, type_: TxnType, amount: int, stan: str, **kw: Any) -> Transaction:
+    atm = type_ in (TxnType.WITHDRAWAL, TxnType.DEPOSIT)
+    values: dict[str, Any] = {
+        "type": type_,
+        "amount": amount,
+        "pan": who.pan,
+        "expiry": who.expiry,
+        "terminal_id": ATM if atm else POS,
+        "merchant_id": BANK if atm else MERCHANT,
+        "stan": stan,
+        "transmitted_at": "1126120000",
+    }
+    values.update(kw)
+    return Transaction(**values)
+
+
+def signed(who: Cardholder, type_: TxnType, amount: int, stan: str, **kw: Any) -> AuthRequest:
+    return who.phone.request(txn(who, type_, amount, stan, **kw))
+
+
+class ServerThread:
+    """A CenterServer on its own event loop thread (the test stays synchronous)."""
+
+    def __init__(self, lab: Lab, limits: ServerLimits | None = None) -> None:
+        self.lab = lab
+        self.server: CenterServer = lab_server(lab.root, limits)
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.port = self.loop.run_until_complete(self.server.start("127.0.0.1", 0))
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert started.wait(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def lab_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return create_lab(tmp_path_factory.mktemp("template") / "lab").root
+
+
+@pytest.fixture
+def lab(lab_template: Path, tmp_path: Path) -> Lab:
+    import shutil
+
+    shutil.copytree(lab_template, tmp_path / "lab")
+    return Lab(tmp_path / "lab")
+
+
+@pytest.fixture
+def server(lab: Lab) -> Iterator[ServerThread]:
+    s = ServerThread(lab, ServerLimits(idle_timeout=2.0, frame_timeout=1.0, max_connections=4))
+    yield s
+    s.stop()
+
+
+class RawClient:
+    """A client built from the socket, ssl and pyiso8583 modules only."""
+
+    def __init__(self, lab: Lab, port: int, terminal: str = POS, ctx: ssl.SSLContext | None = None):
+        if ctx is None:
+            base = lab.root / "terminals" / terminal
+            ctx = client_context(lab.root / "ca" / "ca.crt", base / "tls.crt", base / "tls.key")
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock = ctx.wrap_socket(raw)
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv_frame(self) -> bytes | None:
+        head = self._recv_exact(2)
+        if head is None:
+            return None
+        return self._recv_exact(int.from_bytes(head, "big"))
+
+    def _recv_exact(self, n: int) -> bytes | None:
+        buf = b""
+        while len(buf) < n:
+            try:
+                chunk = self.sock.recv(n - len(buf))
+            except (ConnectionError, ssl.SSLError):
+                return None
+            if not chunk:
+                return None
+            buf += chunk
+        return buf
+
+    def call(self, fields: dict[str, Any]) -> dict[str, Any]:
+        body, _ = iso8583.encode(dict(fields), codec.SPEC)
+        self.send_raw(len(body).to_bytes(2, "big") + bytes(body))
+        answer = self.recv_frame()
+        assert answer is not None, "connection closed"
+        decoded, _ = iso8583.decode(answer, codec.SPEC)
+        return dict(decoded)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def ledger(lab: Lab) -> Center:
+    return Center.open(lab.db_path, lab.center_keys())
+
+
+# -- the message types ---------------------------------------------------------------------------
+
+
+def test_echo_and_purchase_raw(server: ServerThread) -> None:
+    alice = cardholder(server.lab, "alice-phone")
+    c = RawClient(server.lab, server.port)
+    try:
+        echo = c.call(codec.network_fields(POS, "000001", "1126120000", "301"))
+        assert (echo["t"], echo["39"], echo["70"]) == ("0810", "00", "301")
+        req = signed(alice, TxnType.PURCHASE, 12_34, "000002")
+        resp = c.call(codec.request_fields(req))
+        assert resp["t"] == "0210" and resp["39"] == "00" and len(resp["38"]) == 6
+        assert codec.parse_response(resp).available_balance == 1_500_00 - 12_34
+    finally:
+        c.close()
+
+
+def test_all_types_reversal_and_retransmission(server: ServerThread) -> None:
+    lab = server.lab
+    alice = cardholder(lab, "alice-phone")
+    stan = Stan()
+    host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
+    atm = TlsHost.for_lab(lab.root, ATM, "127.0.0.1", server.port)
+    try:
+        pre = signed(alice, TxnType.PREAUTH, 50_00, stan())
+        r = host.authorize(pre, 5)
+        assert r.approved and r.available_balance == 1_450_00
+        comp = AuthRequest(
+            txn(
+                alice,
+                TxnType.COMPLETION,
+                40_00,
+                stan(),
+                original_stan=pre.txn.stan,
+                original_at=pre.txn.transmitted_at,
+                auth_code=r.auth_code,
+            )
+        )
+        assert host.authorize(comp, 5).approved
+        w = signed(alice, TxnType.WITHDRAWAL, 100_00, stan())
+        assert atm.authorize(w, 5).approved
+        d = signed(alice, TxnType.DEPOSIT, 30_00, stan())
+        assert atm.authorize(d, 5).approved
+        p = signed(alice, TxnType.PURCHASE, 20_00, stan())
+        first = host.authorize(p, 5)
+        assert first.approved
+        # Retransmission: same key, same content -> the same answer, no money moved.
+        assert host.authorize(p, 5) == first
+        # Same key, different content -> 94.
+        other = AuthRequest(
+            p.txn.__class__(**{**p.txn.__dict__, "amount": 21_00}),
+            p.pin_block,
+            p.ksn,
+            p.confirmation,
+        )
+        assert host.authorize(other, 5).response_code == "94"
+        # Partial reversal of the deposit, then full reversal of the purchase, twice.
+        assert atm.reverse(d.txn, 10_00).message.startswith("reversed 10")
+        assert host.reverse(p.txn).message.startswith("reversed")
+        again = host.reverse(p.txn)
+        assert again.approved and "already reversed" in again.message
+        unknown = host.reverse(txn(alice, TxnType.PURCHASE, 1, "999999"))
+        assert unknown.approved and "unknown" in unknown.message
+    finally:
+        host.close()
+        atm.close()
+    with ledger(lab) as center:
+        assert center.check_balanced()
+        # 1500 - 40 (completion) - 100 (withdrawal) + 30 - 10 (deposit, partly reversed)
+        assert center.ledger_balance(alice.account) == 1_380_00
+
+
+def test_declines_and_field_41_must_match_certificate(server: ServerThread) -> None:
+    bob = cardholder(server.lab, "bob-phone")
+    c = RawClient(server.lab, server.port)
+    try:
+        big = c.call(codec.request_fields(signed(bob, TxnType.PURCHASE, 1_000_00, "000001")))
+        assert big["39"] == "51"
+        wrong_pin = bob.phone.request(
+            txn(bob, TxnType.PURCHASE, 1_00, "000002"),
+            pin="0000" if bob.phone.pin != "0000" else "1111",
+        )
+        assert c.call(codec.request_fields(wrong_pin))["39"] == "55"
+        atm_txn = signed(bob, TxnType.WITHDRAWAL, 1_00, "000003")
+        assert c.call(codec.request_fields(atm_txn))["39"] == "63"  # POS cert, field 41 = ATM
+    finally:
+        c.close()
+    with ledger(server.lab) as center:
+        assert center.ledger_balance(bob.account) == 40_00
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+def _still_serves(server: ServerThread) -> None:
+    c = RawClient(server.lab, server.port)
+    try:
+        assert c.call(codec.network_fields(POS, "000009", "1126120000", "001"))["39"] == "00"
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x00\x00",  # length 0
+        b"\xff\xff" + b"x" * 10,  # oversize
+        b"\x00\x05junk",  # truncated, then EOF
+        b"\x00\x04\xff\xfe\xfd\xfc",  # undecodable, no MTI: closed
+    ],
+)
+def test_bad_frames_close_the_connection(server: ServerThread, payload: bytes) -> None:
+    c = RawClient(server.lab, server.port)
+    c.send_raw(payload)
+    c.sock.shutdown(socket.SHUT_WR) if payload == b"\x00\x05junk" else None
+    assert c.recv_frame() is None
+    c.close()
+    _still_serves(server)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"0200" + b"F" * 16,  # bitmap not hex
+        b"0300" + b"0" * 16,  # unknown MTI (pyiso8583 decodes, we refuse)
+        codec.encode({"t": "0200", "3": "000000", "11": "000001", "41": POS}),  # missing fields
+        codec.encode(
+            {**codec.network_fields(POS, "1", "1126120000", "301"), "11": "000001", "70": "999"}
+        ),
+    ],
+)
+def test_format_errors_answer_30(server: ServerThread, body: bytes) -> None:
+    c = RawClient(server.lab, server.port)
+    try:
+        c.send_raw(codec.frame(body))
+        answer = c.recv_frame()
+        assert answer is not None
+        fields, _ = iso8583.decode(answer, codec.SPEC)
+        assert fields["39"] == "30"
+    finally:
+        c.close()
+    with ledger(server.lab) as center:
+        assert center.check_balanced()
+
+
+def test_tls_without_client_cert_or_from_another_ca(server: ServerThread, tmp_path: Path) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(server.lab.root / "ca" / "ca.crt"))
+    ctx.check_hostname = False
+    for attempt in range(2):
+        if attempt == 1:
+            other = create_lab(tmp_path / "other")
+            base = other.root / "terminals" / POS
+            ctx.load_cert_chain(str(base / "tls.crt"), str(base / "tls.key"))
+        try:
+            c = RawClient(server.lab, server.port, ctx=ctx)
+            c.send_raw(
+                codec.frame(codec.encode(codec.network_fields(POS, "000001", "1126120000", "301")))
+            )
+            assert c.recv_frame() is None
+            c.close()
+        except (ssl.SSLError, ConnectionError):
+            pass  # refused during the handshake: as good
+    _still_serves(server)
+
+
+def test_idle_client_is_timed_out_and_connections_are_capped(server: ServerThread) -> None:
+    idle = RawClient(server.lab, server.port)
+    assert idle.recv_frame() is None  # idle_timeout=2 s: the server hangs up
+    idle.close()
+    clients = [RawClient(server.lab, server.port) for _ in range(4)]
+    try:
+        for c in clients:  # make sure all 4 are being served
+            c.call(codec.network_fields(POS, "000001", "1126120000", "301"))
+        extra = RawClient(server.lab, server.port)
+        extra.send_raw(
+            codec.frame(codec.encode(codec.network_fields(POS, "000002", "1126120000", "301")))
+        )
+        assert extra.recv_frame() is None
+        extra.close()
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_slow_client_is_timed_out(server: ServerThread) -> None:
+    c = RawClient(server.lab, server.port)
+    c.send_raw(b"\x00\x40abc")  # a frame that never completes; frame_timeout = 1 s
+    assert c.recv_frame() is None
+    c.close()
+
+
+# -- group commit --------------------------------------------------------------------------------
+
+
+def test_concurrent_requests_are_group_committed(server: ServerThread) -> None:
+    lab = server.lab
+    people = [cardholder(lab, p) for p in ("alice-phone", "bob-phone", "carol-phone")]
+    results: list[str] = []
+
+    def run(who: Cardholder, offset: int) -> None:
+        host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
+        try:
+            for i in range(8):
+                r = host.authorize(signed(who, TxnType.PURCHASE, 1_00, f"{offset + i:06d}"), 10)
+                results.append(r.response_code)
+        finally:
+            host.close()
+
+    threads = [threading.Thread(target=run, args=(p, 100 * n)) for n, p in enumerate(people)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == ["00"] * 24
+    assert server.server.decided == 24
+    assert server.server.batches <= 24
+    with ledger(lab) as center:
+        assert center.check_balanced()
+
+
+# -- SIGKILL mid-load ----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(lab: Lab, port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from cli.main import main; main()",
+            "center",
+            "serve",
+            "--home",
+            str(lab.root),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            assert proc.poll() is None, "server exited"
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("server did not start")
+
+
+def test_sigkill_mid_load_then_restart(lab: Lab) -> None:
+    port = _free_port()
+    proc = _start(lab, port)
+    people = [cardholder(lab, p) for p in ("alice-phone", "carol-phone")]
+    seen: dict[MessageKey, str] = {}
+    lock = threading.Lock()
+
+    def run(who: Cardholder, offset: int) -> None:
+        host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", port, connect_timeout=1)
+        try:
+            for i in range(30):
+                req = signed(who, TxnType.PURCHASE, 1_00, f"{offset + i:06d}")
+                r = host.authorize(req, 15)  # survives the restart by retransmitting
+                with lock:
+                    seen[MessageKey(POS, req.txn.stan, req.txn.transmitted_at)] = r.response_code
+        finally:
+            host.close()
+
+    threads = [threading.Thread(target=run, args=(p, 1000 * (n + 1))) for n, p in enumerate(people)]
+    for t in threads:
+        t.start()
+    while len(seen) < 10:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(5)
+    assert len(seen) < 60  # killed mid-load
+    proc = _start(lab, port)
+    try:
+        for t in threads:
+            t.join(30)
+    finally:
+        proc.kill()
+        proc.wait(5)
+    assert len(seen) == 60 and set(seen.values()) == {"00"}
+    storage = SQLiteStorage(lab.db_path)
+    try:
+        with storage.transaction():
+            stored = {m.key: m for m in storage.list_messages()}
+    finally:
+        storage.close()
+    approved = {k for k, m in stored.items() if m.response_code == "00"}
+    assert approved == set(seen)  # each approval seen is stored once; nothing unseen is posted
+    with ledger(lab) as center:
+        assert center.check_balanced()
+        assert center.ledger_balance("alice-checking") == 1_500_00 - 30_00
+        assert center.ledger_balance("carol-checking") == 250_00 - 30_00

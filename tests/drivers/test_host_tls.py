@@ -1,0 +1,151 @@
+"""TlsHost: persistent mutual-TLS client, timeouts, and the reversal queue on disk."""
+# ruff: noqa: F401, F811  (fixtures imported from tests.center.test_server)
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from center import iso8583 as codec
+from center.lab import Lab
+from center.server import server_context
+from drivers.host_tls import TlsHost
+from firmware_sim.errors import LinkTimeout
+from firmware_sim.transaction import TxnType
+from tests.center.test_server import (
+    POS,
+    RawClient,
+    ServerThread,
+    Stan,
+    cardholder,
+    lab,
+    lab_template,
+    ledger,
+    server,
+    signed,
+)
+
+
+class SilentCenter:
+    """Accepts mutual TLS, reads everything, never answers: a host that has gone quiet."""
+
+    def __init__(self, lab: Lab) -> None:
+        root = lab.root
+        self.ctx = server_context(
+            root / "ca" / "ca.crt", root / "center" / "center.crt", root / "center" / "center.key"
+        )
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.received = 0
+        self._stop = False
+        self._conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            self._conns.append(raw)
+            threading.Thread(target=self._drain, args=(raw,), daemon=True).start()
+
+    def _drain(self, raw: socket.socket) -> None:
+        try:
+            conn = self.ctx.wrap_socket(raw, server_side=True)
+            while data := conn.recv(4096):
+                self.received += len(data)
+        except (OSError, ssl.SSLError):
+            pass
+
+    def close(self) -> None:
+        self._stop = True
+        self.listener.close()
+        for c in self._conns:
+            c.close()
+
+
+@pytest.fixture
+def silent(lab: Lab) -> Iterator[SilentCenter]:
+    s = SilentCenter(lab)
+    yield s
+    s.close()
+
+
+def test_timeout_queues_a_reversal_that_survives_a_restart(
+    lab: Lab,
+    silent: SilentCenter,
+    tmp_path: Path,
+) -> None:
+    alice = cardholder(lab, "alice-phone")
+    host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", silent.port, reversal_timeout=0.2)
+    req = signed(alice, TxnType.PURCHASE, 5_00, "000001")
+    with pytest.raises(LinkTimeout):
+        host.authorize(req, 0.3)
+    assert len(host.queue.pending()) == 1
+    host.close()
+    assert silent.received > 0
+    # The terminal restarts: the reversal is still there, as a decodable 0400.
+    again = TlsHost.for_lab(lab.root, POS, "127.0.0.1", silent.port)
+    [(_, body)] = again.queue.pending()
+    fields = codec.decode(body)
+    assert fields["t"] == "0400" and fields["90"][4:10] == "000001"
+    again.close()
+
+
+def test_pending_reversal_is_sent_first_on_the_next_connection(
+    server: ServerThread,
+) -> None:
+    lab = server.lab
+    alice = cardholder(lab, "alice-phone")
+    stan = Stan()
+    # The center approved a purchase, but (as far as the terminal knows) the answer was lost.
+    lost = signed(alice, TxnType.PURCHASE, 7_00, stan())
+    raw = RawClient(lab, server.port)
+    assert raw.call(codec.request_fields(lost))["39"] == "00"
+    raw.close()
+    host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
+    host.queue_reversal(lost.txn)
+    host.close()
+    # After a restart, the first connection carries the reversal before the next purchase.
+    host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
+    try:
+        assert len(host.queue.pending()) == 1
+        r = host.authorize(signed(alice, TxnType.PURCHASE, 1_00, stan()), 5)
+        assert r.approved and r.available_balance == 1_500_00 - 1_00
+        assert host.queue.pending() == []
+    finally:
+        host.close()
+    with ledger(lab) as center:
+        assert center.check_balanced()
+
+
+def test_unreachable_center_is_a_link_timeout(lab: Lab) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])  # nothing listens here once closed
+    host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", port, reversal_timeout=0.1)
+    try:
+        with pytest.raises(LinkTimeout):
+            host.echo(POS, "000001", "1126120000", timeout=0.3)
+    finally:
+        host.close()
+
+
+def test_reconnects_after_the_server_drops_the_connection(
+    server: ServerThread,
+) -> None:
+    host = TlsHost.for_lab(server.lab.root, POS, "127.0.0.1", server.port)
+    try:
+        assert host.echo(POS, "000001", "1126120000").approved
+        assert host._sock is not None
+        host._sock.close()  # as if the link broke under us
+        assert host.echo(POS, "000002", "1126120000").approved
+    finally:
+        host.close()
