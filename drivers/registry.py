@@ -15,14 +15,17 @@ from firmware_sim.errors import ConfigError
 DRIVERS: dict[str, dict[str, str]] = {
     "card": {
         "mock": "drivers.mock_card:MockCardReader",
+        "nfcpy": "drivers.nfcpy_link:NfcpyCardReader",
     },
     "phone": {
         "mock": "drivers.mock_phone:MockPhoneLink",
+        "nfcpy": "drivers.nfcpy_link:NfcpyPhoneLink",
         "tcp": "drivers.tcp_link:TcpPhoneLink",
     },
     # The phone's own side of the link (what `swipepay phone run --link URL` serves on).
     "phone-serve": {
         "tcp": "drivers.tcp_link:TcpPhoneServer",
+        "nfcpy": "drivers.nfcpy_link:NfcpyPhoneServer",
     },
 }
 

@@ -1,0 +1,476 @@
+"""``nfcpy:<nfcpy path>`` — the phone link, the phone's card emulation and a contactless reader.
+
+nfcpy paths are nfcpy's own: ``usb:054c:06c1`` (RC-S380), ``tty:USB0:pn532``, ``usb:04cc:2533``
+(PN533), or ``udp:127.0.0.1:54321`` (nfcpy's simulator: two processes or threads on one port).
+nfcpy is imported inside functions, so ``swipepay --help`` and the mock demo never load it.
+
+==============  ===========================  ===================================================
+role            class                        what it does
+==============  ===========================  ===================================================
+phone           :class:`NfcpyPhoneLink`      reader mode: Type 4A tag, RATS by nfcpy, APDUs by
+                                             ``tag.transceive`` (nfcpy chains, retries, WTX)
+phone-serve     :class:`NfcpyPhoneServer`    card emulation: ``clf.listen(LocalTarget('106A'))``
+                                             + ``clf.exchange`` loop through
+                                             :mod:`firmware_sim.isodep` (random UID per tap)
+card            :class:`NfcpyCardReader`     contactless EMV read (PPSE) through
+                                             :func:`firmware_sim.emv_reader.run_reader`
+==============  ===========================  ===================================================
+
+Timing: the card side answers RATS within nfcpy's 30 ms and asks for S(WTX) when the applet
+takes longer than half the frame waiting time, so a slow applet never makes the reader retry.
+
+On ``udp:`` with a loopback host the listening side binds that loopback address instead of
+nfcpy's ``0.0.0.0``, so tests and benches never open a port to the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from types import ModuleType
+from typing import Any, Final
+
+from drivers.registry import split_url
+from firmware_sim.apdu import CommandApdu
+from firmware_sim.carddata import CardData
+from firmware_sim.emv_reader import EmvReader, run_reader
+from firmware_sim.errors import (
+    ConfigError,
+    DecodeError,
+    LinkTimeout,
+    LocalProtocolError,
+    SwipepayError,
+    TransportError,
+)
+from firmware_sim.isodep import (
+    Apdu,
+    CardParams,
+    Deselected,
+    IsoDepCard,
+    Reaction,
+    WtxGranted,
+)
+from firmware_sim.phone import Phone
+
+#: What an Android HCE controller announces in Type A anticollision: 4-byte UID, ISO-DEP.
+SENS_RES: Final = b"\x04\x00"
+SEL_RES_ISO_DEP: Final = 0x20
+#: NFCID1 first byte 08h marks a random UID (ISO/IEC 14443-3), like HCE's new UID per tap.
+RANDOM_UID_PREFIX: Final = b"\x08"
+S_DESELECT: Final = b"\xc2"
+#: How long the reader side waits for the S(DESELECT) answer when it disconnects.
+DESELECT_TIMEOUT: Final = 0.1
+
+
+def load_nfc() -> ModuleType:
+    """Import nfcpy or say how to get it (one line, exit code 3)."""
+    try:
+        import nfc
+        import nfc.clf
+        import nfc.tag
+        import nfc.tag.tt4
+    except ImportError:
+        raise ConfigError(
+            "nfcpy is not installed: pip install swipepay[nfc] (nfcpy 1.0.4)"
+        ) from None
+    module: ModuleType = nfc
+    return module
+
+
+def nfcpy_path(url: str) -> str:
+    _scheme, rest = split_url(url)
+    if not rest:
+        raise ConfigError(
+            f"{url!r} names no nfcpy device: use e.g. nfcpy:usb:054c:06c1, nfcpy:tty:USB0:pn532 "
+            "or nfcpy:udp:127.0.0.1:54321"
+        )
+    return rest
+
+
+def open_frontend(path: str) -> Any:
+    """Open an nfcpy ContactlessFrontend; a missing device is a configuration error."""
+    nfc = load_nfc()
+    try:
+        clf = nfc.ContactlessFrontend(path)
+    except OSError as exc:
+        raise ConfigError(
+            f"no nfcpy device at {path!r} ({exc.strerror or exc}); is it plugged in, "
+            "not claimed by pcscd or the pn533_usb module, and readable (udev rule)?"
+        ) from None
+    _bind_loopback_only(clf.device)
+    return clf
+
+
+def _bind_loopback_only(device: Any) -> None:
+    """nfcpy's udp driver binds 0.0.0.0 when listening; bind the loopback host it names."""
+    if type(device).__module__ != "nfc.clf.udp":
+        return
+    host, port = device.addr
+    try:
+        if not ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        return
+
+    def bind(time_to_return: float) -> bool:
+        try:
+            device.socket.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+        return True
+
+    device._bind_socket = bind
+
+
+def _accept_iso_dep(target: Any) -> bool:
+    """Accept ISO-DEP targets even when they also offer NFC-DEP (older Androids: SEL_RES 60)."""
+    if target.sel_res is not None:
+        return bool(target.sel_res[0] & SEL_RES_ISO_DEP)
+    return target.sensb_res is not None
+
+
+def connect_type4(clf: Any, timeout: float, targets: list[str]) -> Any:
+    """Wait up to ``timeout`` s for an ISO-DEP target; return nfcpy's activated Type 4 tag."""
+    nfc = load_nfc()
+    deadline = time.monotonic() + timeout
+    tag = clf.connect(
+        rdwr={
+            "targets": targets,
+            "on-discover": _accept_iso_dep,
+            "on-connect": lambda tag: False,
+            "iterations": 1,
+            "interval": 0.05,
+            "beep-on-connect": False,
+        },
+        terminate=lambda: time.monotonic() > deadline,
+    )
+    if tag is False:
+        raise TransportError("the nfcpy device failed while polling (see nfcpy's log)")
+    if tag is None:
+        raise LinkTimeout(f"no ISO-DEP device in the field within {timeout:.0f} s")
+    if not isinstance(tag, nfc.tag.tt4.Type4Tag):
+        raise TransportError(f"{tag} in the field is not an ISO-DEP device")
+    return tag
+
+
+def transceive(tag: Any, apdu: bytes) -> bytes:
+    """One short command APDU out, the response back; TransportError when the target left."""
+    nfc = load_nfc()
+    try:
+        CommandApdu.parse(apdu, short_only=True)
+    except DecodeError as exc:
+        raise LocalProtocolError(f"not a short command APDU: {exc}") from None
+    try:
+        response = tag.transceive(bytearray(apdu))
+    except (nfc.tag.TagCommandError, nfc.clf.CommunicationError) as exc:
+        raise TransportError(f"the ISO-DEP device left the field ({exc})") from None
+    if response is None:
+        raise TransportError("the ISO-DEP device left the field")
+    return bytes(response)
+
+
+def release(clf: Any) -> None:
+    """S(DESELECT) (best effort, so the card side ends its session at once), then RF off."""
+    nfc = load_nfc()
+    try:
+        if clf.target is not None:
+            clf.exchange(bytearray(S_DESELECT), DESELECT_TIMEOUT)
+    except nfc.clf.CommunicationError:
+        pass
+    finally:
+        clf.close()
+
+
+# -- terminal side --------------------------------------------------------------------------
+
+
+class NfcpyPhoneLink:
+    """The terminal is the reader; the phone (HCE, or the nfcpy emulator) is a Type 4A tag."""
+
+    def __init__(self, url: str, path: str) -> None:
+        self.url = url
+        self.path = path
+        self._clf: Any = None
+        self._tag: Any = None
+
+    @classmethod
+    def from_url(cls, url: str, **_: object) -> NfcpyPhoneLink:
+        return cls(url, nfcpy_path(url))
+
+    def connect(self, timeout: float) -> None:
+        if self._clf is None:
+            self._clf = open_frontend(self.path)
+        try:
+            self._tag = connect_type4(self._clf, timeout, ["106A"])
+        except SwipepayError:
+            self.disconnect()
+            raise
+
+    def transmit(self, apdu: bytes) -> bytes:
+        if self._tag is None:
+            raise TransportError("no phone connected")
+        try:
+            return transceive(self._tag, apdu)
+        except TransportError:
+            self._tag = None
+            raise
+
+    def disconnect(self) -> None:
+        clf, self._clf, self._tag = self._clf, None, None
+        if clf is not None:
+            release(clf)
+
+
+# -- card side (the phone, or a virtual card) ---------------------------------------------------
+
+
+Handler = Callable[[bytes], bytes]
+
+
+class CardEmulator:
+    """Serves an APDU handler as an ISO-DEP card on an nfcpy device (listen + exchange).
+
+    One session per activation: RATS (or the device's own RATS handling), APDUs through
+    :class:`~firmware_sim.isodep.IsoDepCard`, until S(DESELECT), RF off or ``idle_timeout``
+    seconds without a frame; ``on_end`` runs after every session (the phone's deactivate).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        path: str,
+        params: CardParams | None = None,
+        *,
+        listen_window: float = 0.5,
+        idle_timeout: float = 10.0,
+        wtxm: int = 13,
+    ) -> None:
+        self.url = url
+        self.path = path
+        self.params = params or CardParams()
+        self.listen_window = listen_window
+        self.idle_timeout = idle_timeout
+        self.wtxm = wtxm
+        self.sessions = 0
+        self._clf: Any = None
+        self._lock = threading.Lock()
+
+    def _frontend(self) -> Any:
+        with self._lock:
+            if self._clf is None:
+                self._clf = open_frontend(self.path)
+            return self._clf
+
+    def close(self) -> None:
+        with self._lock:
+            clf, self._clf = self._clf, None
+        if clf is not None:
+            clf.close()
+
+    def local_target(self) -> Any:
+        nfc = load_nfc()
+        target = nfc.clf.LocalTarget("106A")
+        target.sens_res = bytearray(SENS_RES)
+        target.sdd_res = bytearray(RANDOM_UID_PREFIX + os.urandom(3))
+        target.sel_res = bytearray([SEL_RES_ISO_DEP])
+        target.rats_res = bytearray(self.params.ats())  # used by RC-S380 / PN53x
+        return target
+
+    def serve_handler(
+        self,
+        handler: Handler,
+        on_end: Callable[[], None],
+        stop: threading.Event | None = None,
+        once: bool = False,
+    ) -> None:
+        stop = stop or threading.Event()
+        clf = self._frontend()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="isodep-applet") as pool:
+            while not stop.is_set():
+                try:
+                    target = clf.listen(self.local_target(), self.listen_window)
+                except OSError as exc:
+                    raise TransportError(f"the nfcpy device {self.path} failed: {exc}") from None
+                if target is None:
+                    continue
+                card = IsoDepCard(self.params)
+                first = _first_frame(card, target)
+                if first is None:
+                    continue  # a stray frame (e.g. a late R(NAK)), not an ISO-DEP activation
+                try:
+                    self._session(clf, card, first, handler, pool, stop)
+                finally:
+                    on_end()
+                self.sessions += 1
+                if once:
+                    break
+
+    def _session(
+        self,
+        clf: Any,
+        card: IsoDepCard,
+        frame: bytes,
+        handler: Handler,
+        pool: ThreadPoolExecutor,
+        stop: threading.Event,
+    ) -> None:
+        reaction = card.receive(frame)
+        while True:
+            send = reaction.send
+            for event in reaction.events:
+                if isinstance(event, Deselected):
+                    self._send_last(clf, send)
+                    return
+                if isinstance(event, Apdu):
+                    send = self._run(clf, card, handler, pool, event.data, stop)
+                    if send is None:
+                        return
+            received = self._next_frame(clf, send, stop, self.idle_timeout)
+            if received is None:
+                return
+            reaction = card.receive(received)
+
+    def _run(
+        self,
+        clf: Any,
+        card: IsoDepCard,
+        handler: Handler,
+        pool: ThreadPoolExecutor,
+        apdu: bytes,
+        stop: threading.Event,
+    ) -> bytes | None:
+        """The applet's answer as the first I-block, asking S(WTX) while it is busy.
+
+        ``None`` when the reader left or deselected meanwhile (the applet is still waited for,
+        so ``on_end`` never races it).
+        """
+        future: Future[bytes] = pool.submit(_safe, handler, apdu)
+        budget = card.params.fwt / 2
+        while True:
+            try:
+                return card.respond(future.result(timeout=budget))
+            except FutureTimeout:
+                pass
+            frame: bytes | None = card.request_wtx(self.wtxm)
+            granted = False
+            while not granted:
+                received = self._next_frame(clf, frame, stop, self.wtxm * card.params.fwt)
+                if received is None:
+                    future.result()
+                    return None
+                reaction: Reaction = card.receive(received)
+                if any(isinstance(e, Deselected) for e in reaction.events):
+                    self._send_last(clf, reaction.send)
+                    future.result()
+                    return None
+                granted = any(isinstance(e, WtxGranted) for e in reaction.events)
+                frame = reaction.send
+            budget = self.wtxm * card.params.fwt / 2
+
+    def _next_frame(
+        self, clf: Any, send: bytes | None, stop: threading.Event, wait: float
+    ) -> bytes | None:
+        """Send ``send`` (if any) and wait for the next frame; None: RF off, idle, or stop."""
+        nfc = load_nfc()
+        deadline = time.monotonic() + wait
+        data = None if send is None else bytearray(send)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                received = clf.exchange(data, max(0.01, min(self.listen_window, remaining)))
+            except nfc.clf.TimeoutError:
+                received = None
+            except nfc.clf.TransmissionError:
+                received = None  # a garbled frame: stay in receive mode (rule 10)
+            except nfc.clf.CommunicationError:
+                return None  # RF off (BrokenLinkError) or the device gave up
+            if received is not None:
+                return bytes(received)
+            if stop.is_set() or time.monotonic() >= deadline:
+                return None
+            data = None
+
+    def _send_last(self, clf: Any, frame: bytes | None) -> None:
+        nfc = load_nfc()
+        if frame is None:
+            return
+        with contextlib.suppress(nfc.clf.CommunicationError):
+            clf.exchange(bytearray(frame), 0)
+
+
+def _safe(handler: Handler, apdu: bytes) -> bytes:
+    """An applet that raises a swipepay error still answers with that error's status word."""
+    try:
+        return handler(apdu)
+    except SwipepayError as exc:
+        return exc.status_word.to_bytes(2, "big")
+
+
+def _first_frame(card: IsoDepCard, target: Any) -> bytes | None:
+    """udp: hands over the raw RATS; RC-S380 / PN53x answered it and give the first block."""
+    command = target.tt4_cmd
+    if command is None or len(command) == 0:
+        return None
+    if command[0] == 0xE0 and len(command) == 2:
+        return bytes(command)
+    rats = target.rats_cmd
+    card.assume_activated(None if rats is None else bytes(rats))
+    return bytes(command)
+
+
+class NfcpyPhoneServer:
+    """The phone's side: the lab phone as an ISO-DEP card, like an Android HCE service."""
+
+    def __init__(self, url: str, path: str, **options: Any) -> None:
+        self.url = url
+        self.emulator = CardEmulator(url, path, **options)
+
+    @classmethod
+    def from_url(cls, url: str, **_: object) -> NfcpyPhoneServer:
+        return cls(url, nfcpy_path(url))
+
+    def serve(self, phone: Phone, stop: threading.Event | None = None, once: bool = False) -> None:
+        self.emulator.serve_handler(phone.process, phone.deactivate, stop, once)
+
+    def close(self) -> None:
+        self.emulator.close()
+
+
+# -- contactless card reader ---------------------------------------------------------------------
+
+
+class NfcpyCardReader:
+    """Reads a contactless EMV card (PPSE, EMV Contactless Book B) through nfcpy."""
+
+    def __init__(self, url: str, path: str, targets: list[str] | None = None) -> None:
+        self.url = url
+        self.path = path
+        self.targets = targets or ["106A", "106B"]
+        #: Amount (minor units) for the PDOL's 9F02, set by the terminal before the read.
+        self.amount = 0
+
+    @classmethod
+    def from_url(cls, url: str, **_: object) -> NfcpyCardReader:
+        return cls(url, nfcpy_path(url))
+
+    def read_card(self, timeout: float) -> CardData:
+        clf = open_frontend(self.path)
+        try:
+            tag = connect_type4(clf, timeout, self.targets)
+            terminal_data = {0x9F02: bytes.fromhex(f"{self.amount:012d}"), 0x9F37: os.urandom(4)}
+            reader = EmvReader(contactless=True, terminal_data=terminal_data)
+            return run_reader(reader, lambda apdu: transceive(tag, apdu))
+        finally:
+            release(clf)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,246 @@
+"""The nfcpy drivers over nfcpy's own ``udp:`` simulator on 127.0.0.1 (no hardware).
+
+The card side (phone or virtual EMV card) listens in a thread; the reader side (terminal or
+card reader) connects in the test's thread.  Every server thread is stopped and joined, and
+every nfcpy frontend closed, at the end of each test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from center.core import Center
+from center.lab import create_lab
+from drivers.local_host import LocalHost
+from drivers.nfcpy_cards import NfcpyCardServer
+from drivers.nfcpy_link import (
+    CardEmulator,
+    NfcpyCardReader,
+    NfcpyPhoneLink,
+    NfcpyPhoneServer,
+    load_nfc,
+    nfcpy_path,
+)
+from drivers.registry import open_card_reader, open_phone_link, open_phone_server
+from drivers.runner import run_transaction
+from firmware_sim.errors import ConfigError, LinkTimeout, TransportError
+from firmware_sim.phone import Choice, Phone, ScriptedUser
+from firmware_sim.phonelink.applet import PhoneApplet, ResultShown, State
+from firmware_sim.phonelink.protocol import ConfirmationStatus
+from firmware_sim.phonelink.terminal_link import TerminalLink
+from firmware_sim.terminal import Order, Terminal
+from firmware_sim.transaction import TxnType
+from tests.firmware_sim.phonelink.conftest import NOW, PAN, make_pair, txn
+
+if not os.environ.get("CI"):
+    pytest.importorskip("nfc")  # in CI a missing nfcpy must fail, not skip
+
+WAIT = 10.0
+
+
+@pytest.fixture
+def udp_path() -> str:
+    """A port free on 127.0.0.1 right now (the emulator binds it; nothing else on the host)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"udp:127.0.0.1:{port}"
+
+
+@contextmanager
+def serving(serve: Callable[[threading.Event], None], close: Callable[[], None]) -> Iterator[None]:
+    """Run ``serve(stop)`` in a thread; stop, join and close it whatever the test did."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            serve(stop)
+        except BaseException as exc:  # reported in the test's thread below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="nfcpy-card-side", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(WAIT)
+        close()
+        assert not thread.is_alive(), "the card side did not stop"
+    if errors:
+        raise errors[0]
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    """Bounded wait for the other thread (no timing is asserted)."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+# -- the phone link ------------------------------------------------------------------------
+
+
+def test_phone_link_session_over_udp(udp_path: str) -> None:
+    pair = make_pair()
+    user = ScriptedUser(Choice.CONFIRM, lambda: "4321")
+    phone = Phone(pair.applet, user, lambda: float(NOW))
+    server = open_phone_server(f"nfcpy:{udp_path}")
+    assert isinstance(server, NfcpyPhoneServer)
+    link = open_phone_link(f"nfcpy:{udp_path}")
+    assert isinstance(link, NfcpyPhoneLink)
+    with serving(lambda stop: server.serve(phone, stop), server.close):
+        link.connect(WAIT)
+        # nfcpy's listener would bind 0.0.0.0; ours stays on loopback.
+        port = int(udp_path.rsplit(":", 1)[1])
+        assert server.emulator._clf.device.socket.getsockname() == ("127.0.0.1", port)
+        t = pair.link
+        t.handle_select(link.transmit(t.select_command().apdu))
+        t.handle_connect(link.transmit(t.connect_command(PAN.encode()).apdu))
+        t.handle_authenticate(link.transmit(t.authenticate_command().apdu))
+        t.handle_payment_request(link.transmit(t.payment_request_command(txn()).apdu))
+        answer = t.handle_confirmation(link.transmit(t.confirmation_command().apdu))
+        assert answer.status is ConfirmationStatus.APPROVED
+        t.handle_result(link.transmit(t.result_command("00", "123456").apdu))
+        link.disconnect()  # S(DESELECT): the phone ends its session at once
+        wait_for(lambda: server.emulator.sessions == 1)
+    assert user.results == [ResultShown("00", "123456")]
+    assert pair.applet.state is State.IDLE
+
+
+def test_whole_transaction_over_udp_is_approved(udp_path: str, tmp_path: Path) -> None:
+    lab = create_lab(tmp_path / "lab")
+    center = Center.open(lab.db_path, lab.center_keys())
+    profile = lab.phone_profile("alice-phone")
+    user = ScriptedUser(Choice.CONFIRM, lambda: lab.pins()[profile.card])
+    phone = Phone(PhoneApplet(profile.identity(), profile.dukpt()), user, time.time)
+    server = NfcpyPhoneServer.from_url(f"nfcpy:{udp_path}")
+    cert, key = lab.terminal_link_identity("POS00001")
+    terminal = Terminal(lab.terminal_config("POS00001"), TerminalLink(cert, key))
+    reader = open_card_reader("mock:alice-visa", cards=lab.cards())
+    reader.amount = 12_34
+    link = open_phone_link(f"nfcpy:{udp_path}")
+    try:
+        with serving(lambda stop: server.serve(phone, stop), server.close):
+            report = run_transaction(
+                terminal,
+                Order(TxnType.PURCHASE, 12_34),
+                reader=reader,
+                link=link,
+                host=LocalHost(center),
+                phone_timeout=WAIT,
+                sleep=lambda s: None,
+            )
+            wait_for(lambda: server.emulator.sessions == 1)
+    finally:
+        link.disconnect()
+        center.close()
+    assert report.outcome.approved, report.outcome.message
+    assert user.results and user.results[0].response_code == "00"
+    per_apdu = sum(e.ms for e in report.exchanges) / report.apdu_count
+    print(f"\nnfcpy udp: {report.apdu_count} APDUs, {per_apdu:.2f} ms per APDU round trip")
+
+
+def test_phone_leaving_mid_session_is_a_transport_error(udp_path: str) -> None:
+    pair = make_pair()
+    phone = Phone(pair.applet, ScriptedUser(), lambda: float(NOW))
+    server = NfcpyPhoneServer.from_url(f"nfcpy:{udp_path}")
+    link = NfcpyPhoneLink.from_url(f"nfcpy:{udp_path}")
+    try:
+        with serving(lambda stop: server.serve(phone, stop, once=True), server.close):
+            link.connect(WAIT)
+            pair.link.handle_select(link.transmit(pair.link.select_command().apdu))
+            assert pair.applet.state is State.SELECTED
+        # The phone's thread has stopped and its device is closed: it left the field.
+        assert pair.applet.state is State.IDLE
+        with pytest.raises(TransportError):
+            link.transmit(pair.link.select_command().apdu)
+        with pytest.raises(TransportError):
+            link.transmit(pair.link.select_command().apdu)  # stays gone, no hang
+    finally:
+        link.disconnect()
+
+
+def test_reader_leaving_deactivates_the_phone(udp_path: str) -> None:
+    pair = make_pair()
+    phone = Phone(pair.applet, ScriptedUser(), lambda: float(NOW))
+    server = NfcpyPhoneServer(f"nfcpy:{udp_path}", udp_path, idle_timeout=WAIT)
+    link = NfcpyPhoneLink.from_url(f"nfcpy:{udp_path}")
+    with serving(lambda stop: server.serve(phone, stop), server.close):
+        link.connect(WAIT)
+        pair.link.handle_select(link.transmit(pair.link.select_command().apdu))
+        clf, link._clf, link._tag = link._clf, None, None
+        clf.close()  # RF off without S(DESELECT)
+        wait_for(lambda: server.emulator.sessions == 1)
+        assert pair.applet.state is State.IDLE
+
+
+def echo_handler(calls: list[bytes]) -> Callable[[bytes], bytes]:
+    """INS 02: the data twice (long answers); INS 01: slow (forces S(WTX))."""
+
+    def handle(apdu: bytes) -> bytes:
+        calls.append(apdu)
+        if apdu[1] == 0x01:
+            time.sleep(0.3)  # > FWT/2 (39 ms) several times over
+        data = apdu[5 : 5 + apdu[4]] if len(apdu) > 5 else b""
+        return data * 2 + b"\x90\x00"
+
+    return handle
+
+
+def test_long_apdus_chain_both_ways_and_slow_applets_get_wtx(udp_path: str) -> None:
+    calls: list[bytes] = []
+    emulator = CardEmulator(f"nfcpy:{udp_path}", udp_path)
+    link = NfcpyPhoneLink.from_url(f"nfcpy:{udp_path}")
+    serve = lambda stop: emulator.serve_handler(echo_handler(calls), lambda: None, stop)  # noqa: E731
+    with serving(serve, emulator.close):
+        link.connect(WAIT)
+        data = bytes(range(255))
+        command = b"\x80\x02\x00\x00\xff" + data + b"\x00"  # 261 bytes: two I-blocks (FSC 256)
+        assert link.transmit(command) == data * 2 + b"\x90\x00"  # 512 bytes: three I-blocks
+        assert link.transmit(b"\x80\x01\x00\x00\x02\xab\xcd") == b"\xab\xcd\xab\xcd\x90\x00"
+        link.disconnect()
+    assert [c[1] for c in calls] == [0x02, 0x01]  # each command reached the applet once
+
+
+def test_contactless_emv_read_over_udp(udp_path: str, tmp_path: Path) -> None:
+    lab = create_lab(tmp_path / "lab")
+    cards = lab.cards()
+    reader = open_card_reader(f"nfcpy:{udp_path}")
+    assert isinstance(reader, NfcpyCardReader)
+    reader.targets = ["106A"]
+    for name in ("alice-visa", "carol-qvsdc"):
+        server = NfcpyCardServer.from_url(f"nfcpy:{udp_path}")
+        card = cards[name]
+        with serving(partial(server.serve, card), server.close):
+            data = reader.read_card(WAIT)
+        assert data.pan == card.pan
+
+
+def test_no_phone_in_the_field_times_out(udp_path: str) -> None:
+    link = NfcpyPhoneLink.from_url(f"nfcpy:{udp_path}")
+    with pytest.raises(LinkTimeout):
+        link.connect(0.2)
+    link.disconnect()
+
+
+def test_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="nfcpy:udp:"):
+        nfcpy_path("nfcpy:")
+    with pytest.raises(TransportError):
+        NfcpyPhoneLink.from_url("nfcpy:udp:127.0.0.1:1").transmit(b"\x00\xa4\x04\x00")
+    monkeypatch.setitem(sys.modules, "nfc", None)
+    with pytest.raises(ConfigError, match=r"pip install swipepay\[nfc\]"):
+        load_nfc()
