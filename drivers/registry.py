@@ -16,6 +16,8 @@ DRIVERS: dict[str, dict[str, str]] = {
     "card": {
         "mock": "drivers.mock_card:MockCardReader",
         "nfcpy": "drivers.nfcpy_link:NfcpyCardReader",
+        "serial": "drivers.serial_reader:SerialCardReader",
+        "keyboard": "drivers.keyboard_reader:KeyboardCardReader",
     },
     "phone": {
         "mock": "drivers.mock_phone:MockPhoneLink",

@@ -1,0 +1,120 @@
+"""``keyboard:`` — a keyboard-wedge magstripe reader typing the swipe into stdin.
+
+A wedge "types" ``%B...?`` Enter ``;...?`` Enter.  stdin may be a terminal (the reader is a USB
+keyboard) or a pipe (another program relays it); either way the bytes go through the same
+:class:`~firmware_sim.swipe_lines.SwipeSplitter` as a raw serial reader's.  On a terminal, echo
+is switched off while waiting so the card number is not printed on the screen; canonical
+(line) mode stays on, which is what a wedge's Enter needs.  Waiting uses ``select`` on the file
+descriptor (POSIX: terminals and pipes).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import time
+from collections import deque
+from typing import IO, Any
+
+from drivers.registry import split_url
+from firmware_sim.carddata import CardData
+from firmware_sim.errors import ConfigError, LinkTimeout, TransportError
+from firmware_sim.swipe_lines import END_OF_SWIPE_GAP, Swipe, SwipeSplitter
+
+_CHUNK = 4096
+
+
+class KeyboardCardReader:
+    def __init__(self, url: str, stream: IO[Any]) -> None:
+        self.url = url
+        try:
+            self._fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            raise ConfigError("keyboard: needs stdin to be a terminal or a pipe") from None
+        self._splitter = SwipeSplitter()
+        self._queue: deque[Swipe] = deque()
+        self._eof = False
+
+    @classmethod
+    def from_url(cls, url: str, stdin: IO[Any] | None = None, **context: object) -> Any:
+        _scheme, rest = split_url(url)
+        if rest:
+            raise ConfigError(f"{url!r}: keyboard: takes no parameters")
+        return cls(url, stdin if stdin is not None else sys.stdin)
+
+    def read_card(self, timeout: float) -> CardData:
+        with _EchoOff(self._fd):
+            return self._read(timeout)
+
+    def close(self) -> None:
+        pass  # stdin is not ours to close
+
+    def _read(self, timeout: float) -> CardData:
+        deadline = time.monotonic() + timeout
+        # Part of a swipe left over from the last read ends after the gap, not the timeout.
+        last_data: float | None = time.monotonic() if self._splitter.pending else None
+        while True:
+            now = time.monotonic()
+            if self._eof or (last_data is not None and now - last_data >= END_OF_SWIPE_GAP):
+                swipes = self._splitter.end_of_swipe()
+                last_data = None
+                if not swipes and self._eof:
+                    raise TransportError("stdin closed: no keyboard-wedge swipe to read")
+            elif now >= deadline:
+                swipes = self._splitter.end_of_swipe()
+                if not swipes:
+                    raise LinkTimeout(f"no card swiped within {timeout:g} s")
+            else:
+                wait = deadline - now
+                if last_data is not None:
+                    wait = min(wait, END_OF_SWIPE_GAP)
+                data = self._read_chunk(wait)
+                swipes = self._splitter.feed(data) if data else []
+                if data:
+                    last_data = time.monotonic() if self._splitter.pending else None
+            self._queue.extend(swipes)
+            if self._queue:
+                # In arrival order: a swipe completed with an earlier one is kept for the next read.
+                return self._queue.popleft().card()
+
+    def _read_chunk(self, wait: float) -> bytes:
+        try:
+            ready, _, _ = select.select([self._fd], [], [], max(wait, 0.0))
+            if not ready:
+                return b""
+            data = os.read(self._fd, _CHUNK)
+        except OSError as exc:
+            raise TransportError(f"cannot read stdin: {exc}") from None
+        if not data:
+            self._eof = True
+        return data
+
+
+class _EchoOff:
+    """Turn terminal echo off while a swipe is awaited (no-op for pipes and non-POSIX)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._saved: list[Any] | None = None
+
+    def __enter__(self) -> None:
+        if not os.isatty(self._fd):
+            return
+        try:
+            import termios
+
+            self._saved = termios.tcgetattr(self._fd)
+            quiet = list(self._saved)
+            quiet[3] = quiet[3] & ~termios.ECHO
+            termios.tcsetattr(self._fd, termios.TCSANOW, quiet)
+        except (ImportError, OSError):
+            self._saved = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is not None:
+            import termios
+
+            termios.tcsetattr(self._fd, termios.TCSANOW, self._saved)
+            self._saved = None
+
