@@ -17,7 +17,7 @@ code  check
  58   transaction type not allowed on this kind of terminal (:data:`center.policy.TERMINAL_KINDS`)
  14   card unknown, or the expiry date read from the card is not a YYMM date
  54   card expired (the enrolled or the presented expiry month is before ``now``'s month)
- 13   amount 0
+ 13   amount 0 (or, for a balance inquiry, an amount other than 0)
  12   currency differs from the cardholder's or the terminal's account (no FX in this center)
  30   the type needs the phone and PIN block, KSN or confirmation is missing (or KSN malformed)
  63   KSN's Initial Key ID is not the card's enrolled one
@@ -341,8 +341,10 @@ class Center:
         return card
 
     def _check_amount(self, txn: Transaction, card: CardRecord, terminal: TerminalRecord) -> None:
-        if txn.amount == 0:
+        if txn.spec.has_amount and txn.amount == 0:
             raise _Declined(RC.INVALID_AMOUNT, "amount is zero")
+        if not txn.spec.has_amount and txn.amount != 0:
+            raise _Declined(RC.INVALID_AMOUNT, f"a {txn.type.value} carries no amount")
         currencies = {
             self._ledger.account(card.account_id).currency,
             self._ledger.account(terminal.account_id).currency,
@@ -494,6 +496,8 @@ class Center:
         }
         if original.state in done:
             return AuthResponse(RC.APPROVED.value, message=done[original.state])
+        if original.amount == 0:  # a balance inquiry: it moved nothing
+            return AuthResponse(RC.APPROVED.value, message="nothing was posted; nothing to reverse")
         if original.state == MessageState.COMPLETED:
             return AuthResponse(
                 RC.INVALID_TRANSACTION.value,

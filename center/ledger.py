@@ -80,6 +80,8 @@ POSTING_RULES: dict[TxnType, PostingRule] = {
     TxnType.PREAUTH: PostingRule(None, None, HoldAction.PLACE, True),
     # The pre-authorization's hold already guaranteed the funds; it is released in full.
     TxnType.COMPLETION: PostingRule(Party.CARDHOLDER, Party.TERMINAL, HoldAction.RELEASE, False),
+    # A balance inquiry moves nothing; it only needs the PIN and the phone's confirmation.
+    TxnType.BALANCE: PostingRule(None, None, HoldAction.NONE, False),
 }
 
 

@@ -31,7 +31,7 @@ TERMINAL_KINDS: dict[str, TerminalKind] = {
         "settlement-",
     ),
     "atm": TerminalKind(
-        frozenset({TxnType.WITHDRAWAL, TxnType.DEPOSIT}),
+        frozenset({TxnType.WITHDRAWAL, TxnType.DEPOSIT, TxnType.BALANCE}),
         AccountKind.ATM_CASH,
         "atm-cash-",
     ),

@@ -38,6 +38,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("", ATM, TxnType.WITHDRAWAL, 20_00, "bob-debit?via=swipe", "bob-phone", "00"),
     Scenario("", ATM, TxnType.DEPOSIT, 100_00, "carol-qvsdc?via=tap", "carol-phone", "00"),
     Scenario(
+        "Balance shown on the phone, not on the ATM screen",
+        ATM, TxnType.BALANCE, 0, "alice-visa?via=insert", "alice-phone", "00",
+    ),
+    Scenario(
         "Wrong PIN typed on the phone",
         POS, TxnType.PURCHASE, 5_00, "alice-visa?via=tap", "alice-phone", "55", wrong_pin=True,
     ),
@@ -102,7 +106,8 @@ def _run_one(
 
     label = TXN_TYPES[sc.type].label
     merchant = bench.lab.terminal_config(sc.terminal).merchant_name
-    what = f"{label} {format_amount(sc.amount)} at {merchant} ({sc.terminal})"
+    amount = f" {format_amount(sc.amount)}" if TXN_TYPES[sc.type].has_amount else ""
+    what = f"{label}{amount} at {merchant} ({sc.terminal})"
     echo("\n" + click.style(f"{n}. {sc.title} — {what}" if sc.title else f"{n}. {what}", bold=True))
     card = sc.card.partition("?")[0] if sc.card else None
     if sc.card:
@@ -127,9 +132,11 @@ def _run_one(
         echo(f"   [{s['step']}] {s['text']:<68} {s['ms']:7.2f} ms")
         if s["step"] == 4 and shown:
             p = shown[-1]
+            spec = TXN_TYPES[TxnType(p.txn_type)]
+            money = f" {format_amount(p.amount, p.currency)}" if spec.has_amount else ""
             echo(
                 f"       phone shows {p.merchant_name} ({p.terminal_id}, from its certificate):"
-                f" {TXN_TYPES[TxnType(p.txn_type)].label} {format_amount(p.amount, p.currency)}"
+                f" {spec.label}{money}"
                 f" — user {'confirms and types the PIN' if sc.choice == 'confirm' else 'declines'}"
             )
     out = report.outcome
@@ -138,6 +145,9 @@ def _run_one(
     ok = got == sc.expect
     verdict = f"{out.ending.name} {out.response_code or ''}".strip()
     detail = f"auth {out.auth_code}" if out.auth_code else out.message
+    results = bench.last_user.results if bench.last_user else []
+    if results and results[-1].balance is not None:
+        detail += f"; phone shows balance {format_amount(results[-1].balance)}"
     echo(
         "   -> "
         + click.style(verdict, fg="green" if out.approved else "yellow", bold=True)
@@ -165,4 +175,5 @@ def _run_one(
         "apdu_count": report.apdu_count,
         "bytes_to_phone": report.bytes_to_phone,
         "bytes_from_phone": report.bytes_from_phone,
+        "available_balance": out.available_balance,
     }

@@ -186,6 +186,7 @@ class Outcome:
     auth_code: str | None = None
     message: str = ""
     polls: int = 0
+    available_balance: int | None = None
 
     @property
     def approved(self) -> bool:
@@ -378,12 +379,21 @@ class Terminal:
             return
         run.actions.append(StepStarted(Step.RESULT_TO_PHONE))
         self.phase = Phase.RESULT
-        self._send(run, self.link.result_command(response.response_code, response.auth_code))
+        balance = response.available_balance if run.order.type is TxnType.BALANCE else None
+        self._send(
+            run, self.link.result_command(response.response_code, response.auth_code, balance)
+        )
 
     def _finish_result(self, run: _Run, response: AuthResponse) -> None:
         ending = Ending.APPROVED if response.approved else Ending.DECLINED_BY_HOST
         outcome = Outcome(
-            ending, run.txn, response.response_code, response.auth_code, response.message, run.polls
+            ending,
+            run.txn,
+            response.response_code,
+            response.auth_code,
+            response.message,
+            run.polls,
+            response.available_balance,
         )
         if run.order.type is TxnType.COMPLETION:
             self._finish(outcome)

@@ -14,13 +14,15 @@ from firmware_sim.errors import DecodeError
 
 
 class TxnType(StrEnum):
-    """Transaction types of the invention (claims 6-10) plus pre-auth completion and balance."""
+    """Transaction types of the invention (claims 6-10) plus pre-auth completion and balance
+    inquiry (whose balance is then shown on the phone, not on the terminal's screen)."""
 
     PURCHASE = "purchase"
     PREAUTH = "preauth"
     COMPLETION = "completion"
     WITHDRAWAL = "withdrawal"
     DEPOSIT = "deposit"
+    BALANCE = "balance"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class TxnTypeSpec:
     phone_code: int
     needs_phone: bool
     label: str
+    #: False for a balance inquiry, whose amount field must be zero.
+    has_amount: bool = True
 
 
 #: Specs as data: one row per transaction type.
@@ -41,6 +45,7 @@ TXN_TYPES: dict[TxnType, TxnTypeSpec] = {
     TxnType.COMPLETION: TxnTypeSpec("0220", "000000", 0x31, False, "Pre-auth completion"),
     TxnType.WITHDRAWAL: TxnTypeSpec("0200", "010000", 0x01, True, "Cash withdrawal"),
     TxnType.DEPOSIT: TxnTypeSpec("0200", "210000", 0x21, True, "Deposit"),
+    TxnType.BALANCE: TxnTypeSpec("0200", "310000", 0x40, True, "Balance inquiry", False),
 }
 
 PHONE_CODE_TO_TYPE: dict[int, TxnType] = {spec.phone_code: t for t, spec in TXN_TYPES.items()}
@@ -109,7 +114,8 @@ class Transaction:
 def format_amount(amount: int, currency: str = "978") -> str:
     """Show minor units as a decimal amount with the currency's code (2 decimals assumed)."""
     symbol = CURRENCY_CODES.get(currency, currency)
-    return f"{amount // 100}.{amount % 100:02d} {symbol}"
+    sign = "-" if amount < 0 else ""
+    return f"{sign}{abs(amount) // 100}.{abs(amount) % 100:02d} {symbol}"
 
 
 def parse_amount(text: str) -> int:

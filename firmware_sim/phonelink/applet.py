@@ -114,6 +114,7 @@ class PaymentShown:
 class ResultShown:
     response_code: str
     auth_code: str | None
+    balance: int | None = None
 
 
 @dataclass(frozen=True)
@@ -373,7 +374,7 @@ class PhoneApplet:
         s = self._session
         assert s is not None and s.answer is not None
         result = ResultBody.decode(body)
-        self._events.append(ResultShown(result.response_code, result.auth_code))
+        self._events.append(ResultShown(result.response_code, result.auth_code, result.balance))
         return b""
 
     _HANDLERS: ClassVar[dict[Ins, Callable[[PhoneApplet, bytes], bytes]]] = {

@@ -65,6 +65,7 @@ class Tag(IntEnum):
     SIGNATURE = 0xE4
     RESPONSE_CODE = 0xE5
     AUTH_CODE = 0xE6
+    BALANCE = 0xE7
 
 
 class ConfirmationStatus(IntEnum):
@@ -104,6 +105,7 @@ FIXED_LENGTHS: dict[int, int] = {
     Tag.SIGNATURE: 64,
     Tag.RESPONSE_CODE: 2,
     Tag.AUTH_CODE: 6,
+    Tag.BALANCE: 7,
     Tag.VERSION: 1,
 }
 
@@ -225,16 +227,27 @@ class ResultBody:
 
     response_code: str
     auth_code: str | None = None
+    #: Available balance in minor units (signed), shown on the phone after a balance inquiry.
+    balance: int | None = None
 
     def encode(self) -> bytes:
         fields = [(int(Tag.RESPONSE_CODE), self.response_code.encode("ascii"))]
         if self.auth_code:
             fields.append((Tag.AUTH_CODE, self.auth_code.encode("ascii")))
+        if self.balance is not None:
+            sign = b"\x0d" if self.balance < 0 else b"\x0c"  # BCD sign nibbles D / C
+            fields.append((Tag.BALANCE, sign + bcd(str(abs(self.balance)), 6)))
         return encode_fields(fields)
 
     @classmethod
     def decode(cls, data: bytes) -> ResultBody:
-        f = decode_fields(data, (Tag.RESPONSE_CODE,), (Tag.AUTH_CODE,))
+        f = decode_fields(data, (Tag.RESPONSE_CODE,), (Tag.AUTH_CODE, Tag.BALANCE))
+        balance: int | None = None
+        if Tag.BALANCE in f:
+            raw = f[Tag.BALANCE]
+            if raw[0] not in (0x0C, 0x0D):
+                raise DecodeError("balance sign must be 0C or 0D")
+            balance = int(unbcd(raw[1:])) * (-1 if raw[0] == 0x0D else 1)
         try:
             code = f[Tag.RESPONSE_CODE].decode("ascii")
             auth = f[Tag.AUTH_CODE].decode("ascii") if Tag.AUTH_CODE in f else None
@@ -242,4 +255,4 @@ class ResultBody:
             raise DecodeError("response code is not ASCII") from exc
         if not code.isalnum() or (auth is not None and not auth.isalnum()):
             raise DecodeError("response or authorization code is not alphanumeric")
-        return cls(code, auth)
+        return cls(code, auth, balance)

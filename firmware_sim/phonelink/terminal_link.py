@@ -124,8 +124,11 @@ class TerminalLink:
     def confirmation_command(self) -> Exchange:
         return self._sealed(Ins.GET_CONFIRMATION, b"")
 
-    def result_command(self, response_code: str, auth_code: str | None) -> Exchange:
-        return self._sealed(Ins.RESULT, ResultBody(response_code, auth_code).encode())
+    def result_command(
+        self, response_code: str, auth_code: str | None, balance: int | None = None
+    ) -> Exchange:
+        body = ResultBody(response_code, auth_code, balance)
+        return self._sealed(Ins.RESULT, body.encode())
 
     # -- answers -------------------------------------------------------------------------
 

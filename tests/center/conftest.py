@@ -84,7 +84,7 @@ class Stans:
 def make_txn(
     type_: TxnType, amount: int, stan: str, *, terminal: str | None = None, **kw: Any
 ) -> Transaction:
-    atm = type_ in (TxnType.WITHDRAWAL, TxnType.DEPOSIT)
+    atm = type_ in (TxnType.WITHDRAWAL, TxnType.DEPOSIT, TxnType.BALANCE)
     values: dict[str, Any] = {
         "type": type_,
         "amount": amount,

@@ -61,7 +61,7 @@ class Stan:
 
 
 def txn(who: Cardholder, type_: TxnType, amount: int, stan: str, **kw: Any) -> Transaction:
-    atm = type_ in (TxnType.WITHDRAWAL, TxnType.DEPOSIT)
+    atm = type_ in (TxnType.WITHDRAWAL, TxnType.DEPOSIT, TxnType.BALANCE)
     values: dict[str, Any] = {
         "type": type_,
         "amount": amount,
@@ -217,6 +217,10 @@ def test_all_types_reversal_and_retransmission(server: ServerThread) -> None:
         assert atm.authorize(w, 5).approved
         d = signed(alice, TxnType.DEPOSIT, 30_00, stan())
         assert atm.authorize(d, 5).approved
+        # Balance inquiry (0200, processing code 31): the balance comes back in field 54.
+        b = signed(alice, TxnType.BALANCE, 0, stan())
+        balance = atm.authorize(b, 5)
+        assert balance.approved and balance.available_balance == 1_500_00 - 40_00 - 100_00 + 30_00
         p = signed(alice, TxnType.PURCHASE, 20_00, stan())
         first = host.authorize(p, 5)
         assert first.approved

@@ -55,7 +55,7 @@ def test_demo_json_runs_every_type_and_failure_without_showing_pins(tmp_path: Pa
     txns = data["transactions"]
     assert data["ledger_balanced"] is True
     types = {t["type"] for t in txns}
-    assert types == {"purchase", "preauth", "completion", "withdrawal", "deposit"}
+    assert types == {"purchase", "preauth", "completion", "withdrawal", "deposit", "balance"}
     endings = [(t["response_code"], t["ending"]) for t in txns]
     assert ("55", "DECLINED_BY_HOST") in endings
     assert ("51", "DECLINED_BY_HOST") in endings
@@ -84,7 +84,7 @@ def test_demo_as_a_process_on_a_temporary_lab() -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "ledger balanced: True; 9/9 ended as expected" in proc.stdout
+    assert "ledger balanced: True; 10/10 ended as expected" in proc.stdout
     assert "Traceback" not in proc.stderr
 
 

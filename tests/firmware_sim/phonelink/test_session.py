@@ -187,3 +187,18 @@ def test_refused_status_is_reported_by_name(pair: Pair) -> None:
     with pytest.raises(PhoneRefused) as info:
         pair.link.handle_select(bytes.fromhex("6A82"))
     assert info.value.sw == 0x6A82
+
+
+def test_balance_is_forwarded_to_the_phone_only_in_the_result(pair: Pair) -> None:
+    from firmware_sim.transaction import TxnType
+
+    up_to_auth(pair)
+    pair.link.handle_payment_request(
+        pair.send(pair.link.payment_request_command(txn(0, TxnType.BALANCE)).apdu)
+    )
+    shown = pair.applet.take_events()
+    assert isinstance(shown[0], PaymentShown) and shown[0].txn_type == "balance"
+    pair.applet.confirm("1234")
+    pair.link.handle_confirmation(pair.send(pair.link.confirmation_command().apdu))
+    pair.link.handle_result(pair.send(pair.link.result_command("00", "123456", -12_34).apdu))
+    assert ResultShown("00", "123456", -12_34) in pair.applet.take_events()
