@@ -17,6 +17,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "conformance": "cli.phone_cmds:conformance",
     "trace": "cli.phone_cmds:trace",
     "center": "cli.center_cmds:center",
+    "readers": "cli.reader_cmds:readers",
+    "card": "cli.reader_cmds:card",
 }
 
 

@@ -18,15 +18,18 @@ DRIVERS: dict[str, dict[str, str]] = {
         "nfcpy": "drivers.nfcpy_link:NfcpyCardReader",
         "serial": "drivers.serial_reader:SerialCardReader",
         "keyboard": "drivers.keyboard_reader:KeyboardCardReader",
+        "pcsc": "drivers.pcsc:PcscCardReader",
     },
     "phone": {
         "mock": "drivers.mock_phone:MockPhoneLink",
         "nfcpy": "drivers.nfcpy_link:NfcpyPhoneLink",
         "tcp": "drivers.tcp_link:TcpPhoneLink",
+        "pcsc": "drivers.pcsc:PcscPhoneLink",
     },
     # The phone's own side of the link (what `swipepay phone run --link URL` serves on).
     "phone-serve": {
         "tcp": "drivers.tcp_link:TcpPhoneServer",
+        "vpcd": "drivers.vpcd:VpcdPhoneServer",
         "nfcpy": "drivers.nfcpy_link:NfcpyPhoneServer",
     },
 }

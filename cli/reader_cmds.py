@@ -1,0 +1,169 @@
+"""``swipepay readers`` and ``swipepay card read``: what card readers this machine has, and what the
+terminal would get from a card in one of them.  Heavy stacks are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.main import fail
+from firmware_sim.errors import ConfigError, SwipepayError
+
+
+def _pcsc_section() -> list[str]:
+    from drivers.pcsc import card_present, list_readers
+
+    names = list_readers()
+    if not names:
+        return ["  (pcscd is running but lists no readers)"]
+    lines = []
+    for name in names:
+        present = card_present(name)
+        state = {True: "card present", False: "no card", None: "state unknown"}[present]
+        lines.append(f"  pcsc:{name}  ({state})")
+    return lines
+
+
+def _serial_section() -> list[str]:
+    try:
+        from serial.tools import list_ports
+    except ImportError:
+        return ["  pyserial is not installed: pip install pyserial"]
+    ports = sorted(list_ports.comports(), key=lambda p: p.device)
+    if not ports:
+        return ["  (no serial ports)"]
+    return [f"  serial:{p.device}  ({p.description})" for p in ports]
+
+
+def _nfcpy_section() -> list[str]:
+    try:
+        from nfc.clf import device as nfc_device
+        from nfc.clf import transport
+    except ImportError:
+        return ["  nfcpy is not installed: pip install swipepay[nfc]"]
+    try:
+        found = transport.USB.find("usb") or []
+    except Exception as exc:  # libusb missing or no permission
+        return [f"  cannot list USB devices ({type(exc).__name__}: {exc})"]
+    lines = []
+    for vid, pid, bus, dev in found:
+        chip = nfc_device.usb_device_map.get((vid, pid), "?")
+        lines.append(f"  nfcpy:usb:{bus:03d}:{dev:03d}  ({vid:04x}:{pid:04x} {chip})")
+    return lines or ["  (no nfcpy USB devices; nfcpy's udp: simulator is always available)"]
+
+
+#: Section title -> lister (specs as data; each says itself when its stack is missing).
+SECTIONS = {
+    "PC/SC readers (pcsc:)": _pcsc_section,
+    "Serial ports (serial:)": _serial_section,
+    "nfcpy devices (nfcpy:)": _nfcpy_section,
+}
+
+
+@click.command()
+def readers() -> None:
+    """List PC/SC readers (card present or not), serial ports and nfcpy devices."""
+    for title, lister in SECTIONS.items():
+        click.echo(click.style(title, bold=True))
+        try:
+            lines = lister()
+        except SwipepayError as exc:
+            lines = [f"  unavailable: {exc}"]
+        for line in lines:
+            click.echo(line)
+
+
+@click.group()
+def card() -> None:
+    """Read user cards."""
+
+
+def _mask(text: str, pan: str, show_pan: bool) -> str:
+    from firmware_sim.carddata import mask_pan
+
+    if show_pan or not pan:
+        return text
+    return text.replace(pan, mask_pan(pan))
+
+
+@card.command("read")
+@click.option("--reader", "url", required=True, help="Card reader URL, e.g. pcsc:ACR122.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--show-pan", is_flag=True, help="Print the full PAN (masked 6+4 by default).")
+@click.option("--trace", is_flag=True, help="Print the APDU exchanges (PC/SC readers).")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Lab whose cards mock: URLs use.",
+)
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for a card.")
+def card_read(
+    url: str, as_json: bool, show_pan: bool, trace: bool, home: Path | None, timeout: float
+) -> None:
+    """Wait for a card and print what the terminal would use from it."""
+    try:
+        _card_read(url, as_json, show_pan, trace, home, timeout)
+    except SwipepayError as exc:
+        fail(exc)
+
+
+def _card_read(
+    url: str, as_json: bool, show_pan: bool, trace: bool, home: Path | None, timeout: float
+) -> None:
+    from drivers.registry import open_card_reader
+
+    context: dict[str, Any] = {}
+    if home is not None:
+        from center.lab import Lab
+
+        context["cards"] = Lab(home).cards()
+    elif url.startswith("mock:"):
+        raise ConfigError("mock: card URLs need --home LAB (the lab's cards)")
+    reader = open_card_reader(url, **context)
+    if not as_json:
+        click.echo(f"waiting for a card on {url} (up to {timeout:.0f} s)...", err=True)
+    try:
+        data = reader.read_card(timeout)
+    finally:
+        reader.close()
+    last = getattr(reader, "last", None)
+    exchanges: list[tuple[bytes, bytes]] = list(getattr(last, "trace", []) or [])
+    out: dict[str, Any] = {
+        "pan": data.pan if show_pan else (data.masked_pan if data.pan else ""),
+        "expiry": data.expiry,
+        "name": data.name,
+        "service_code": data.service_code,
+        "source": data.source,
+        "entry_mode": data.entry_mode,
+        "aid": data.aid.hex().upper() if data.aid else None,
+        "uid": data.uid.hex().upper() if data.uid else None,
+        "card_id": _mask(data.card_id.decode("ascii"), data.pan, show_pan),
+    }
+    if last is not None:
+        out["atr"] = last.atr.hex().upper()
+        out["mode"] = last.mode
+    if trace:
+        out["trace"] = [
+            {
+                "command": _mask(c.hex().upper(), data.pan, show_pan),
+                "response": _mask(r.hex().upper(), data.pan, show_pan),
+            }
+            for c, r in exchanges
+        ]
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    if trace:
+        if not exchanges:
+            click.echo("(this driver gives no APDU trace)")
+        for item in out["trace"]:
+            click.echo(f">> {item['command']}")
+            click.echo(f"<< {item['response']}")
+    for key, value in out.items():
+        if key != "trace" and value not in (None, ""):
+            click.echo(f"{key:>12}: {value}")

@@ -1,0 +1,242 @@
+"""vpcd framing and the virtual card's socket loop, against a fake vpcd server in the test."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from drivers.registry import open_phone_server
+from drivers.vpcd import (
+    HCE_PHONE_ATR,
+    FrameDecoder,
+    VirtualCard,
+    VpcdClient,
+    VpcdPhoneServer,
+    encode_frame,
+    parse_address,
+    pcsc_contactless_atr,
+)
+from firmware_sim.errors import ConfigError, DecodeError, TransportError
+
+
+class FakeVpcd:
+    """vpcd's side: a listening socket on a free port, one accepted card at a time."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.server.settimeout(5)
+        self.conn: socket.socket | None = None
+        self.decoder = FrameDecoder()
+
+    def accept(self) -> None:
+        self.conn, _ = self.server.accept()
+        self.conn.settimeout(5)
+
+    def send(self, payload: bytes, split: bool = False) -> None:
+        assert self.conn is not None
+        frame = encode_frame(payload)
+        if split:  # what Debian's vpcd does: length and payload in two writes
+            self.conn.sendall(frame[:2])
+            self.conn.sendall(frame[2:])
+        else:
+            self.conn.sendall(frame)
+
+    def receive(self) -> bytes:
+        assert self.conn is not None
+        while True:
+            frames = self.decoder.feed(self.conn.recv(4096))
+            if frames:
+                assert len(frames) == 1
+                return frames[0]
+
+    def exchange(self, payload: bytes) -> bytes:
+        self.send(payload, split=True)
+        return self.receive()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.server.close()
+
+
+@pytest.fixture
+def vpcd() -> Iterator[FakeVpcd]:
+    fake = FakeVpcd()
+    yield fake
+    fake.close()
+
+
+def test_encode_frame() -> None:
+    assert encode_frame(b"\x04") == b"\x00\x01\x04"
+    assert encode_frame(b"") == b"\x00\x00"
+    with pytest.raises(DecodeError):
+        encode_frame(bytes(0x10000))
+
+
+def test_decoder_keeps_partial_frames() -> None:
+    decoder = FrameDecoder()
+    assert decoder.feed(b"\x00") == []
+    assert decoder.feed(b"\x03\xaa\xbb") == []
+    assert decoder.pending == 4
+    assert decoder.feed(b"\xcc\x00\x01\x04\x00") == [b"\xaa\xbb\xcc", b"\x04"]
+    assert decoder.pending == 1
+
+
+@given(st.lists(st.binary(max_size=600), max_size=8), st.data())
+def test_decoder_round_trips_any_split(payloads: list[bytes], data: st.DataObject) -> None:
+    stream = b"".join(encode_frame(p) for p in payloads)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    decoder = FrameDecoder()
+    out: list[bytes] = []
+    last = 0
+    for cut in [*cuts, len(stream)]:
+        out += decoder.feed(stream[last:cut])
+        last = cut
+    assert out == payloads
+    assert decoder.pending == 0
+
+
+@given(st.binary(max_size=2000))
+def test_decoder_never_raises_on_garbage(stream: bytes) -> None:
+    decoder = FrameDecoder()
+    frames = decoder.feed(stream)
+    assert sum(2 + len(f) for f in frames) + decoder.pending == len(stream)
+
+
+def test_virtual_card_controls_and_apdus() -> None:
+    resets: list[str] = []
+    card = VirtualCard(
+        lambda apdu: apdu[::-1] + b"\x90\x00", b"\x3b\x00", lambda: resets.append("x")
+    )
+    assert card.respond(b"\x04") == b"\x3b\x00"
+    assert card.respond(b"\x01") is None and card.powered
+    assert card.respond(b"\x02") is None
+    assert card.respond(b"\x00") is None and not card.powered
+    assert resets == ["x", "x", "x"]
+    assert card.respond(b"\x09") is None  # unknown control byte: ignored
+    assert card.respond(b"") is None
+    assert card.respond(b"\x00\xa4") == b"\xa4\x00\x90\x00"
+
+
+def test_virtual_card_survives_a_broken_handler() -> None:
+    def broken(apdu: bytes) -> bytes:
+        raise ValueError("bug")
+
+    assert VirtualCard(broken, b"\x3b\x00").respond(b"\x00\xa4\x04\x00") == b"\x6f\x00"
+
+
+def test_virtual_card_rejects_bad_atr() -> None:
+    with pytest.raises(ConfigError):
+        VirtualCard(lambda a: a, b"\x3b")
+
+
+def test_contactless_atr_checksum() -> None:
+    assert bytes.fromhex("3B80800101") == HCE_PHONE_ATR
+    atr = pcsc_contactless_atr(b"\x11\x22")
+    check = 0
+    for byte in atr[1:]:
+        check ^= byte
+    assert check == 0 and atr[:4] == bytes.fromhex("3B828001")
+
+
+def test_client_serves_over_tcp(vpcd: FakeVpcd) -> None:
+    powered_off = threading.Event()
+    card = VirtualCard(lambda apdu: b"\x90\x00", b"\x3b\x00", powered_off.set)
+    client = VpcdClient(card, "127.0.0.1", vpcd.port)
+    client.insert()
+    vpcd.accept()
+    try:
+        assert vpcd.exchange(b"\x04") == b"\x3b\x00"
+        vpcd.send(b"\x01")  # power on: no reply expected
+        assert vpcd.exchange(b"\x00\xa4\x04\x00\x00") == b"\x90\x00"
+        assert vpcd.exchange(bytes(300)) == b"\x90\x00"  # long APDU arrives whole
+        assert card.apdus == 2
+    finally:
+        client.remove()
+    assert powered_off.is_set()
+    assert vpcd.conn is not None and vpcd.conn.recv(10) == b""  # vpcd sees the card removed
+
+
+def test_client_reports_vpcd_gone(vpcd: FakeVpcd) -> None:
+    client = VpcdClient(VirtualCard(lambda a: b"\x90\x00", b"\x3b\x00"), "127.0.0.1", vpcd.port)
+    client.connect()
+    vpcd.accept()
+    assert vpcd.conn is not None
+    vpcd.conn.close()
+    with pytest.raises(TransportError, match="closed the connection"):
+        client.serve(threading.Event())
+
+
+def test_client_reconnects_when_vpcd_comes_back(vpcd: FakeVpcd) -> None:
+    stop = threading.Event()
+    client = VpcdClient(VirtualCard(lambda a: b"\x90\x00", b"\x3b\x01"), "127.0.0.1", vpcd.port)
+    thread = threading.Thread(
+        target=client.serve, args=(stop,), kwargs={"reconnect": True, "retry": 0.05}
+    )
+    thread.start()
+    try:
+        vpcd.accept()
+        assert vpcd.exchange(b"\x04") == b"\x3b\x01"
+        assert vpcd.conn is not None
+        vpcd.conn.close()
+        vpcd.decoder = FrameDecoder()
+        vpcd.accept()  # the card connects again by itself
+        assert vpcd.exchange(b"\x04") == b"\x3b\x01"
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_unreachable_vpcd_is_a_clear_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound but not listening: connection refused
+        client = VpcdClient(VirtualCard(lambda a: a, b"\x3b\x00"), "127.0.0.1", port)
+        with pytest.raises(TransportError, match="cannot reach vpcd"):
+            client.connect()
+
+
+def test_parse_address() -> None:
+    assert parse_address("") == ("127.0.0.1", 35963)
+    assert parse_address("localhost:35964") == ("localhost", 35964)
+    assert parse_address("//10.0.0.2") == ("10.0.0.2", 35963)
+    for bad in ("host:0", "host:99999", "host:x"):
+        with pytest.raises(ConfigError):
+            parse_address(bad)
+
+
+def test_phone_server_from_registry() -> None:
+    server = open_phone_server("vpcd:127.0.0.1:35964")
+    assert isinstance(server, VpcdPhoneServer)
+    assert (server.host, server.port) == ("127.0.0.1", 35964)
+
+
+def test_phone_server_serves_once_and_deactivates(vpcd: FakeVpcd) -> None:
+    class Phone:
+        deactivated = 0
+
+        def process(self, apdu: bytes) -> bytes:
+            return b"\x90\x00"
+
+        def deactivate(self) -> None:
+            self.deactivated += 1
+
+    phone = Phone()
+    server = VpcdPhoneServer("vpcd:", "127.0.0.1", vpcd.port)
+    thread = threading.Thread(target=server.serve, args=(phone,), kwargs={"once": True})
+    thread.start()
+    vpcd.accept()
+    assert vpcd.exchange(b"\x04") == HCE_PHONE_ATR
+    vpcd.send(b"\x01")
+    assert vpcd.exchange(b"\x00\xa4\x04\x00\x07\xf0SWPAY\x01\x00") == b"\x90\x00"
+    vpcd.send(b"\x00")  # the terminal switched the field off: the session is over
+    thread.join(5)
+    assert not thread.is_alive()
+    assert phone.deactivated >= 2
