@@ -322,7 +322,8 @@ def _conformance(
                     continue
                 connected = True
             if check.name == "transaction" and not as_json:
-                click.echo("transaction: confirm the payment on the phone "
+                click.echo("transaction: confirm the payment on the phone within "
+                           f"{ctx.max_polls * ctx.poll_interval:.0f} s "
                            "(the emulator does it with --auto-confirm)", err=True)
             result = run_check(check, ctx, link.transmit, time.sleep)
             results.append(result)

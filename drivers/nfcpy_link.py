@@ -38,12 +38,10 @@ from types import ModuleType
 from typing import Any, Final
 
 from drivers.registry import split_url
-from firmware_sim.apdu import CommandApdu
 from firmware_sim.carddata import CardData
 from firmware_sim.emv_reader import EmvReader, run_reader
 from firmware_sim.errors import (
     ConfigError,
-    DecodeError,
     LinkTimeout,
     LocalProtocolError,
     SwipepayError,
@@ -67,6 +65,8 @@ RANDOM_UID_PREFIX: Final = b"\x08"
 S_DESELECT: Final = b"\xc2"
 #: How long the reader side waits for the S(DESELECT) answer when it disconnects.
 DESELECT_TIMEOUT: Final = 0.1
+#: Longest command the reader side sends: a short case-4 APDU (4 + 1 + 255 + 1 bytes).
+MAX_COMMAND: Final = 261
 
 
 def load_nfc() -> ModuleType:
@@ -163,12 +163,17 @@ def connect_type4(clf: Any, timeout: float, targets: list[str]) -> Any:
 
 
 def transceive(tag: Any, apdu: bytes) -> bytes:
-    """One short command APDU out, the response back; TransportError when the target left."""
+    """One command APDU out, the response back; TransportError when the target left.
+
+    Only the size is bounded (a short APDU's 261 bytes, as on ``tcp:``): a reader puts any bytes
+    on the air, so the conformance checks can send malformed length encodings to the phone and
+    see its status word, exactly as over ``pcsc:``.
+    """
     nfc = load_nfc()
-    try:
-        CommandApdu.parse(apdu, short_only=True)
-    except DecodeError as exc:
-        raise LocalProtocolError(f"not a short command APDU: {exc}") from None
+    if not 1 <= len(apdu) <= MAX_COMMAND:
+        raise LocalProtocolError(
+            f"a {len(apdu)}-byte command does not fit a short APDU (1 to {MAX_COMMAND} bytes)"
+        )
     try:
         response = tag.transceive(bytearray(apdu))
     except (nfc.tag.TagCommandError, nfc.clf.CommunicationError) as exc:

@@ -39,6 +39,8 @@ INSTALL_HINT: Final = "pip install swipepay[pcsc]"
 SCARD_ERRORS: Final[dict[int, str]] = {
     0x8010001D: "pcscd is not running (SCARD_E_NO_SERVICE); start it with `pcscd` or "
     "`systemctl start pcscd`",
+    0x8010001E: "pcscd stopped (SCARD_E_SERVICE_STOPPED); start it again and retry",
+    0x80100013: "lost contact with pcscd (SCARD_E_COMM_ERROR); was it stopped or restarted?",
     0x8010002E: "no PC/SC readers are connected (SCARD_E_NO_READERS_AVAILABLE)",
     0x80100009: "the reader is unknown to pcscd (SCARD_E_UNKNOWN_READER)",
     0x80100017: "the reader was unplugged (SCARD_E_READER_UNAVAILABLE)",
@@ -149,13 +151,16 @@ def wait_for_card(reader: Any, timeout: float, what: str = "card") -> Any:
     from smartcard.CardRequest import CardRequest
     from smartcard.Exceptions import CardRequestTimeoutException
 
-    request = CardRequest(readers=[reader], timeout=max(timeout, 0.001), newcardonly=False)
+    request: Any = None
     try:
+        request = CardRequest(readers=[reader], timeout=max(timeout, 0.001), newcardonly=False)
         service = request.waitforcard()
     except CardRequestTimeoutException:
         raise LinkTimeout(f"no {what} on {reader} within {timeout:.1f} s") from None
     except Exception as exc:
         raise TransportError(explain(exc, f"waiting for a {what} on {reader} failed")) from None
+    finally:
+        _forget(request)
     # The CardService disconnects its connection when garbage-collected: drop it, use our own.
     release(service.connection)
     del service
@@ -165,6 +170,20 @@ def wait_for_card(reader: Any, timeout: float, what: str = "card") -> Any:
     except Exception as exc:
         raise TransportError(explain(exc, f"cannot connect to the {what} on {reader}")) from None
     return connection
+
+
+def _forget(request: Any) -> None:
+    """Free a CardRequest's PC/SC context now, ignoring a daemon already gone.
+
+    pyscard releases it in ``__del__`` and raises there when pcscd was stopped or restarted
+    meanwhile, which prints a traceback ("Exception ignored in ... Service not available").
+    """
+    inner = getattr(request, "pcsccardrequest", None)
+    if inner is None:
+        return
+    with contextlib.suppress(Exception):
+        inner.release()
+    inner.hcontext = None
 
 
 def release(connection: Any) -> None:

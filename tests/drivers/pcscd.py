@@ -143,6 +143,34 @@ class Pcscd:
             raise PcscdUnavailable(f"pcscd did not list {READERS} within {timeout} s")
         return cls(process, lock)
 
+    @property
+    def ours(self) -> bool:
+        """Whether this session started the daemon (only then may it stop or restart it)."""
+        return self.process is not None
+
+    def stop_daemon(self) -> None:
+        """Stop our pcscd but keep the lock (fault tests: "pcscd not running"); wait until no
+        pcscd answers.  Never stops someone else's daemon."""
+        if self.process is None:
+            raise PcscdUnavailable("this pcscd was not started by the tests: not stopping it")
+        for slot in self.slots.values():
+            slot.remove(wait=False)
+        _terminate(self.process)
+        if not _wait(lambda: not _running(), 5.0):
+            raise PcscdUnavailable("a pcscd still answers after ours was stopped")
+
+    def start_daemon(self, timeout: float = 10.0) -> None:
+        """Start our pcscd again after :meth:`stop_daemon`, under the same lock."""
+        if self.process is None:
+            raise PcscdUnavailable("this pcscd was not started by the tests: not restarting it")
+        if self.process.poll() is None:
+            return
+        binary = shutil.which("pcscd") or "/usr/sbin/pcscd"
+        again = type(self)._start(binary, self.lock, timeout)
+        if again.process is None:
+            raise PcscdUnavailable("another pcscd started while ours was stopped")
+        self.process = again.process
+
     def slot(self, reader: str) -> Slot:
         if reader not in self.slots:
             self.slots[reader] = Slot(reader, PORTS[reader])
