@@ -19,6 +19,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "center": "cli.center_cmds:center",
     "readers": "cli.reader_cmds:readers",
     "card": "cli.reader_cmds:card",
+    "terminal": "cli.terminal_cmds:terminal",
 }
 
 
@@ -46,9 +47,20 @@ def fail(exc: SwipepayError) -> None:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="swipepay")
-def main() -> None:
+@click.option("--log-json", is_flag=True, help="Log JSON lines (stderr) instead of text.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="Default: info for the servers (center, phone), warning otherwise.",
+)
+@click.pass_context
+def main(ctx: click.Context, log_json: bool, log_level: str | None) -> None:
     """swipepay: the card is read at the terminal, the payment is confirmed and the PIN typed on
     the cardholder's phone over NFC (patent CN103164911A)."""
+    from drivers.logsetup import default_level, setup_logging
+
+    setup_logging(log_json, log_level or default_level(ctx.invoked_subcommand))
 
 
 @main.command()
@@ -77,12 +89,22 @@ def init(home: Path) -> None:
     help="Use (or create) this lab instead of a temporary one.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the story.")
-def demo(home: Path | None, as_json: bool) -> None:
+@click.option(
+    "--real-stack",
+    is_flag=True,
+    help="Each part its own process over pcscd/vpcd and TLS (needs pcscd and vsmartcard-vpcd).",
+)
+def demo(home: Path | None, as_json: bool, real_stack: bool) -> None:
     """Run every transaction type and the telling failures in one process, step by step."""
     from cli.demo import run_demo
 
     try:
-        code = run_demo(home, as_json)
+        if real_stack:
+            from drivers.realstack import run_real_demo
+
+            code = run_real_demo(home, as_json)
+        else:
+            code = run_demo(home, as_json)
     except SwipepayError as exc:
         fail(exc)
         return

@@ -167,3 +167,13 @@ def _card_read(
     for key, value in out.items():
         if key != "trace" and value not in (None, ""):
             click.echo(f"{key:>12}: {value}")
+
+
+def _add_card_serve() -> None:
+    """``swipepay card serve`` lives with the terminal console (cli/terminal_cmds.py)."""
+    from cli.terminal_cmds import card_serve
+
+    card.add_command(card_serve)
+
+
+_add_card_serve()

@@ -1,0 +1,168 @@
+"""``swipepay terminal run`` in one process: mock card reader, mock phone, the lab's center core.
+
+The three-process versions of these flows are in test_three_processes.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from center.lab import Lab, create_lab
+from cli.main import main
+from cli.terminal_cmds import card_from_text, load_settings, resolve_card_choice
+from drivers.logsetup import redact, setup_logging, transaction
+from firmware_sim.errors import ConfigError, SwipepayError
+from firmware_sim.terminal import Ending
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tmpl") / "lab"
+    create_lab(root)
+    return root
+
+
+@pytest.fixture
+def lab(template: Path, tmp_path: Path) -> Lab:
+    root = tmp_path / "lab"
+    shutil.copytree(template, root)
+    return Lab(root)
+
+
+def run(lab: Lab, *args: str, input: str | None = None) -> tuple[int, Any]:
+    result = CliRunner().invoke(
+        main, ["terminal", "run", "--home", str(lab.root), "--center", "local", *args], input=input
+    )
+    out: Any = result.output
+    if "--json" in args and result.exit_code in {e.exit_code for e in Ending}:
+        out = json.loads(result.stdout)
+    return result.exit_code, out
+
+
+def test_one_shot_purchase_is_approved_with_json(lab: Lab) -> None:
+    code, out = run(lab, "--phone", "mock:alice-phone", "--card", "mock:alice-visa?via=tap",
+                    "--type", "purchase", "--amount", "12.34", "--json")  # fmt: skip
+    assert code == 0
+    assert out["ending"] == "APPROVED" and out["response_code"] == "00"
+    assert out["txn_id"] == f"POS00001-{out['stan']}"
+    assert [s["step"] for s in out["steps"]] == list(range(1, 9))
+
+
+def test_preauth_then_completion_of_it(lab: Lab) -> None:
+    code, pre = run(lab, "--phone", "mock:alice-phone", "--card", "mock:alice-visa?via=insert",
+                    "--type", "preauth", "--amount", "80", "--json")  # fmt: skip
+    assert code == 0
+    code, done = run(lab, "--phone", "mock:", "--type", "completion", "--amount", "64.50",
+                     "--completes", pre["stan"], "--json")  # fmt: skip
+    assert (code, done["ending"]) == (0, "APPROVED")
+    code, again = run(lab, "--phone", "mock:", "--type", "completion", "--amount", "1")
+    assert code == ConfigError("").exit_code and "no approved pre-authorization" in again
+
+
+@pytest.mark.parametrize(
+    ("phone", "card", "amount", "ending"),
+    [
+        ("mock:bob-phone", "mock:alice-visa?via=tap", "5", Ending.NO_PHONE),
+        ("mock:bob-phone", "mock:bob-debit?via=insert", "500", Ending.DECLINED_BY_HOST),
+        ("mock:carol-phone?choice=decline", "mock:carol-qvsdc", "7.50", Ending.DECLINED_BY_USER),
+        ("mock:alice-phone", "mock:none", "5", Ending.CARD_ERROR),
+    ],
+)
+def test_decline_classes_have_their_exit_codes(
+    lab: Lab, phone: str, card: str, amount: str, ending: Ending
+) -> None:
+    code, out = run(lab, "--phone", phone, "--card", card, "--card-timeout", "0.1",
+                    "--type", "purchase", "--amount", amount, "--json")  # fmt: skip
+    assert (code, out["ending"]) == (ending.exit_code, ending.name)
+
+
+def test_help_documents_every_exit_code() -> None:
+    text = CliRunner().invoke(main, ["terminal", "run", "--help"]).output
+    for ending in Ending:
+        assert re.search(rf"\b{ending.exit_code}\s+{ending.name}\b", text), ending
+
+
+def test_card_data_accepts_tracks_and_a_lab_pan(lab: Lab) -> None:
+    spec = lab.cards()["bob-debit"]
+    t1, t2 = spec.tracks()
+    for data in (t1 + t2, spec.pan):
+        code, out = run(lab, "--phone", "mock:bob-phone", "--card-data", data,
+                        "--type", "withdrawal", "--amount", "20", "--terminal-id", "ATM00001",
+                        "--json")  # fmt: skip
+        assert (code, out["ending"]) == (0, "APPROVED")
+
+
+def test_interactive_console_offers_lab_cards(lab: Lab) -> None:
+    # balance inquiry (6) with card 2 (alice-visa by insert), then quit
+    code, out = run(lab, "--phone", "mock:alice-phone", "--card", "mock:",
+                    "--terminal-id", "ATM00001", input="6\n2\nq\n")  # fmt: skip
+    assert code == 0, out
+    assert "insert alice-visa" in out and "[8] result forwarded to phone" in out
+    assert "APPROVED 00" in out and "balance shown on the phone" in out
+
+
+def test_settings_file_is_overridden_by_options(lab: Lab) -> None:
+    (lab.root / "terminal.toml").write_text(
+        'terminal_id = "ATM00001"\nphone = "mock:bob-phone"\nhost_timeout = 2\n'
+    )
+    s = load_settings(lab.root, None, {"phone": "mock:alice-phone", "card": None})
+    assert (s["terminal_id"], s["phone"], s["host_timeout"]) == (
+        "ATM00001", "mock:alice-phone", 2.0,
+    )  # fmt: skip
+    (lab.root / "terminal.toml").write_text("pin = 1234\n")
+    with pytest.raises(ConfigError, match="unknown key 'pin'"):
+        load_settings(lab.root, None, {})
+    (lab.root / "terminal.toml").write_text("terminal_id = [\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(lab.root, None, {})
+
+
+def test_bad_inputs_are_one_line_errors(lab: Lab) -> None:
+    code, out = run(lab, "--type", "purchase", "--amount", "12,34", "--phone", "mock:")
+    assert code != 0 and "not an amount" in out and "Traceback" not in out
+    code, out = run(lab, "--type", "purchase", "--amount", "1", "--phone", "mock:",
+                    "--card-data", "%B garbage")  # fmt: skip
+    assert code != 0 and "Traceback" not in out
+    code, out = run(lab, "--json")
+    assert code == ConfigError("").exit_code and "--json needs --type" in out
+
+
+def test_resolve_card_choice(lab: Lab) -> None:
+    cards = lab.cards()
+    assert resolve_card_choice("1", cards)[0] == "mock:alice-visa?via=tap"
+    assert resolve_card_choice("bob-debit swipe", cards)[0] == "mock:bob-debit?via=swipe"
+    with pytest.raises(ConfigError):
+        resolve_card_choice("carol-qvsdc swipe", cards)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=120))
+def test_pasted_card_text_never_crashes(text: str) -> None:
+    with contextlib.suppress(SwipepayError):
+        card_from_text(text, {})
+
+
+def test_log_lines_carry_txn_id_and_no_pan() -> None:
+    stream = io.StringIO()
+    setup_logging(json_lines=True, level="info", stream=stream)
+    try:
+        with transaction("POS00001-000042"):
+            logging.getLogger("swipepay.test").info("read ;4761739001010119=28122011?")
+        line = json.loads(stream.getvalue().splitlines()[-1])
+    finally:
+        setup_logging()
+    assert line["txn"] == "POS00001-000042"
+    assert "4761739001010119" not in line["msg"] and "476173******0119" in line["msg"]
+    assert redact("PAN 5413330000000019 ok") == "PAN 541333******0019 ok"
