@@ -19,6 +19,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "center": "cli.center_cmds:center",
     "readers": "cli.reader_cmds:readers",
     "card": "cli.reader_cmds:card",
+    "bench": "cli.bench_cmds:bench",
     "terminal": "cli.terminal_cmds:terminal",
 }
 

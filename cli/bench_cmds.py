@@ -1,0 +1,212 @@
+"""``swipepay bench``: benchmarks that print figures (click only; the work is in drivers/)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
+_WORKDIR = click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Directory for the temporary lab and database (the disk being measured).",
+)
+
+
+def _emit(result: Any, as_json: bool, table: list[tuple[str, str]], notes: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(result), sort_keys=True))
+        return
+    width = max(len(k) for k, _ in table)
+    for key, value in table:
+        click.echo(f"{key.ljust(width)}  {value}")
+    for note in notes:
+        click.echo(note)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f} ms"
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: center throughput, whole-transaction latency, phone-link cost, start-up."""
+
+
+@bench.command()
+@click.option("--terminals", default=16, show_default=True, type=click.IntRange(1, 200))
+@click.option("--seconds", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600))
+@click.option(
+    "--load-processes",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Load-generator processes sharing the terminals.",
+)
+@click.option(
+    "--baseline-seconds",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 600),
+    help="How long to measure one-commit-per-transaction on the same disk.",
+)
+@_WORKDIR
+@_JSON
+def center(
+    terminals: int,
+    seconds: float,
+    load_processes: int,
+    baseline_seconds: float,
+    workdir: Path | None,
+    as_json: bool,
+) -> None:
+    """The real TLS center under TERMINALS persistent mutual-TLS terminals for SECONDS."""
+    from drivers.benchmarks import bench_center
+
+    r = bench_center(
+        terminals,
+        seconds,
+        load_processes=load_processes,
+        baseline_seconds=baseline_seconds,
+        workdir=workdir,
+    )
+    mix = ", ".join(f"{k} {v}" for k, v in sorted(r.approvals_by_type.items()))
+    _emit(
+        r,
+        as_json,
+        [
+            ("terminals", f"{r.terminals} (in {r.load_processes} load processes)"),
+            ("duration", f"{r.seconds:g} s"),
+            ("requests", str(r.requests)),
+            ("approvals", f"{r.approvals} ({mix})"),
+            ("approvals/s", f"{r.approvals_per_s:.0f}"),
+            ("latency p50", _ms(r.p50_ms)),
+            ("latency p95", _ms(r.p95_ms)),
+            ("latency p99", _ms(r.p99_ms)),
+            ("response codes", ", ".join(f"{k}: {v}" for k, v in sorted(r.codes.items()))),
+            ("durable approvals", f"{r.durable_approvals_in_db} in the database after the run"),
+            ("ledger balanced", "yes" if r.ledger_balanced else "NO"),
+            ("baseline", f"{r.baseline_commits_per_s:.0f} durable commits/s (1 per transaction)"),
+            ("center peak RSS", f"{r.center_peak_rss_mb:.1f} MB"),
+            ("load process RSS", f"{r.load_peak_rss_mb:.1f} MB"),
+        ],
+        [f"precomputed: {r.precomputed} ({r.precompute_s:.1f} s)"]
+        + (
+            [f"warning: {r.exhausted_terminals} terminals ran out of requests"]
+            if r.exhausted_terminals
+            else []
+        )
+        + [f"error: {e}" for e in r.errors],
+    )
+
+
+@bench.command()
+@click.option("--transactions", default=200, show_default=True, type=click.IntRange(1, 1000))
+@click.option(
+    "--process-transactions",
+    default=20,
+    show_default=True,
+    type=click.IntRange(0, 1000),
+    help="Transactions across three processes over pcscd/vpcd and TLS (0: skip).",
+)
+@_WORKDIR
+@_JSON
+def flow(transactions: int, process_transactions: int, workdir: Path | None, as_json: bool) -> None:
+    """Whole transactions, user confirming at once: p50/p99 per step of the method and in total,
+    in one process on mock drivers and across three processes."""
+    from drivers.benchmarks import FlowBench, bench_flow_inprocess, bench_flow_processes
+    from firmware_sim.errors import SwipepayError
+
+    results: dict[str, Any] = {}
+    runs: list[FlowBench] = [bench_flow_inprocess(transactions, workdir)]
+    results["inprocess"] = dataclasses.asdict(runs[0])
+    skipped = None
+    if process_transactions:
+        try:
+            runs.append(bench_flow_processes(process_transactions, workdir))
+            results["processes"] = dataclasses.asdict(runs[1])
+        except SwipepayError as exc:
+            skipped = str(exc)
+            results["processes"] = {"skipped": skipped}
+    if as_json:
+        click.echo(json.dumps(results, sort_keys=True))
+        return
+    for r in runs:
+        rows = [("mode", r.mode), ("transactions", f"{r.transactions} ({r.approved} approved)")]
+        rows += [(s.step, f"p50 {_ms(s.p50_ms)}  p99 {_ms(s.p99_ms)}") for s in r.steps]
+        rows.append(("total", f"p50 {_ms(r.total_p50_ms)}  p99 {_ms(r.total_p99_ms)}"))
+        _emit(r, False, rows, [""])
+    if skipped:
+        click.echo(f"three processes: skipped ({skipped})")
+
+
+@bench.command()
+@_WORKDIR
+@_JSON
+def link(workdir: Path | None, as_json: bool) -> None:
+    """The phone link of one purchase: exchanges, bytes each way, ISO 14443-A air time."""
+    from drivers.benchmarks import bench_link
+
+    r = bench_link(workdir)
+    rows = [
+        (e["ins"], f"{e['sent']:>4} B out {e['received']:>4} B back  SW {e['sw']}")
+        for e in r.exchanges
+    ]
+    rows += [
+        ("commands", f"{r.commands} ({r.commands_excluding_polls} excluding confirmation polls)"),
+        ("bytes", f"{r.bytes_to_phone} to phone + {r.bytes_from_phone} back = {r.bytes_total}"),
+        (
+            "air time",
+            f"{r.air_ms:.1f} ms in {r.air_frames} frames "
+            f"({r.air_ms_emvco_gaps:.1f} ms with 500 us EMVCo gaps)",
+        ),
+    ]
+    _emit(r, as_json, rows, [f"formula: {r.formula}"])
+
+
+@bench.command()
+@click.option("--runs", default=5, show_default=True, type=click.IntRange(1, 100))
+@click.option(
+    "--center-seconds",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0, 600),
+    help="Length of the center benchmark run for peak RSS (0: skip).",
+)
+@_WORKDIR
+@_JSON
+def startup(runs: int, center_seconds: float, workdir: Path | None, as_json: bool) -> None:
+    """`swipepay --help` wall time; peak RSS of the center and the terminals under load."""
+    from drivers.benchmarks import bench_center, bench_startup
+
+    s = bench_startup(runs)
+    result: dict[str, Any] = {"startup": dataclasses.asdict(s)}
+    rows = [
+        (
+            "swipepay --help",
+            f"median {_ms(s.help_median_ms)}, max {_ms(s.help_max_ms)} over {s.help_runs} runs",
+        )
+    ]
+    if center_seconds > 0:
+        c = bench_center(16, center_seconds, baseline_seconds=0.2, workdir=workdir)
+        result["center_peak_rss_mb"] = c.center_peak_rss_mb
+        result["terminal_peak_rss_mb"] = c.load_peak_rss_mb
+        rows += [
+            (
+                "center peak RSS",
+                f"{c.center_peak_rss_mb:.1f} MB (16 terminals, {center_seconds:g} s)",
+            ),
+            (
+                "terminal peak RSS",
+                f"{c.load_peak_rss_mb:.1f} MB (a load process driving 8 terminals)",
+            ),
+        ]
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True))
+    else:
+        _emit(s, False, rows, [])

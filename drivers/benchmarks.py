@@ -1,0 +1,691 @@
+"""Load generators and measurements behind ``swipepay bench`` (all the I/O of the benchmarks).
+
+* :func:`bench_center` — the real ``swipepay center serve`` (a subprocess: its own CPU share and
+  its own peak RSS) on 127.0.0.1, ``terminals`` terminals on persistent mutual-TLS connections
+  driven by load-generator *processes*, and in the same run, on the same disk, the baseline of one
+  durable SQLite commit per transaction.  What the load generator precomputes before the timed
+  region is the phones' and terminals' work, never the center's: the phone's PIN block (AES-DUKPT
+  + ISO 9564 format 4) and confirmation signature (ECDSA P-256), and the ISO 8583 encoding of each
+  request.  The center still decodes, verifies the signature, derives the DUKPT key, decrypts and
+  checks the PIN, posts and commits every request inside the timed region.
+* :func:`bench_flow_inprocess` — whole transactions on mock drivers with auto-confirm.
+* :func:`bench_link` — the phone link's exchanges and their ISO 14443-A air time.
+* :func:`bench_startup` — ``swipepay --help`` wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+# -- statistics ----------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100) of ``values``; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def _peak_rss_mb(pid: int | None = None) -> float:
+    """Peak resident set size (VmHWM) of ``pid`` (default: this process), in MB."""
+    path = Path(f"/proc/{pid or os.getpid()}/status")
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if pid is None:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return 0.0
+
+
+# -- the center benchmark ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchTerminal:
+    """One benchmark terminal and the cardholder whose phone confirms its transactions."""
+
+    terminal_id: str
+    merchant_id: str
+    kind: str
+    pan: str
+    expiry: str
+    pin: str
+    signing_key_pem: bytes
+    initial_key: bytes
+    ikid: bytes
+
+
+#: The transaction mix each kind of terminal cycles through (completion = of the pre-auth before).
+MIX: dict[str, tuple[str, ...]] = {
+    "pos": ("purchase", "preauth", "completion", "purchase"),
+    "atm": ("withdrawal", "deposit"),
+}
+
+
+def _luhn(digits: str) -> str:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return str((10 - total % 10) % 10)
+
+
+def add_bench_terminals(root: Path, count: int) -> list[BenchTerminal]:
+    """Register ``count`` terminals (half POS, half ATM) with TLS certificates from the lab CA,
+    each with its own funded cardholder, card and phone keys (a card's KSNs must rise, so one
+    card per connection keeps the load free of false replays)."""
+    import secrets
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from center.core import Center
+    from center.lab import Lab, _pem_key, _write_public, _x509
+    from center.secretfile import write_private
+    from firmware_sim import ecc
+    from firmware_sim.dukpt import derive_initial_key
+
+    lab = Lab(root)
+    keys = lab.center_keys()
+    ca_key = lab.ca_key()
+    ca_cert = x509.load_pem_x509_certificate((root / "ca" / "ca.crt").read_bytes())
+    now = datetime.now(UTC)
+    expiry = f"{(now.year + 3) % 100:02d}12"
+    out: list[BenchTerminal] = []
+    with Center.open(lab.db_path, keys) as center:
+        for i in range(count):
+            kind = "pos" if i % 2 == 0 else "atm"
+            tid = f"B{kind.upper()}{i:04d}"
+            merchant = f"BENCHMERCH{i:05d}"
+            base = root / "terminals" / tid
+            tls_key = ecc.generate_key()
+            cert = _x509(tid, tls_key, ca_key, ca_cert.subject, now=now)
+            write_private(base / "tls.key", _pem_key(tls_key))
+            _write_public(base / "tls.crt", cert.public_bytes(serialization.Encoding.PEM))
+            center.register_terminal(tid, merchant, f"Bench {kind} {i}", kind)
+            account = f"bench-{i:04d}"
+            center.open_account(account, f"Bench Holder {i}", 10**12)
+            prefix = f"499999{i:09d}"
+            pan = prefix + _luhn(prefix)
+            pin = f"{secrets.randbelow(10_000):04d}"
+            signing = ecc.generate_key()
+            ikid = keys.bdk_id + secrets.token_bytes(4)
+            center.enroll(
+                pan=pan,
+                expiry=expiry,
+                account_id=account,
+                phone_key=ecc.encode_point(signing.public_key()),
+                ikid=ikid,
+                pin=pin,
+            )
+            out.append(
+                BenchTerminal(
+                    tid,
+                    merchant,
+                    kind,
+                    pan,
+                    expiry,
+                    pin,
+                    _pem_key(signing),
+                    derive_initial_key(keys.bdk, ikid),
+                    ikid,
+                )
+            )
+    return out
+
+
+def _precompute(term: BenchTerminal, count: int, stan0: int) -> list[tuple[str, bytes]]:
+    """The phone's and the terminal's work for ``count`` requests: (type, framed ISO 8583)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from center import iso8583 as codec
+    from firmware_sim.confirmation import Decision, confirmation_digest, sign_confirmation
+    from firmware_sim.dukpt import DukptDevice
+    from firmware_sim.hostmsg import AuthRequest
+    from firmware_sim.pinblock import encode_format4
+    from firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
+
+    key = serialization.load_pem_private_key(term.signing_key_pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    device = DukptDevice(term.initial_key, term.ikid)
+    at = datetime.now(UTC).strftime("%m%d%H%M%S")
+    mix = MIX[term.kind]
+    out: list[tuple[str, bytes]] = []
+    last_preauth: Transaction | None = None
+    for n in range(count):
+        kind = TxnType(mix[n % len(mix)])
+        stan = f"{(stan0 + n) % 1_000_000:06d}"
+        extra: dict[str, Any] = {}
+        if kind is TxnType.COMPLETION and last_preauth is not None:
+            extra = {"original_stan": last_preauth.stan, "original_at": last_preauth.transmitted_at}
+        txn = Transaction(
+            type=kind,
+            amount=1_00,
+            pan=term.pan,
+            expiry=term.expiry,
+            terminal_id=term.terminal_id,
+            merchant_id=term.merchant_id,
+            stan=stan,
+            transmitted_at=at,
+            **extra,
+        )
+        if kind is TxnType.PREAUTH:
+            last_preauth = txn
+        if TXN_TYPES[kind].needs_phone:
+            pin_key, ksn = device.next_pin_key()
+            block = encode_format4(term.pin, term.pan, pin_key)
+            digest = confirmation_digest(
+                pan=txn.pan,
+                processing_code=TXN_TYPES[kind].processing_code,
+                amount=txn.amount,
+                currency=txn.currency,
+                terminal_id=txn.terminal_id,
+                stan=txn.stan,
+                transmitted_at=txn.transmitted_at,
+                decision=Decision.APPROVED,
+                pin_block=block,
+                ksn=ksn,
+            )
+            req = AuthRequest(txn, block, ksn, sign_confirmation(key, digest))
+        else:
+            req = AuthRequest(txn)
+        out.append((kind.value, codec.frame(codec.encode(codec.request_fields(req)))))
+    return out
+
+
+@dataclass
+class LoadResult:
+    """What one load-generator process measured."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    codes: Counter[str] = field(default_factory=Counter)
+    by_type: Counter[str] = field(default_factory=Counter)
+    exhausted: int = 0  # terminals that ran out of precomputed requests before the end
+    errors: list[str] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+    precompute_s: float = 0.0
+
+
+async def _drive(
+    root: Path,
+    port: int,
+    terms: list[BenchTerminal],
+    work: list[list[tuple[str, bytes]]],
+    start_at: float,
+    stop_at: float,
+    result: LoadResult,
+) -> None:
+    from center import iso8583 as codec
+    from drivers.host_tls import client_context
+
+    async def one(term: BenchTerminal, frames: list[tuple[str, bytes]]) -> None:
+        base = root / "terminals" / term.terminal_id
+        ctx = client_context(root / "ca" / "ca.crt", base / "tls.crt", base / "tls.key")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        try:
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+            for kind, frame in frames:
+                if time.time() >= stop_at:
+                    return
+                t0 = time.perf_counter()
+                writer.write(frame)
+                head = await reader.readexactly(2)
+                body = await reader.readexactly(int.from_bytes(head, "big"))
+                result.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                rc = str(codec.decode(body).get("39", "??"))
+                result.codes[rc] += 1
+                if rc == "00":
+                    result.by_type[kind] += 1
+            result.exhausted += 1
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    outcomes = await asyncio.gather(
+        *(one(t, w) for t, w in zip(terms, work, strict=True)), return_exceptions=True
+    )
+    result.errors += [f"{type(o).__name__}: {o}" for o in outcomes if isinstance(o, BaseException)]
+
+
+def _load_process(
+    root: str,
+    port: int,
+    terms: list[BenchTerminal],
+    per_terminal: int,
+    ready: Any,
+    go: Any,
+    out: Any,
+) -> None:
+    """One load-generator process: precompute, report ready, wait for the start time, drive."""
+    t0 = time.perf_counter()
+    work = [_precompute(t, per_terminal, 1 + 100_000 * (i % 9)) for i, t in enumerate(terms)]
+    result = LoadResult(precompute_s=time.perf_counter() - t0)
+    ready.put(True)
+    start_at, stop_at = go.get()
+    asyncio.run(_drive(Path(root), port, terms, work, start_at, stop_at, result))
+    result.peak_rss_mb = _peak_rss_mb()
+    out.put(result)
+
+
+def commit_baseline(directory: Path, seconds: float) -> float:
+    """Durable commits per second of one SQLite row per transaction (WAL, synchronous=FULL) in
+    ``directory``: what the center would reach with one commit per approval."""
+    path = directory / "baseline.db"
+    db = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+        n = 0
+        end = time.perf_counter() + seconds
+        t0 = time.perf_counter()
+        while time.perf_counter() < end:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO t (body) VALUES (?)", (b"x" * 200,))
+            db.execute("COMMIT")
+            n += 1
+        return n / (time.perf_counter() - t0)
+    finally:
+        db.close()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                Path(str(path) + suffix).unlink()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def center_process(
+    root: Path, port: int, timeout: float = 15.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``swipepay center serve`` for the lab at ``root`` as a subprocess, stopped on exit."""
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+        [
+            sys.executable,
+            "-c",
+            "from cli.main import main; main()",
+            "center",
+            "serve",
+            "--home",
+            str(root),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--max-connections",
+            "256",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("center did not start") from None
+                time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+@dataclass
+class CenterBench:
+    terminals: int
+    seconds: float
+    load_processes: int
+    requests: int
+    approvals: int
+    approvals_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    codes: dict[str, int]
+    approvals_by_type: dict[str, int]
+    durable_approvals_in_db: int
+    ledger_balanced: bool
+    baseline_commits_per_s: float
+    center_peak_rss_mb: float
+    load_peak_rss_mb: float
+    precompute_s: float
+    exhausted_terminals: int
+    errors: list[str]
+    precomputed: str = (
+        "phone PIN blocks (AES-DUKPT, format 4), phone ECDSA signatures and ISO 8583 encoding "
+        "of the requests, in the load-generator processes before the timed region"
+    )
+
+
+def bench_center(
+    terminals: int = 16,
+    seconds: float = 30.0,
+    *,
+    load_processes: int = 2,
+    rate_cap: float = 4000.0,
+    baseline_seconds: float = 2.0,
+    workdir: Path | None = None,
+) -> CenterBench:
+    """Run the center benchmark; ``rate_cap`` sizes the precomputed requests (approvals/s)."""
+    from center.core import Center
+    from center.lab import Lab, create_lab
+    from center.storage import SQLiteStorage
+
+    tmp = Path(tempfile.mkdtemp(prefix="swipepay-bench-", dir=workdir))
+    try:
+        root = create_lab(tmp / "lab").root
+        terms = add_bench_terminals(root, terminals)
+        baseline = commit_baseline(tmp, baseline_seconds)
+        per_terminal = math.ceil(seconds * rate_cap / max(1, terminals)) + 10
+        procs = max(1, min(load_processes, terminals))
+        port = _free_port()
+        ctx = mp.get_context("spawn")
+        ready, go, out = ctx.Queue(), ctx.Queue(), ctx.Queue()
+        results: list[LoadResult] = []
+        with center_process(root, port) as server:
+            workers = [
+                ctx.Process(
+                    target=_load_process,
+                    args=(str(root), port, terms[i::procs], per_terminal, ready, go, out),
+                    daemon=True,
+                )
+                for i in range(procs)
+            ]
+            for w in workers:
+                w.start()
+            try:
+                for _ in workers:
+                    ready.get(timeout=600)
+                start_at = time.time() + 1.0  # time to open the TLS connections
+                for _ in workers:
+                    go.put((start_at, start_at + seconds))
+                for _ in workers:
+                    results.append(out.get(timeout=seconds + 120))
+                center_rss = _peak_rss_mb(server.pid)
+            finally:
+                for w in workers:
+                    w.join(10)
+                    if w.is_alive():
+                        w.kill()
+        merged = LoadResult()
+        for r in results:
+            merged.latencies_ms += r.latencies_ms
+            merged.codes.update(r.codes)
+            merged.by_type.update(r.by_type)
+            merged.exhausted += r.exhausted
+            merged.errors += r.errors
+        storage = SQLiteStorage(Lab(root).db_path)
+        try:
+            with storage.transaction():
+                durable = sum(
+                    1
+                    for m in storage.list_messages()
+                    if m.response_code == "00" and m.key.terminal_id.startswith("B")
+                )
+        finally:
+            storage.close()
+        with Center.open(Lab(root).db_path, Lab(root).center_keys()) as center:
+            balanced = center.check_balanced()
+        approvals = merged.codes.get("00", 0)
+        return CenterBench(
+            terminals=terminals,
+            seconds=seconds,
+            load_processes=procs,
+            requests=len(merged.latencies_ms),
+            approvals=approvals,
+            approvals_per_s=approvals / seconds,
+            p50_ms=percentile(merged.latencies_ms, 50),
+            p95_ms=percentile(merged.latencies_ms, 95),
+            p99_ms=percentile(merged.latencies_ms, 99),
+            codes=dict(merged.codes),
+            approvals_by_type=dict(merged.by_type),
+            durable_approvals_in_db=durable,
+            ledger_balanced=balanced,
+            baseline_commits_per_s=baseline,
+            center_peak_rss_mb=center_rss,
+            load_peak_rss_mb=max((r.peak_rss_mb for r in results), default=0.0),
+            precompute_s=max((r.precompute_s for r in results), default=0.0),
+            exhausted_terminals=merged.exhausted,
+            errors=merged.errors[:5],
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- whole transactions in one process ----------------------------------------------------------
+
+
+@dataclass
+class StepFigures:
+    step: str
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass
+class FlowBench:
+    mode: str
+    transactions: int
+    approved: int
+    steps: list[StepFigures]
+    total_p50_ms: float
+    total_p99_ms: float
+
+
+def _flow_figures(
+    mode: str, runs: Sequence[tuple[bool, Sequence[tuple[Any, float]], float]]
+) -> FlowBench:
+    """Figures from (approved, [(step, ms)], total ms) per transaction."""
+    from firmware_sim.terminal import Step
+
+    per_step: dict[Step, list[float]] = {}
+    for _, steps, _ in runs:
+        for step, ms in steps:
+            per_step.setdefault(Step(step), []).append(ms)
+    totals = [total for _, _, total in runs]
+    return FlowBench(
+        mode=mode,
+        transactions=len(runs),
+        approved=sum(1 for ok, _, _ in runs if ok),
+        steps=[
+            StepFigures(
+                f"{s.value} {s.name.lower().replace('_', ' ')}",
+                percentile(v, 50),
+                percentile(v, 99),
+            )
+            for s, v in sorted(per_step.items())
+        ],
+        total_p50_ms=percentile(totals, 50),
+        total_p99_ms=percentile(totals, 99),
+    )
+
+
+def inprocess_reports(transactions: int, workdir: Path | None = None) -> list[Any]:
+    """Run ``transactions`` whole transactions (purchases at the POS, withdrawals at the ATM,
+    alternating; the phone's user confirms at once) on a fresh lab with mock drivers."""
+    from center.lab import create_lab
+    from drivers.inprocess import InProcessBench, PhoneSetup
+    from firmware_sim.terminal import Order
+    from firmware_sim.transaction import TxnType
+
+    plan = (
+        ("POS00001", TxnType.PURCHASE, "mock:alice-visa"),
+        ("ATM00001", TxnType.WITHDRAWAL, "mock:alice-visa"),
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="swipepay-flow-", dir=workdir))
+    try:
+        root = create_lab(tmp / "lab").root
+        reports = []
+        with InProcessBench.open(root) as bench:
+            for n in range(transactions):
+                terminal, kind, card = plan[n % len(plan)]
+                reports.append(
+                    bench.run(
+                        terminal, Order(kind, 1_00), card_url=card, phone=PhoneSetup("alice-phone")
+                    )
+                )
+        return reports
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_flow_inprocess(transactions: int = 200, workdir: Path | None = None) -> FlowBench:
+    runs = [
+        (r.outcome.approved, r.steps, r.total_ms) for r in inprocess_reports(transactions, workdir)
+    ]
+    return _flow_figures("one process, mock drivers", runs)
+
+
+def bench_flow_processes(transactions: int = 20, workdir: Path | None = None) -> FlowBench:
+    """Whole purchases across three processes: ``swipepay center serve`` (TLS), a virtual card
+    and ``swipepay phone run --auto-confirm`` on pcscd's vpcd slots, and one
+    ``swipepay terminal run --json`` per transaction (its own step timings; the terminal
+    process's start-up is not part of the transaction)."""
+    from center.lab import create_lab
+    from drivers.realstack import Stack, missing_stack
+    from firmware_sim.errors import ConfigError
+
+    why = missing_stack()
+    if why is not None:
+        raise ConfigError(f"bench flow --processes needs the PC/SC stack: {why}")
+    tmp = Path(tempfile.mkdtemp(prefix="swipepay-flow-", dir=workdir))
+    runs: list[tuple[bool, Sequence[tuple[Any, float]], float]] = []
+    try:
+        lab = create_lab(tmp / "lab")
+        with Stack.open(lab.root) as stack:
+            stack.start_center()
+            stack.start_card("alice-visa")
+            stack.start_phone("alice-phone", pin=lab.pins()["alice-visa"])
+            for _ in range(transactions):
+                _, result = stack.terminal(
+                    "--terminal-id", "POS00001", "--type", "purchase", "--amount", "1.00",
+                    "--phone-timeout", "10", "--card-timeout", "10",
+                )  # fmt: skip
+                if "steps" not in result:
+                    raise ConfigError(f"terminal failed: {result.get('error', result)}")
+                runs.append(
+                    (
+                        result.get("response_code") == "00",
+                        [(s["step"], float(s["ms"])) for s in result["steps"]],
+                        float(result["total_ms"]),
+                    )
+                )
+        return _flow_figures("three processes: pcscd/vpcd and TLS", runs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- the phone link ------------------------------------------------------------------------------
+
+
+@dataclass
+class LinkBench:
+    exchanges: list[dict[str, Any]]
+    commands: int
+    commands_excluding_polls: int
+    bytes_to_phone: int
+    bytes_from_phone: int
+    bytes_total: int
+    air_frames: int
+    air_ms: float
+    air_ms_emvco_gaps: float
+    formula: str
+
+
+def bench_link(workdir: Path | None = None) -> LinkBench:
+    """The exchanges of one approved purchase (user confirms at once) and their air time."""
+    from firmware_sim.airtime import EMVCO, ISO_106, air_time
+
+    report = next(r for r in inprocess_reports(1, workdir) if r.outcome.approved)
+    pairs = [(e.sent, e.received) for e in report.exchanges]
+    polls = sum(1 for e in report.exchanges if e.ins == "GET_CONFIRMATION")
+    air = air_time(pairs, ISO_106)
+    return LinkBench(
+        exchanges=[
+            {"ins": e.ins, "sent": e.sent, "received": e.received, "sw": f"{e.sw:04X}"}
+            for e in report.exchanges
+        ],
+        commands=len(pairs),
+        commands_excluding_polls=len(pairs) - max(0, polls - 1),
+        bytes_to_phone=report.bytes_to_phone,
+        bytes_from_phone=report.bytes_from_phone,
+        bytes_total=report.bytes_to_phone + report.bytes_from_phone,
+        air_frames=air.frames,
+        air_ms=air.ms,
+        air_ms_emvco_gaps=air_time(pairs, EMVCO).ms,
+        formula=ISO_106.describe(),
+    )
+
+
+# -- start-up ------------------------------------------------------------------------------------
+
+
+@dataclass
+class StartupBench:
+    help_runs: int
+    help_median_ms: float
+    help_max_ms: float
+    command: list[str]
+
+
+def swipepay_command() -> list[str]:
+    """The installed ``swipepay`` script beside this interpreter, else ``python -m``-style."""
+    script = Path(sys.executable).parent / "swipepay"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from cli.main import main; main()"]
+
+
+def bench_startup(runs: int = 5) -> StartupBench:
+    """Wall time of ``swipepay --help`` (a fresh interpreter each run)."""
+    command = [*swipepay_command(), "--help"]
+    times = []
+    for _ in range(max(1, runs)):
+        t0 = time.perf_counter()
+        subprocess.run(  # noqa: S603 - the installed swipepay script
+            command, check=True, stdout=subprocess.DEVNULL, cwd=REPO, timeout=60
+        )
+        times.append((time.perf_counter() - t0) * 1000)
+    return StartupBench(runs, statistics.median(times), max(times), command)

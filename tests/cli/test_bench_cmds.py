@@ -1,0 +1,88 @@
+"""Smoke tests of `swipepay bench`: tiny runs, output shape and numbers (no timed assertions)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import main
+from drivers.realstack import missing_stack
+
+
+def _json(*args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(main, ["bench", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert isinstance(data, dict)
+    return data
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+def test_bench_center_tiny_run() -> None:
+    r = _json("center", "--terminals", "2", "--seconds", "0.5", "--load-processes", "1",
+              "--baseline-seconds", "0.1")  # fmt: skip
+    for key in ("approvals_per_s", "p50_ms", "p95_ms", "p99_ms", "baseline_commits_per_s",
+                "center_peak_rss_mb", "load_peak_rss_mb"):  # fmt: skip
+        assert _number(r[key]), key
+    assert r["errors"] == []
+    assert r["approvals"] == r["durable_approvals_in_db"] and r["ledger_balanced"] is True
+    assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+    assert set(r["codes"]) <= {"00"}
+
+
+def test_bench_center_table() -> None:
+    result = CliRunner().invoke(
+        main,
+        ["bench", "center", "--terminals", "1", "--seconds", "0.3", "--baseline-seconds", "0.1"],
+    )
+    assert result.exit_code == 0, result.output
+    for label in ("approvals/s", "latency p99", "baseline", "center peak RSS", "precomputed:"):
+        assert label in result.output
+
+
+def test_bench_flow_in_process() -> None:
+    r = _json("flow", "--transactions", "3", "--process-transactions", "0")
+    flow = r["inprocess"]
+    assert flow["transactions"] == 3 and flow["approved"] == 3
+    assert [s["step"].split()[0] for s in flow["steps"]] == [str(n) for n in range(1, 9)]
+    assert all(_number(s["p50_ms"]) and _number(s["p99_ms"]) for s in flow["steps"])
+    assert _number(flow["total_p50_ms"]) and "processes" not in r
+
+
+def test_bench_flow_across_processes() -> None:
+    why = missing_stack()
+    if why is not None and not os.environ.get("CI"):
+        pytest.skip(why)
+    r = _json("flow", "--transactions", "1", "--process-transactions", "1")
+    assert r["processes"]["approved"] == 1
+    assert _number(r["processes"]["total_p99_ms"])
+
+
+def test_bench_link() -> None:
+    r = _json("link")
+    assert [e["ins"] for e in r["exchanges"]][:2] == ["SELECT", "CONNECT"]
+    assert r["bytes_total"] == r["bytes_to_phone"] + r["bytes_from_phone"]
+    assert r["commands_excluding_polls"] <= r["commands"]
+    assert _number(r["air_ms"]) and "106 kbit/s" in r["formula"]
+    table = CliRunner().invoke(main, ["bench", "link"])
+    assert "air time" in table.output and "formula:" in table.output
+
+
+def test_bench_startup() -> None:
+    r = _json("startup", "--runs", "1", "--center-seconds", "0.3")
+    assert _number(r["startup"]["help_median_ms"])
+    assert _number(r["center_peak_rss_mb"]) and _number(r["terminal_peak_rss_mb"])
+
+
+@pytest.mark.parametrize("args", [["center", "--terminals", "0"], ["center", "--seconds", "x"],
+                                  ["flow", "--transactions", "-1"]])  # fmt: skip
+def test_bad_arguments_are_usage_errors(args: list[str]) -> None:
+    result = CliRunner().invoke(main, ["bench", *args])
+    assert result.exit_code == 2 and "Traceback" not in result.output

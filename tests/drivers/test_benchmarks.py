@@ -1,0 +1,98 @@
+"""The benchmark helpers: statistics, the commit baseline, bench terminals, running balances."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from center.core import Center
+from center.lab import Lab, create_lab
+from center.storage import SQLiteStorage
+from drivers.benchmarks import (
+    _precompute,
+    add_bench_terminals,
+    commit_baseline,
+    percentile,
+)
+from firmware_sim.hostmsg import AuthRequest
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (
+        50.0,
+        99.0,
+        100.0,
+    )
+    assert percentile([], 50) == 0.0
+    assert percentile([7.0], 1) == 7.0
+
+
+@given(st.lists(st.floats(0, 1e6), min_size=1, max_size=50), st.floats(0, 100))
+def test_percentile_is_a_member_and_monotone(values: list[float], q: float) -> None:
+    p = percentile(values, q)
+    assert p in values and p <= percentile(values, 100)
+
+
+def test_commit_baseline_cleans_up(tmp_path: Path) -> None:
+    assert commit_baseline(tmp_path, 0.05) > 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_terminals_and_running_balances(tmp_path: Path) -> None:
+    from center import iso8583 as codec
+
+    lab = create_lab(tmp_path / "lab")
+    terms = add_bench_terminals(lab.root, 2)
+    assert [t.kind for t in terms] == ["pos", "atm"]
+    assert (lab.root / "terminals" / terms[0].terminal_id / "tls.crt").exists()
+    center = Center.open(Lab(lab.root).db_path, lab.center_keys())
+    try:
+        from datetime import UTC, datetime
+
+        now = datetime.now(UTC)
+        for term in terms:
+            for _, frame in _precompute(term, 6, 1):
+                req = codec.parse_request(codec.decode(frame[2:]))
+                assert isinstance(req, AuthRequest)
+                assert center.authorize(req, now).approved
+        assert center.check_balanced()
+    finally:
+        center.close()
+    # The trigger-kept balances equal the sums of the entries, also for a reopened database.
+    storage = SQLiteStorage(lab.db_path)
+    try:
+        with storage.transaction():
+            db = storage._db
+            sums = dict(db.execute("SELECT account_id, SUM(amount) FROM entries GROUP BY 1"))
+            kept = dict(db.execute("SELECT account_id, amount FROM balances"))
+            db.execute("DROP TRIGGER entries_balance")  # as a database from before the table
+    finally:
+        storage.close()
+    assert sums == kept and len(sums) > 4
+    storage = SQLiteStorage(lab.db_path)  # rebuilds the table and the trigger
+    try:
+        with storage.transaction():
+            rebuilt = dict(storage._db.execute("SELECT account_id, amount FROM balances"))
+            assert all(storage.entry_sum(a) == s for a, s in sums.items())
+            assert storage.entry_sum("no-such-account") == 0
+    finally:
+        storage.close()
+    assert rebuilt == sums
+
+
+def test_precompute_mix_and_completion_reference(tmp_path: Path) -> None:
+    from center import iso8583 as codec
+
+    lab = create_lab(tmp_path / "lab")
+    pos = add_bench_terminals(lab.root, 1)[0]
+    work = _precompute(pos, 4, 999_999)
+    assert [k for k, _ in work] == ["purchase", "preauth", "completion", "purchase"]
+    fields = [codec.decode(f[2:]) for _, f in work]
+    assert [f["11"] for f in fields] == ["999999", "000000", "000001", "000002"]
+    assert fields[2]["90"][4:10] == fields[1]["11"]  # the completion names the pre-auth
+    with pytest.raises(KeyError):
+        _precompute(pos.__class__(**{**pos.__dict__, "kind": "kiosk"}), 1, 1)
