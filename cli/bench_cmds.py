@@ -210,3 +210,10 @@ def startup(runs: int, center_seconds: float, workdir: Path | None, as_json: boo
         click.echo(json.dumps(result, sort_keys=True))
     else:
         _emit(s, False, rows, [])
+
+
+# Fault loops and parser soaks (cli/faults_cmds.py).
+from cli.faults_cmds import faults, soak  # noqa: E402
+
+bench.add_command(faults)
+bench.add_command(soak)

@@ -133,6 +133,7 @@ def test_frame_decoder_any_chunking(bodies: list[bytes], chunk: int) -> None:
     assert out == bodies and d.pending == 0
 
 
+@pytest.mark.soak("iso8583-body")
 @given(st.binary(max_size=400))
 def test_hostile_bodies_give_decode_errors_only(body: bytes) -> None:
     with contextlib.suppress(DecodeError):
@@ -140,6 +141,7 @@ def test_hostile_bodies_give_decode_errors_only(body: bytes) -> None:
     codec.format_error_fields(body, "x")
 
 
+@pytest.mark.soak("iso8583-frames")
 @given(st.binary(max_size=64))
 def test_hostile_streams_give_frame_errors_only(data: bytes) -> None:
     with contextlib.suppress(codec.FrameError):

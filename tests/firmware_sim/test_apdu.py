@@ -168,6 +168,7 @@ def test_command_round_trip(apdu: CommandApdu) -> None:
         assert len(raw) <= 4 + 1 + 255 + 1
 
 
+@pytest.mark.soak("apdu-command")
 @settings(max_examples=500)
 @given(st.one_of(st.binary(max_size=12), st.binary(max_size=300)))
 def test_any_bytes_give_command_or_decode_error(raw: bytes) -> None:
@@ -231,6 +232,7 @@ def test_response_round_trip(data: bytes, sw1: int, sw2: int) -> None:
     assert ResponseApdu.parse(response.encode()) == response
 
 
+@pytest.mark.soak("apdu-response")
 @settings(max_examples=300)
 @given(st.binary(max_size=40))
 def test_any_bytes_give_response_or_decode_error(raw: bytes) -> None:

@@ -252,6 +252,7 @@ def _parse_or_typed_error(data: bytes) -> None:
     assert cert.encode() == data  # anything accepted re-encodes to exactly the same bytes
 
 
+@pytest.mark.soak("certificate")
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_fuzz_parse_random_bytes(data: bytes) -> None:

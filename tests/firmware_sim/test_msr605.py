@@ -139,6 +139,7 @@ def test_overlong_terminated_reply() -> None:
     assert isinstance(events[0], BadReply) and isinstance(events[-1], ReadReply)
 
 
+@pytest.mark.soak("msr605-stream")
 @given(st.lists(st.binary(max_size=700), max_size=8))
 def test_fuzz_never_raises_and_stays_bounded(chunks: list[bytes]) -> None:
     parser = Msr605Parser()
@@ -153,6 +154,7 @@ def test_fuzz_never_raises_and_stays_bounded(chunks: list[bytes]) -> None:
                 card_from_tracks(event.track(1), event.track(2))
 
 
+@pytest.mark.soak("msr605-reply")
 @given(st.binary(max_size=300), st.sampled_from([0x30, 0x31, 0x32, 0x34]))
 def test_fuzz_reply_body(body: bytes, status: int) -> None:
     events = Msr605Parser().feed(b"\x1bs" + body + b"?\x1c\x1b" + bytes([status]))

@@ -328,6 +328,7 @@ def test_non_bytes_are_refused_not_zero_filled() -> None:
     assert terminal.sent == 0
 
 
+@pytest.mark.soak("secure-channel")
 @settings(max_examples=300, deadline=None)
 @given(aad=st.binary(max_size=8), frame=st.binary(max_size=64))
 def test_fuzz_open_random_frames(aad: bytes, frame: bytes) -> None:

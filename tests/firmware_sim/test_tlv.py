@@ -242,6 +242,7 @@ def test_dol_round_trip(entries: list[tuple[int, int]]) -> None:
     assert parse_dol(encode_dol(entries)) == entries
 
 
+@pytest.mark.soak("tlv")
 @settings(max_examples=500)
 @given(st.binary(max_size=200))
 def test_any_bytes_give_objects_or_decode_error(raw: bytes) -> None:

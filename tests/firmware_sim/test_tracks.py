@@ -226,6 +226,7 @@ TRACK2_ALPHABET = "0123456789:;<=>?\r\n"
 TRACK1_ALPHABET = "".join(chr(c) for c in range(0x20, 0x60)) + "\r\nab"
 
 
+@pytest.mark.soak("track2")
 @given(st.one_of(st.text(max_size=90), st.text(alphabet=TRACK2_ALPHABET, max_size=45)))
 def test_fuzz_track2(raw: str) -> None:
     try:
@@ -236,6 +237,7 @@ def test_fuzz_track2(raw: str) -> None:
     assert parse_track2(build_track2(t2.pan, t2.expiry, t2.service_code, t2.discretionary)) == t2
 
 
+@pytest.mark.soak("track1")
 @given(st.one_of(st.text(max_size=90), st.text(alphabet=TRACK1_ALPHABET, max_size=85)))
 def test_fuzz_track1(raw: str) -> None:
     try:
@@ -246,6 +248,7 @@ def test_fuzz_track1(raw: str) -> None:
     assert parse_track1(rebuilt) == t1
 
 
+@pytest.mark.soak("track2-equivalent")
 @given(st.binary(max_size=24))
 def test_fuzz_track2_equivalent(raw: bytes) -> None:
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,19 +30,32 @@ apdus = st.one_of(
 
 def _advance(stage: int):  # type: ignore[no-untyped-def]
     p = make_pair()
+
+    def confirmed() -> None:
+        p.applet.confirm("4321")
+        p.link.handle_confirmation(p.send(p.link.confirmation_command().apdu))
+
     steps = [
         lambda: p.link.handle_select(p.send(p.link.select_command().apdu)),
         lambda: p.link.handle_connect(p.send(p.link.connect_command(PAN.encode()).apdu)),
         lambda: p.link.handle_authenticate(p.send(p.link.authenticate_command().apdu)),
         lambda: p.link.handle_payment_request(p.send(p.link.payment_request_command(txn()).apdu)),
+        confirmed,
     ]
     for step in steps[:stage]:
         step()
     return p
 
 
+#: Applet state after _advance(stage), for the soak's per-state APDU counts.
+STATES = ("IDLE", "SELECTED", "CONNECTED", "AUTHENTICATED", "REQUESTED", "ANSWERED")
+
+
+@pytest.mark.soak(
+    "applet", scale=2.5, units=lambda kw: {f"APDUs in {STATES[kw['stage']]}": len(kw["junk"])}
+)
 @FUZZ
-@given(stage=st.integers(0, 4), junk=st.lists(apdus, min_size=1, max_size=4))
+@given(stage=st.integers(0, 5), junk=st.lists(apdus, min_size=1, max_size=4))
 def test_applet_answers_every_input_with_a_status_word(stage: int, junk: list[bytes]) -> None:
     p = _advance(stage)
     for apdu in junk:
@@ -57,6 +71,7 @@ def test_applet_answers_every_input_with_a_status_word(stage: int, junk: list[by
     p.link.handle_authenticate(p.send(p.link.authenticate_command().apdu))
 
 
+@pytest.mark.soak("phonelink-bodies")
 @FUZZ
 @given(st.binary(max_size=120))
 def test_body_codecs_raise_only_typed_errors(data: bytes) -> None:

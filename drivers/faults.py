@@ -1,0 +1,616 @@
+"""Fault loops shared by the tests and ``swipepay bench faults``: kill, restart, check the ledger.
+
+Each loop drives real processes (``swipepay center serve`` over TLS on 127.0.0.1, or a terminal
+worker process) and checks, after every fault, what DESIGN.md §6 promises:
+
+* **center SIGKILLed under load** — the ledger balances; every approval a terminal received is
+  stored exactly once as approved; nothing is approved that no terminal saw (the terminal's
+  retransmission after the restart resolves every request that was in flight);
+* **terminal SIGKILLed mid-transaction** — the terminal journals a reversal *before* it sends a
+  request (write-ahead) and drops it once the outcome is known; after a restart the queued
+  reversals are sent first, so the ledger ends with only the approvals the terminal finished;
+* **the center's disk failing a commit** — the request is answered 96 and nothing of it is on disk.
+
+The checks return counts (reports), not asserts, so the bench can print them and tests can assert
+on them.  Long-lived state lives in the lab directory given; use a fresh copy per run (a phone's
+DUKPT counters advance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from center.core import Center
+from center.lab import Lab
+from center.policy import MessageState
+from center.storage import MessageKey, MessageRecord, SQLiteStorage
+from drivers.host_tls import ReversalQueue, TlsHost
+from firmware_sim.confirmation import Decision, confirmation_digest, sign_confirmation
+from firmware_sim.hostmsg import AuthRequest, AuthResponse
+from firmware_sim.pinblock import encode_format4
+from firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
+
+ROOT = Path(__file__).resolve().parents[1]
+POS = "POS00001"
+MERCHANT = "MERCH0000000001"
+#: Transmission time used by the load generators (field 7); the STAN keeps messages apart.
+LOAD_AT = "1126120000"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def start_center(home: Path, port: int, timeout: float = 15.0) -> subprocess.Popen[bytes]:
+    """``swipepay center serve`` on 127.0.0.1:``port`` as a child process; returns once it
+    accepts connections (bounded wait)."""
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+        [
+            sys.executable,
+            "-c",
+            "from cli.main import main; main()",
+            "center",
+            "serve",
+            "--home",
+            str(home),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"center exited with {proc.returncode} before listening"
+                ) from None
+            time.sleep(0.05)
+    proc.kill()
+    proc.wait(5)
+    raise RuntimeError("center did not start listening in time")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a child we started and reap it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+class LabSigner:
+    """Signs requests the way a lab cardholder's phone does after the user confirmed (the load
+    generator skips the phone link: the center is what is being faulted)."""
+
+    def __init__(self, lab: Lab, phone_name: str) -> None:
+        profile = lab.phone_profile(phone_name)
+        card = lab.cards()[profile.card]
+        self.pan, self.expiry = card.pan, card.expiry
+        self.account = lab.card_account(profile.card)
+        self._key = profile.identity().signing_key
+        self._dukpt = profile.dukpt()
+        self._pin = lab.pins()[profile.card]
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LabSigner({self.account})"
+
+    def request(self, stan: str, amount: int = 1, terminal_id: str = POS) -> AuthRequest:
+        txn = Transaction(
+            type=TxnType.PURCHASE,
+            amount=amount,
+            pan=self.pan,
+            expiry=self.expiry,
+            terminal_id=terminal_id,
+            merchant_id=MERCHANT,
+            stan=stan,
+            transmitted_at=LOAD_AT,
+        )
+        with self._lock:
+            pin_key, ksn = self._dukpt.next_pin_key()
+        block = encode_format4(self._pin, txn.pan, pin_key)
+        digest = confirmation_digest(
+            pan=txn.pan,
+            processing_code=TXN_TYPES[txn.type].processing_code,
+            amount=txn.amount,
+            currency=txn.currency,
+            terminal_id=txn.terminal_id,
+            stan=txn.stan,
+            transmitted_at=txn.transmitted_at,
+            decision=Decision.APPROVED,
+            pin_block=block,
+            ksn=ksn,
+        )
+        return AuthRequest(txn, block, ksn, sign_confirmation(self._key, digest))
+
+
+def stored_messages(db_path: Path) -> dict[MessageKey, MessageRecord]:
+    """Every request the center recorded, read through a connection of our own."""
+    storage = SQLiteStorage(db_path)
+    try:
+        with storage.transaction():
+            return {m.key: m for m in storage.list_messages()}
+    finally:
+        storage.close()
+
+
+def ledger_balanced(home: Path) -> bool:
+    lab = Lab(home)
+    with Center.open(lab.db_path, lab.center_keys()) as center:
+        return center.check_balanced()
+
+
+#: States of a message whose money is (still) on the ledger.
+POSTED = frozenset({MessageState.APPROVED, MessageState.COMPLETED})
+
+
+# -- the center killed under load -------------------------------------------------------------
+
+
+@dataclass
+class CenterKillReport:
+    kills: int = 0
+    requests: int = 0
+    approvals_seen: int = 0
+    approvals_stored: int = 0
+    #: Approvals a terminal received that the ledger does not hold (must be 0).
+    lost: int = 0
+    #: Approvals on the ledger that no terminal received (must be 0).
+    unseen: int = 0
+    #: Requests without a final answer after the restart (must be 0).
+    unanswered: int = 0
+    #: Checks after a kill where the ledger did not balance (must be 0).
+    unbalanced: int = 0
+    seconds: float = 0.0
+    codes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return (self.lost, self.unseen, self.unanswered, self.unbalanced) == (0, 0, 0, 0)
+
+
+def center_kill_loop(
+    home: Path,
+    *,
+    kills: int = 20,
+    per_round: int = 12,
+    phones: tuple[str, ...] = ("alice-phone", "carol-phone"),
+    kill_after: int = 3,
+    progress: Callable[[int, CenterKillReport], None] | None = None,
+) -> CenterKillReport:
+    """Run ``kills`` rounds: load from one thread per phone, SIGKILL the center once the round
+    has ``kill_after`` answers, restart it, let the terminals retransmit, check the ledger.
+
+    Each load thread uses its own :class:`TlsHost` (retransmits on a new connection after the
+    restart, 15 s budget per request).  Amounts are 1 minor unit, so accounts never run dry.
+    """
+    lab = Lab(home)
+    signers = [LabSigner(lab, p) for p in phones]
+    port = free_port()
+    report = CenterKillReport()
+    seen: dict[MessageKey, str] = {}
+    lock = threading.Lock()
+    t0 = time.monotonic()
+    proc = start_center(home, port)
+    try:
+        for round_no in range(kills):
+            answered = [0]
+
+            def load(signer: LabSigner, offset: int, answered: list[int] = answered) -> None:
+                host = TlsHost.for_lab(home, POS, "127.0.0.1", port, connect_timeout=1)
+                try:
+                    for i in range(per_round):
+                        req = signer.request(f"{offset + i:06d}")
+                        key = MessageKey(POS, req.txn.stan, req.txn.transmitted_at)
+                        try:
+                            code = host.authorize(req, 15).response_code
+                        except Exception as exc:  # counted as unanswered below
+                            code = f"error:{type(exc).__name__}"
+                        with lock:
+                            seen[key] = code
+                            answered[0] += 1
+                finally:
+                    host.close()
+
+            base = 100_000 + round_no * 1_000
+            threads = [
+                threading.Thread(target=load, args=(s, base + 100 * n), daemon=True)
+                for n, s in enumerate(signers)
+            ]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 30
+            while answered[0] < kill_after and time.monotonic() < deadline:
+                time.sleep(0.002)
+            stop(proc)
+            report.kills += 1
+            proc = start_center(home, port)
+            for t in threads:
+                t.join(60)
+            _check_center_round(home, seen, report)
+            if progress is not None:
+                progress(round_no + 1, report)
+    finally:
+        stop(proc)
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _check_center_round(
+    home: Path, seen: dict[MessageKey, str], report: CenterKillReport
+) -> None:
+    stored = stored_messages(Lab(home).db_path)
+    approved_seen = {k for k, c in seen.items() if c == "00"}
+    approved_stored = {k for k, m in stored.items() if m.response_code == "00"}
+    report.requests = len(seen)
+    report.approvals_seen = len(approved_seen)
+    report.approvals_stored = len(approved_stored)
+    report.lost = len(approved_seen - approved_stored)
+    report.unseen = len(approved_stored - approved_seen)
+    report.unanswered = sum(1 for c in seen.values() if c.startswith("error"))
+    report.codes = {}
+    for c in seen.values():
+        report.codes[c] = report.codes.get(c, 0) + 1
+    if not ledger_balanced(home):
+        report.unbalanced += 1
+
+
+# -- the terminal killed mid-transaction ------------------------------------------------------
+
+
+class JournalingHost:
+    """A :class:`TlsHost` that queues the reversal of a request *before* sending it.
+
+    The reversal stays queued until :meth:`settle` (the transaction's outcome is known and
+    recorded); if the terminal dies in between, the restarted terminal sends it first, so the
+    center never keeps money for a transaction the terminal did not finish.
+    """
+
+    def __init__(self, inner: TlsHost) -> None:
+        self.inner = inner
+        self._journal: list[int] = []
+
+    def authorize(self, request: AuthRequest, timeout: float) -> AuthResponse:
+        # Connect (and flush older reversals) first: a (re)connect sends the whole queue, and
+        # this entry must not overtake its own request.  A reconnect during the request still
+        # sends it early; the center then acknowledges an unknown transaction and approves the
+        # original (hardware_notes/security.md, Faults).
+        self.inner._connect(time.monotonic() + timeout)
+        before = {i for i, _ in self.inner.queue.pending()}
+        self.inner.queue_reversal(request.txn)
+        self._journal = [i for i, _ in self.inner.queue.pending() if i not in before]
+        return self.inner.authorize(request, timeout)
+
+    def reverse(self, txn: Transaction, amount: int | None = None) -> AuthResponse:
+        return self.inner.reverse(txn, amount)
+
+    def settle(self) -> None:
+        for item in self._journal:
+            self.inner.queue.done(item)
+        self._journal = []
+
+
+def _pin(lab: Lab, card: str) -> str:
+    return lab.pins()[card]
+
+
+def terminal_worker(home: Path, port: int, count: int, log_path: Path) -> None:
+    """A terminal process: ``count`` purchases through the full firmware (mock card reader,
+    in-process phone, TLS host), one JSON line per finished transaction in ``log_path``
+    (fsynced).  Meant to be killed at any moment (``python -m drivers.faults terminal ...``)."""
+    from drivers.mock_phone import MockField
+    from drivers.registry import open_card_reader, open_phone_link
+    from drivers.runner import run_transaction
+    from firmware_sim.phone import Choice, Phone, ScriptedUser
+    from firmware_sim.phonelink.applet import PhoneApplet
+    from firmware_sim.phonelink.terminal_link import TerminalLink
+    from firmware_sim.terminal import Order, Terminal
+
+    lab = Lab(home)
+    cert, key = lab.terminal_link_identity(POS)
+    tls = TlsHost.for_lab(home, POS, "127.0.0.1", port, connect_timeout=2)
+    host = JournalingHost(tls)
+    # The queue of the previous (killed) run goes out before anything new.
+    tls.echo(POS, "999999", LOAD_AT, timeout=10)
+    with open(log_path, "a", encoding="utf-8") as log:
+        for _ in range(count):
+            profile = lab.phone_profile("alice-phone")
+            applet = PhoneApplet(profile.identity(), profile.dukpt())
+            rf = MockField()
+            user = ScriptedUser(Choice.CONFIRM, functools.partial(_pin, lab, profile.card), 0)
+            rf.place(Phone(applet, user, time.time))
+            stan = lab.next_stan(POS)
+            lab.save_next_stan(POS, stan + 1)  # a STAN is never reused, even after a kill
+            terminal = Terminal(lab.terminal_config(POS), TerminalLink(cert, key), stan)
+            reader = open_card_reader("mock:alice-visa", cards=lab.cards())
+            report = run_transaction(
+                terminal,
+                Order(TxnType.PURCHASE, 1),
+                reader=reader,
+                link=open_phone_link("mock:", field=rf),
+                host=host,
+                sleep=lambda s: None,
+            )
+            profile.with_counter(applet.dukpt.counter).save(lab.phone_path("alice-phone"))
+            host.settle()
+            outcome = report.outcome
+            line = {
+                "stan": outcome.txn.stan if outcome.txn is not None else f"{stan:06d}",
+                "approved": outcome.approved,
+                "code": outcome.response_code or "",
+            }
+            log.write(json.dumps(line) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+    tls.close()
+
+
+@dataclass
+class TerminalKillReport:
+    kills: int = 0
+    finished: int = 0
+    approvals_logged: int = 0
+    approvals_on_ledger: int = 0
+    #: Reversals found queued when a terminal restarted (each sent by the new process).
+    reversals_sent: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
+    #: Reversals still queued after the final restart (must be 0).
+    left_in_queue: int = 0
+    #: Approvals the terminal logged that are not on the ledger (must be 0).
+    lost: int = 0
+    #: Approvals on the ledger the terminal never logged: killed between the journal entry's
+    #: removal and the log line, the transaction was done; counted, at most one per kill.
+    unlogged: int = 0
+    unbalanced: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.left_in_queue == 0
+            and self.lost == 0
+            and self.unbalanced == 0
+            and self.unlogged <= self.kills
+        )
+
+
+def _terminal_proc(home: Path, port: int, count: int, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+        [sys.executable, "-m", "drivers.faults", "terminal", str(home), str(port), str(count),
+         str(log)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+    )
+
+
+def terminal_kill_loop(
+    home: Path,
+    *,
+    kills: int = 20,
+    seed: int = 7,
+    window: tuple[float, float] = (0.4, 1.6),
+    progress: Callable[[int, TerminalKillReport], None] | None = None,
+) -> TerminalKillReport:
+    """Start a terminal worker, SIGKILL it after a random delay in ``window`` seconds, ``kills``
+    times; then run it once to completion (which sends the queue) and check the ledger."""
+    rng = random.Random(seed)
+    lab = Lab(home)
+    port = free_port()
+    log = home / "terminals" / POS / "faults-log.jsonl"
+    queue_path = home / "terminals" / POS / "reversals.db"
+    report = TerminalKillReport()
+    t0 = time.monotonic()
+    center = start_center(home, port)
+    try:
+        for n in range(kills):
+            report.reversals_sent += len(_pending(queue_path))
+            proc = _terminal_proc(home, port, 10_000, log)
+            time.sleep(rng.uniform(*window))
+            stop(proc)
+            report.kills += 1
+            if progress is not None:
+                progress(n + 1, report)
+        report.reversals_sent += len(_pending(queue_path))
+        final = _terminal_proc(home, port, 1, log)
+        final.wait(60)
+        report.left_in_queue = len(_pending(queue_path))
+    finally:
+        stop(center)
+    lines = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if x.strip()]
+    logged = {x["stan"] for x in lines if x["approved"]}
+    stored = stored_messages(lab.db_path)
+    posted = {k.stan for k, m in stored.items() if k.terminal_id == POS and m.state in POSTED}
+    report.finished = len(lines)
+    for x in lines:
+        report.codes[x["code"]] = report.codes.get(x["code"], 0) + 1
+    report.approvals_logged = len(logged)
+    report.approvals_on_ledger = len(posted)
+    report.lost = len(logged - posted)
+    report.unlogged = len(posted - logged)
+    report.unbalanced = 0 if ledger_balanced(home) else 1
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _pending(path: Path) -> list[tuple[int, bytes]]:
+    if not path.exists():
+        return []
+    queue = ReversalQueue(path)
+    try:
+        return queue.pending()
+    finally:
+        queue.close()
+
+
+# -- the center's disk failing a commit -------------------------------------------------------
+
+
+class FailingCommits:
+    """Wraps a sqlite3 connection: the next ``fail`` COMMITs roll back and raise the error a
+    failing disk gives (SQLite rolls a transaction back when its journal cannot be written)."""
+
+    def __init__(self, db: sqlite3.Connection, fail: int = 1) -> None:
+        self._db = db
+        self.fail = fail
+        self.failed = 0
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql.strip().upper() == "COMMIT" and self.fail > 0:
+            self.fail -= 1
+            self.failed += 1
+            self._db.execute("ROLLBACK")
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+@dataclass
+class DiskFaultReport:
+    failed_commits: int = 0
+    answered_96: int = 0
+    #: Rows of the failed requests found on disk afterwards (must be 0).
+    half_written: int = 0
+    balance_before: int = 0
+    balance_after_fault: int = 0
+    #: The same request retransmitted after the disk recovered.
+    retry_code: str = ""
+    unbalanced: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.failed_commits > 0
+            and self.answered_96 == self.failed_commits
+            and self.half_written == 0
+            and self.balance_before == self.balance_after_fault
+            and self.retry_code == "00"
+            and self.unbalanced == 0
+        )
+
+
+@contextlib.contextmanager
+def _server_thread(home: Path, faulty: list[FailingCommits]) -> Iterator[int]:
+    """The real TLS server in a thread of this process, its storage wrapped by FailingCommits."""
+    from center.server import CenterServer, server_context
+
+    lab = Lab(home)
+    keys = lab.center_keys()
+
+    def open_center() -> Center:
+        center = Center.open(lab.db_path, keys)
+        storage = center._storage
+        assert isinstance(storage, SQLiteStorage)
+        wrapper = FailingCommits(storage._db, fail=0)
+        storage._db = wrapper  # type: ignore[assignment]
+        faulty.append(wrapper)
+        return center
+
+    ctx = server_context(
+        home / "ca" / "ca.crt", home / "center" / "center.crt", home / "center" / "center.key"
+    )
+    server = CenterServer(open_center, ctx)
+    loop = asyncio.new_event_loop()
+    ports: list[int] = []
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        ports.append(loop.run_until_complete(server.start("127.0.0.1", 0)))
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    if not started.wait(15):
+        raise RuntimeError("center thread did not start")
+    try:
+        yield ports[0]
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def disk_fault_check(home: Path, failures: int = 3) -> DiskFaultReport:
+    """Purchases through the TLS server while the disk fails ``failures`` commits: each is
+    answered 96 and leaves nothing on disk; the terminal's retransmission after the disk
+    recovered is decided afresh (approved once)."""
+    lab = Lab(home)
+    signer = LabSigner(lab, "alice-phone")
+    report = DiskFaultReport()
+    with Center.open(lab.db_path, lab.center_keys()) as center:
+        report.balance_before = center.ledger_balance(signer.account)
+    faulty: list[FailingCommits] = []
+    with _server_thread(home, faulty) as port:
+        host = TlsHost.for_lab(home, POS, "127.0.0.1", port, connect_timeout=2)
+        try:
+            wrapper = faulty[0]
+            failed: list[AuthRequest] = []
+            for i in range(failures):
+                req = signer.request(f"{900_000 + i:06d}", amount=7_00)
+                wrapper.fail = 1
+                code = host.authorize(req, 10).response_code
+                report.answered_96 += code == "96"
+                failed.append(req)
+            report.failed_commits = wrapper.failed
+            stored = stored_messages(lab.db_path)
+            report.half_written = sum(
+                1
+                for r in failed
+                if MessageKey(POS, r.txn.stan, r.txn.transmitted_at) in stored
+            )
+            with Center.open(lab.db_path, lab.center_keys()) as center:
+                report.balance_after_fault = center.ledger_balance(signer.account)
+                report.unbalanced += not center.check_balanced()
+            report.retry_code = host.authorize(failed[-1], 10).response_code
+        finally:
+            host.close()
+    report.unbalanced += not ledger_balanced(home)
+    return report
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m drivers.faults terminal HOME PORT COUNT LOG``: the killable terminal."""
+    if len(argv) == 5 and argv[0] == "terminal":
+        terminal_worker(Path(argv[1]), int(argv[2]), int(argv[3]), Path(argv[4]))
+        return 0
+    print("usage: python -m drivers.faults terminal HOME PORT COUNT LOG", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
