@@ -48,6 +48,10 @@ class Host(Protocol):
 
     def reverse(self, txn: Transaction) -> AuthResponse: ...
 
+    def settle(self, txn: Transaction) -> None:
+        """The terminal finished ``txn`` (no reversal needed): forget its write-ahead reversal."""
+        ...
+
 
 class PhoneServer(Protocol):
     """The phone's side of the near-field link: serves a phone to whatever reader is in range.

@@ -42,7 +42,7 @@ from center.policy import MessageState
 from center.storage import MessageKey, MessageRecord, SQLiteStorage
 from drivers.host_tls import ReversalQueue, TlsHost
 from firmware_sim.confirmation import Decision, confirmation_digest, sign_confirmation
-from firmware_sim.hostmsg import AuthRequest, AuthResponse
+from firmware_sim.hostmsg import AuthRequest
 from firmware_sim.pinblock import encode_format4
 from firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
 
@@ -233,6 +233,7 @@ def center_kill_loop(
                         key = MessageKey(POS, req.txn.stan, req.txn.transmitted_at)
                         try:
                             code = host.authorize(req, 15).response_code
+                            host.settle(req.txn)  # this load terminal is done at once
                         except Exception as exc:  # counted as unanswered below
                             code = f"error:{type(exc).__name__}"
                         with lock:
@@ -287,38 +288,6 @@ def _check_center_round(
 # -- the terminal killed mid-transaction ------------------------------------------------------
 
 
-class JournalingHost:
-    """A :class:`TlsHost` that queues the reversal of a request *before* sending it.
-
-    The reversal stays queued until :meth:`settle` (the transaction's outcome is known and
-    recorded); if the terminal dies in between, the restarted terminal sends it first, so the
-    center never keeps money for a transaction the terminal did not finish.
-    """
-
-    def __init__(self, inner: TlsHost) -> None:
-        self.inner = inner
-        self._journal: list[int] = []
-
-    def authorize(self, request: AuthRequest, timeout: float) -> AuthResponse:
-        # Connect (and flush older reversals) first: a (re)connect sends the whole queue, and
-        # this entry must not overtake its own request.  A reconnect during the request still
-        # sends it early; the center then acknowledges an unknown transaction and approves the
-        # original (hardware_notes/security.md, Faults).
-        self.inner._connect(time.monotonic() + timeout)
-        before = {i for i, _ in self.inner.queue.pending()}
-        self.inner.queue_reversal(request.txn)
-        self._journal = [i for i, _ in self.inner.queue.pending() if i not in before]
-        return self.inner.authorize(request, timeout)
-
-    def reverse(self, txn: Transaction, amount: int | None = None) -> AuthResponse:
-        return self.inner.reverse(txn, amount)
-
-    def settle(self) -> None:
-        for item in self._journal:
-            self.inner.queue.done(item)
-        self._journal = []
-
-
 def _pin(lab: Lab, card: str) -> str:
     return lab.pins()[card]
 
@@ -338,7 +307,7 @@ def terminal_worker(home: Path, port: int, count: int, log_path: Path) -> None:
     lab = Lab(home)
     cert, key = lab.terminal_link_identity(POS)
     tls = TlsHost.for_lab(home, POS, "127.0.0.1", port, connect_timeout=2)
-    host = JournalingHost(tls)
+    host = tls  # writes each reversal ahead of its request; run_transaction settles it
     # The queue of the previous (killed) run goes out before anything new.
     tls.echo(POS, "999999", LOAD_AT, timeout=10)
     with open(log_path, "a", encoding="utf-8") as log:
@@ -361,7 +330,6 @@ def terminal_worker(home: Path, port: int, count: int, log_path: Path) -> None:
                 sleep=lambda s: None,
             )
             profile.with_counter(applet.dukpt.counter).save(lab.phone_path("alice-phone"))
-            host.settle()
             outcome = report.outcome
             line = {
                 "stan": outcome.txn.stan if outcome.txn is not None else f"{stan:06d}",

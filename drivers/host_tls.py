@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import socket
 import sqlite3
 import ssl
@@ -38,26 +39,77 @@ def client_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
+#: One token per terminal process: armed reversals with another token belong to a process that
+#: died before it finished its transaction (several hosts in one process share it).
+PROCESS_TOKEN = secrets.token_hex(8)
+
+
 class ReversalQueue:
-    """Reversal frames waiting to be acknowledged, in a small SQLite file (mode 0600)."""
+    """Reversal frames, in a small SQLite file (mode 0600, every change fsynced).
+
+    An entry is either *queued* (send it on the next connection until the center acknowledges
+    it) or *armed*: written before its financial request leaves (write-ahead), by the process
+    named in ``owner``, and removed once that process has finished the transaction.  An armed
+    entry of another process is an orphan — that terminal died between sending the request and
+    finishing the transaction — and is sent like a queued one, so the center never keeps money
+    for a transaction the terminal did not complete.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None)
-        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
+        # Switching to WAL needs the file to itself: only the first opener does it.
+        if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS reversals (id INTEGER PRIMARY KEY, body BLOB NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS reversals (id INTEGER PRIMARY KEY, body BLOB NOT NULL, "
+            "owner TEXT, txn_key TEXT)"
+        )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(reversals)")}
+        for column in ("owner", "txn_key"):  # a queue file from before write-ahead entries
+            if column not in columns:
+                with contextlib.suppress(sqlite3.OperationalError):  # added meanwhile
+                    self._db.execute(f"ALTER TABLE reversals ADD COLUMN {column} TEXT")
+
+    def push(self, body: bytes) -> int:
+        """Queue ``body`` to be sent on the next connection."""
+        cur = self._db.execute("INSERT INTO reversals (body) VALUES (?)", (body,))
+        return int(cur.lastrowid or 0)
+
+    def arm(self, body: bytes, owner: str, txn_key: str) -> int:
+        """Write the reversal of a request about to be sent (owned by this process)."""
+        cur = self._db.execute(
+            "INSERT INTO reversals (body, owner, txn_key) VALUES (?, ?, ?)", (body, owner, txn_key)
+        )
+        return int(cur.lastrowid or 0)
+
+    def armed(self, owner: str, txn_key: str) -> int | None:
+        row = self._db.execute(
+            "SELECT id FROM reversals WHERE owner = ? AND txn_key = ?", (owner, txn_key)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def forget(self, owner: str, txn_key: str) -> None:
+        """Drop the queued or ``owner``-armed reversals of one transaction (being replaced)."""
+        self._db.execute(
+            "DELETE FROM reversals WHERE txn_key = ? AND (owner IS NULL OR owner = ?)",
+            (txn_key, owner),
         )
 
-    def push(self, body: bytes) -> None:
-        self._db.execute("INSERT INTO reversals (body) VALUES (?)", (body,))
+    def release(self, item_id: int) -> None:
+        """Turn an armed entry into a queued one (send it on the next connection)."""
+        self._db.execute("UPDATE reversals SET owner = NULL WHERE id = ?", (item_id,))
 
-    def pending(self) -> list[tuple[int, bytes]]:
+    def pending(self, owner: str | None = None) -> list[tuple[int, bytes]]:
+        """Entries to send: queued ones and armed ones of other processes (not ``owner``'s)."""
         return [
             (int(i), bytes(b))
-            for i, b in self._db.execute("SELECT id, body FROM reversals ORDER BY id")
+            for i, b in self._db.execute(
+                "SELECT id, body FROM reversals WHERE owner IS NULL OR owner IS NOT ? ORDER BY id",
+                (owner,),
+            )
         ]
 
     def done(self, item_id: int) -> None:
@@ -88,6 +140,8 @@ class TlsHost:
         self._connect_timeout = connect_timeout
         self._reversal_timeout = reversal_timeout
         self.queue = ReversalQueue(queue_path)
+        #: Names this process's armed (write-ahead) reversals in the queue file.
+        self._owner = PROCESS_TOKEN
 
     @classmethod
     def for_lab(cls, home: Path, terminal_id: str, host: str, port: int, **kw: Any) -> TlsHost:
@@ -155,7 +209,7 @@ class TlsHost:
     def _flush_reversals(self, deadline: float) -> None:
         """Send every queued reversal, oldest first, on the connection just opened."""
         assert self._sock is not None
-        for item_id, body in self.queue.pending():
+        for item_id, body in self.queue.pending(self._owner):
             stan = codec.decode(body).get("11", "")
             fields = self._exchange(
                 self._sock,
@@ -186,22 +240,64 @@ class TlsHost:
                     raise LinkTimeout("center did not answer in time") from None
 
     def authorize(self, request: AuthRequest, timeout: float) -> AuthResponse:
+        """Send a financial request with its reversal written ahead.
+
+        The reversal is on disk before the request leaves and stays there until the answer is
+        a decline or :meth:`settle` says the terminal finished the approved transaction; if this
+        process dies in between, the next one sends it.
+        """
+        txn = request.txn
+        item = self.queue.arm(
+            codec.encode(codec.reversal_fields(txn)), self._owner, _txn_key(txn)
+        )
         try:
-            return self.request(codec.request_fields(request), timeout)
+            response = self.request(codec.request_fields(request), timeout)
         except LinkTimeout:
-            self.queue_reversal(request.txn)
+            self.queue.release(item)
             # Stays queued if this fails: sent first on the next connection.
             with contextlib.suppress(TransportError):
                 self._connect(time.monotonic() + self._reversal_timeout)
             raise
+        if not response.approved:
+            self.queue.done(item)
+        return response
+
+    def settle(self, txn: Transaction) -> None:
+        """The terminal finished ``txn``: drop its write-ahead reversal (if still armed)."""
+        item = self.queue.armed(self._owner, _txn_key(txn))
+        if item is not None:
+            self.queue.done(item)
 
     def queue_reversal(self, txn: Transaction, amount: int | None = None) -> None:
-        self.queue.push(codec.encode(codec.reversal_fields(txn, amount)))
+        self.queue.forget(self._owner, _txn_key(txn))
+        item = self.queue.arm(
+            codec.encode(codec.reversal_fields(txn, amount)), self._owner, _txn_key(txn)
+        )
+        self.queue.release(item)
 
     def reverse(self, txn: Transaction, amount: int | None = None) -> AuthResponse:
-        return self.request(codec.reversal_fields(txn, amount), self._reversal_timeout)
+        """Reverse now, journaled like a request: if the center cannot be reached (or answers
+        91/96) the reversal stays queued and goes out first on the next connection."""
+        body = codec.encode(codec.reversal_fields(txn, amount))
+        # Replaces this transaction's write-ahead or earlier queued reversal (never two).
+        self.queue.forget(self._owner, _txn_key(txn))
+        item = self.queue.arm(body, self._owner, _txn_key(txn))
+        try:
+            response = self.request(codec.reversal_fields(txn, amount), self._reversal_timeout)
+        except TransportError:
+            self.queue.release(item)
+            raise
+        if response.response_code in _RETRY_CODES:
+            self.queue.release(item)
+        else:
+            self.queue.done(item)
+        return response
 
     def echo(
         self, terminal_id: str, stan: str, transmitted_at: str, timeout: float = 5.0
     ) -> AuthResponse:
         return self.request(codec.network_fields(terminal_id, stan, transmitted_at, "301"), timeout)
+
+
+def _txn_key(txn: Transaction) -> str:
+    return f"{txn.terminal_id}/{txn.stan}/{txn.transmitted_at}"

@@ -159,6 +159,10 @@ def run_transaction(
                     connected = False
             case Finished(outcome=done):
                 outcome = done
+                if done.txn is not None:
+                    # Reached the end: any reversal the firmware wanted is already sent or
+                    # queued, so the write-ahead one of an approval can go.
+                    host.settle(done.txn)
         if event is not None:
             actions.extend(terminal.handle(event))
     end = clock()

@@ -109,6 +109,9 @@ class TracingHost:
         self.writer.write("host", dir="terminal->center", text="reversal " + _txn_summary(txn))
         return self._answer(lambda: self.inner.reverse(txn))
 
+    def settle(self, txn: Transaction) -> None:
+        self.inner.settle(txn)
+
     def _answer(self, call: Callable[[], AuthResponse]) -> AuthResponse:
         try:
             answer = call()

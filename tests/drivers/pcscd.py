@@ -225,12 +225,24 @@ class Slot:
     port: int
     client: VpcdClient | None = None
 
-    def insert(self, client: VpcdClient, wait: bool = True) -> VpcdClient:
+    def insert(self, client: VpcdClient, wait: bool = True, attempts: int = 3) -> VpcdClient:
+        """Insert and wait for PRESENT.  pcscd 1.9.9 sometimes leaves a reader EMPTY although
+        the card connected (a fast swap, or a busy machine missing a presence poll): then the
+        card is taken out again, EMPTY awaited, and inserted once more, as a person would."""
         self.remove()
         self.client = client
-        client.insert()
-        if wait:
-            wait_present(self.reader, True)
+        for attempt in range(attempts):
+            client.insert()
+            if not wait:
+                return client
+            try:
+                wait_present(self.reader, True, timeout=3.0)
+                return client
+            except PcscdUnavailable:
+                if attempt == attempts - 1:
+                    raise
+                client.remove()
+                wait_present(self.reader, False)
         return client
 
     def remove(self, wait: bool = True) -> None:

@@ -119,7 +119,7 @@ def test_pending_reversal_is_sent_first_on_the_next_connection(
         assert len(host.queue.pending()) == 1
         r = host.authorize(signed(alice, TxnType.PURCHASE, 1_00, stan()), 5)
         assert r.approved and r.available_balance == 1_500_00 - 1_00
-        assert host.queue.pending() == []
+        assert host.queue.pending(host._owner) == []  # only the new purchase's, still armed
     finally:
         host.close()
     with ledger(lab) as center:
@@ -149,3 +149,63 @@ def test_reconnects_after_the_server_drops_the_connection(
         assert host.echo(POS, "000002", "1126120000").approved
     finally:
         host.close()
+
+
+def test_write_ahead_reversal_lives_until_settle_and_goes_on_a_decline(
+    server: ServerThread,
+) -> None:
+    lab = server.lab
+    alice = cardholder(lab, "alice-phone")
+    stan = Stan()
+    host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
+    try:
+        approved = signed(alice, TxnType.PURCHASE, 2_00, stan())
+        assert host.authorize(approved, 5).approved
+        # Armed on disk, but not this process's to send: it is still finishing the transaction.
+        assert (
+            host.queue.armed(
+                host._owner,
+                "/".join(
+                    (approved.txn.terminal_id, approved.txn.stan, approved.txn.transmitted_at)
+                ),
+            )
+            is not None
+        )
+        assert host.queue.pending(host._owner) == []
+        host._drop()  # a reconnect in the middle of the transaction must not reverse it
+        assert host.echo(POS, stan(), "1126120000").approved
+        host.settle(approved.txn)
+        assert host.queue.pending(owner="someone else") == []
+        declined = signed(alice, TxnType.PURCHASE, 9_999_00, stan())
+        assert host.authorize(declined, 5).response_code == "51"
+        assert host.queue.pending(owner="someone else") == []
+    finally:
+        host.close()
+    with ledger(lab) as center:
+        assert center.ledger_balance(alice.account) == 1_500_00 - 2_00
+
+
+def test_unsettled_approval_of_a_dead_terminal_is_reversed_by_the_next_one(
+    server: ServerThread,
+) -> None:
+    lab = server.lab
+    alice = cardholder(lab, "alice-phone")
+    stan = Stan()
+    dead = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
+    dead._owner = (
+        "a process that was killed"  # another process's token (hosts share one per process)
+    )
+    assert dead.authorize(signed(alice, TxnType.PURCHASE, 3_00, stan()), 5).approved
+    dead.close()  # the process died before it finished the transaction: never settled
+    with ledger(lab) as center:
+        assert center.ledger_balance(alice.account) == 1_500_00 - 3_00
+    restarted = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
+    try:
+        assert len(restarted.queue.pending(restarted._owner)) == 1
+        assert restarted.echo(POS, stan(), "1126120000").approved  # connect: orphans go first
+        assert restarted.queue.pending(owner=None) == []
+    finally:
+        restarted.close()
+    with ledger(lab) as center:
+        assert center.ledger_balance(alice.account) == 1_500_00
+        assert center.check_balanced()
