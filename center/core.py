@@ -39,6 +39,7 @@ declined confirmation can never be replayed either.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -46,10 +47,12 @@ import logging
 import secrets
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from center.keystore import CenterKeys
 from center.ledger import POSTING_RULES, AccountKind, Ledger, Party
@@ -109,14 +112,25 @@ class _Outcome:
     account_id: str | None
 
 
+_TXN_FIELDS = tuple(f.name for f in fields(Transaction) if f.name != "extra")
+
+
+@functools.lru_cache(maxsize=4096)
+def _phone_key(point: bytes) -> ec.EllipticCurvePublicKey:
+    """Enrolled phone keys, decoded once (point decompression is a cost on every request)."""
+    return decode_point(point)
+
+
 def request_hash(req: AuthRequest) -> bytes:
     """SHA-256 over every field of the request, to tell a retransmission from a different message.
 
     A retransmission is byte-for-byte the same message, so *all* fields count, including the
     PIN block (ciphertext under a one-time key; its hash reveals nothing) and the confirmation.
     """
+    txn = req.txn
+    # The same mapping dataclasses.asdict gives, built directly: this runs on every request.
     payload = {
-        "txn": asdict(req.txn),
+        "txn": {f: getattr(txn, f) for f in _TXN_FIELDS} | {"extra": dict(txn.extra)},
         "pin_block": None if req.pin_block is None else req.pin_block.hex(),
         "ksn": None if req.ksn is None else req.ksn.hex(),
         "confirmation": None if req.confirmation is None else req.confirmation.hex(),
@@ -140,6 +154,14 @@ class Center:
         self._storage = storage
         self._keys = keys
         self._ledger = Ledger(storage)
+        #: DUKPT initial keys per initial key ID, derived from the BDK once (center memory only).
+        self._initial_keys: dict[bytes, bytes] = {}
+
+    def _initial_key(self, ikid: bytes) -> bytes:
+        key = self._initial_keys.get(ikid)
+        if key is None:
+            key = self._initial_keys[ikid] = derive_initial_key(self._keys.bdk, ikid)
+        return key
 
     @classmethod
     def open(cls, db_path: str | Path, keys: CenterKeys) -> Center:
@@ -378,7 +400,7 @@ class Center:
             ksn=req.ksn,
         )
         try:
-            verify_confirmation(decode_point(card.phone_key), digest, req.confirmation)
+            verify_confirmation(_phone_key(card.phone_key), digest, req.confirmation)
         except SwipepayError:
             raise _Declined(RC.SECURITY_VIOLATION, "phone confirmation does not verify") from None
 
@@ -390,7 +412,7 @@ class Center:
             spend(card.pin_tries)
             raise _Declined(RC.PIN_TRIES_EXCEEDED, "PIN tries exhausted")
         try:
-            pin_key = derive_working_key(derive_initial_key(self._keys.bdk, ikid), req.ksn, "pin")
+            pin_key = derive_working_key(self._initial_key(ikid), req.ksn, "pin")
             pin = decode_format4(req.pin_block, txn.pan, pin_key)
         except DecodeError:  # includes PinBlockError and unusable KSN counters
             spend(card.pin_tries)
