@@ -41,10 +41,9 @@ from center.lab import Lab
 from center.policy import MessageState
 from center.storage import MessageKey, MessageRecord, SQLiteStorage
 from drivers.host_tls import ReversalQueue, TlsHost
-from firmware_sim.confirmation import Decision, confirmation_digest, sign_confirmation
+from firmware_sim.confirmation import confirm_transaction
 from firmware_sim.hostmsg import AuthRequest
-from firmware_sim.pinblock import encode_format4
-from firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
+from firmware_sim.transaction import Transaction, TxnType
 
 ROOT = Path(__file__).resolve().parents[1]
 POS = "POS00001"
@@ -135,22 +134,9 @@ class LabSigner:
             stan=stan,
             transmitted_at=LOAD_AT,
         )
-        with self._lock:
-            pin_key, ksn = self._dukpt.next_pin_key()
-        block = encode_format4(self._pin, txn.pan, pin_key)
-        digest = confirmation_digest(
-            pan=txn.pan,
-            processing_code=TXN_TYPES[txn.type].processing_code,
-            amount=txn.amount,
-            currency=txn.currency,
-            terminal_id=txn.terminal_id,
-            stan=txn.stan,
-            transmitted_at=txn.transmitted_at,
-            decision=Decision.APPROVED,
-            pin_block=block,
-            ksn=ksn,
-        )
-        return AuthRequest(txn, block, ksn, sign_confirmation(self._key, digest))
+        with self._lock:  # the DUKPT counter is shared by the load threads
+            block, ksn, signature = confirm_transaction(txn, self._pin, self._dukpt, self._key)
+        return AuthRequest(txn, block, ksn, signature)
 
 
 def stored_messages(db_path: Path) -> dict[MessageKey, MessageRecord]:

@@ -14,7 +14,10 @@ from enum import IntEnum
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from firmware_sim.dukpt import DukptDevice
 from firmware_sim.ecc import sign_prehashed, verify_prehashed
+from firmware_sim.pinblock import encode_format4
+from firmware_sim.transaction import Transaction
 
 DOMAIN = b"swipepay/confirm/v1"
 
@@ -68,3 +71,33 @@ def sign_confirmation(key: ec.EllipticCurvePrivateKey, digest: bytes) -> bytes:
 def verify_confirmation(key: ec.EllipticCurvePublicKey, digest: bytes, signature: bytes) -> None:
     """Raise :class:`SecurityError` unless ``signature`` is the phone's signature of ``digest``."""
     verify_prehashed(key, digest, signature, what="confirmation signature")
+
+
+def transaction_digest(
+    txn: Transaction, pin_block: bytes, ksn: bytes, decision: Decision = Decision.APPROVED
+) -> bytes:
+    """:func:`confirmation_digest` over a :class:`Transaction`'s own fields (the center's view,
+    and any tool that checks a confirmation against the transaction it belongs to)."""
+    return confirmation_digest(
+        pan=txn.pan,
+        processing_code=txn.spec.processing_code,
+        amount=txn.amount,
+        currency=txn.currency,
+        terminal_id=txn.terminal_id,
+        stan=txn.stan,
+        transmitted_at=txn.transmitted_at,
+        decision=decision,
+        pin_block=pin_block,
+        ksn=ksn,
+    )
+
+
+def confirm_transaction(
+    txn: Transaction, pin: str, dukpt: DukptDevice, key: ec.EllipticCurvePrivateKey
+) -> tuple[bytes, bytes, bytes]:
+    """What an honest phone returns for ``txn`` after its user confirmed with ``pin``:
+    ``(PIN block, KSN, signature)``.  For load generators and tests that skip the phone link;
+    the applet itself does the same from the PAYMENT REQUEST it received."""
+    pin_key, ksn = dukpt.next_pin_key()
+    block = encode_format4(pin, txn.pan, pin_key)
+    return block, ksn, sign_confirmation(key, transaction_digest(txn, block, ksn))

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from firmware_sim import ecc
 from firmware_sim.apdu import ResponseApdu
 from firmware_sim.certificate import TerminalCertificate, issue_certificate
-from firmware_sim.confirmation import Decision, confirmation_digest, verify_confirmation
+from firmware_sim.confirmation import transaction_digest, verify_confirmation
 from firmware_sim.errors import ConfigError, SwipepayError, TransportError
 from firmware_sim.phonelink.protocol import AID, ConfirmationStatus, Ins
 from firmware_sim.phonelink.terminal_link import PhoneRefused, TerminalLink
@@ -300,18 +300,7 @@ def check_transaction(ctx: Context, probe: Probe) -> str:
     assert answer.pin_block is not None and answer.ksn is not None
     assert answer.signature is not None
     if ctx.phone_key is not None:
-        digest = confirmation_digest(
-            pan=txn.pan,
-            processing_code=txn.spec.processing_code,
-            amount=txn.amount,
-            currency=txn.currency,
-            terminal_id=txn.terminal_id,
-            stan=txn.stan,
-            transmitted_at=txn.transmitted_at,
-            decision=Decision.APPROVED,
-            pin_block=answer.pin_block,
-            ksn=answer.ksn,
-        )
+        digest = transaction_digest(txn, answer.pin_block, answer.ksn)
         verify_confirmation(ctx.phone_key, digest, answer.signature)
     link.handle_result(probe.expect(link.result_command("00", "CONF01").apdu, SW.OK, "RESULT"))
     signed = "signature verified" if ctx.phone_key is not None else "signature not checked"
