@@ -84,6 +84,7 @@ from firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
 __all__ = ["AuthRequest", "AuthResponse", "Center"]
 
 _log = logging.getLogger(__name__)
+_APPROVED = RC.APPROVED.value
 
 _REQUEST_DOMAIN = b"swipepay/center/request/v1\x00"
 
@@ -318,7 +319,11 @@ class Center:
             return AuthResponse(
                 RC.SYSTEM_MALFUNCTION.value, message="system malfunction; nothing done"
             )
-        _log.info("authorization %s card %s: %s", key, _masked(txn.pan), r.response_code)
+        # Approvals are in the messages table anyway; at INFO this line cost ~5 % of the server's
+        # CPU under load.  Declines stay at INFO (ops want to see them), approvals go to DEBUG.
+        level = logging.DEBUG if r.response_code == _APPROVED else logging.INFO
+        if _log.isEnabledFor(level):
+            _log.log(level, "authorization %s card %s: %s", key, _masked(txn.pan), r.response_code)
         return r
 
     def _decide(self, req: AuthRequest, key: MessageKey, now: datetime) -> _Outcome:

@@ -243,6 +243,7 @@ class SQLiteStorage:
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
         self._lock = threading.RLock()
         self._depth = 0
+        self._accounts: dict[str, AccountRecord] = {}
         # isolation_level=None: no implicit BEGINs; this class issues every BEGIN/COMMIT itself.
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -279,6 +280,7 @@ class SQLiteStorage:
                 yield
             except BaseException:
                 self._depth -= 1
+                self._accounts.clear()  # a rolled-back insert must not stay cached
                 if depth == 0:
                     self._db.execute("ROLLBACK")
                 else:
@@ -286,7 +288,11 @@ class SQLiteStorage:
                     self._db.execute(f"RELEASE {savepoint}")
                 raise
             self._depth -= 1
-            self._db.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
+            try:
+                self._db.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
+            except BaseException:
+                self._accounts.clear()
+                raise
 
     def _require_txn(self) -> None:
         if self._depth == 0:
@@ -308,11 +314,21 @@ class SQLiteStorage:
         )
 
     def get_account(self, account_id: str) -> AccountRecord | None:
+        """Accounts are insert-only (no UPDATE or DELETE anywhere), so a row once read is cached:
+        an authorization asks for the same two accounts about six times.  The cache is dropped
+        on every rollback, so an insert that was rolled back is never served from it."""
+        cached = self._accounts.get(account_id)
+        if cached is not None:
+            return cached
         row = self._db.execute(
             "SELECT account_id, holder, kind, currency FROM accounts WHERE account_id = ?",
             (account_id,),
         ).fetchone()
-        return AccountRecord(*row) if row else None
+        if not row:
+            return None
+        record = AccountRecord(*row)
+        self._accounts[account_id] = record
+        return record
 
     def insert_posting(self, reference: str, memo: str, entries: Sequence[tuple[str, int]]) -> int:
         self._require_txn()

@@ -40,6 +40,25 @@ def test_nested_block_is_a_savepoint(storage: SQLiteStorage) -> None:
         assert [storage.get_account(a) is not None for a in "ABC"] == [True, False, True]
 
 
+def test_account_read_inside_a_rolled_back_block_is_not_cached(storage: SQLiteStorage) -> None:
+    """get_account caches rows; a row read before its insert was rolled back must not stay."""
+    with pytest.raises(RuntimeError), storage.transaction():
+        storage.insert_account(account("A"))
+        assert storage.get_account("A") == account("A")
+        raise RuntimeError
+    with storage.transaction():
+        assert storage.get_account("A") is None
+        with pytest.raises(RuntimeError), storage.transaction():
+            storage.insert_account(account("B"))
+            assert storage.get_account("B") == account("B")
+            raise RuntimeError
+        assert storage.get_account("B") is None
+        storage.insert_account(account("C"))
+        assert storage.get_account("C") == account("C")
+    with storage.transaction():
+        assert storage.get_account("C") == account("C")
+
+
 def test_commit_is_visible_to_a_new_connection(tmp_path: Path) -> None:
     first = SQLiteStorage(tmp_path / "s.db")
     with first.transaction():
