@@ -73,7 +73,7 @@ from center.storage import (
     Storage,
     TerminalRecord,
 )
-from firmware_sim.confirmation import Decision, confirmation_digest, verify_confirmation
+from firmware_sim.confirmation import transaction_digest, verify_confirmation
 from firmware_sim.dukpt import derive_initial_key, derive_working_key, split_ksn
 from firmware_sim.ecc import decode_point
 from firmware_sim.errors import DecodeError, LocalError, SwipepayError
@@ -392,18 +392,7 @@ class Center:
             raise _Declined(RC.SECURITY_VIOLATION, "KSN does not belong to this card's phone")
         if counter <= card.last_ksn_counter:
             raise _Declined(RC.SECURITY_VIOLATION, "KSN counter replayed")
-        digest = confirmation_digest(
-            pan=txn.pan,
-            processing_code=TXN_TYPES[txn.type].processing_code,
-            amount=txn.amount,
-            currency=txn.currency,
-            terminal_id=txn.terminal_id,
-            stan=txn.stan,
-            transmitted_at=txn.transmitted_at,
-            decision=Decision.APPROVED,
-            pin_block=req.pin_block,
-            ksn=req.ksn,
-        )
+        digest = transaction_digest(txn, req.pin_block, req.ksn)
         try:
             verify_confirmation(_phone_key(card.phone_key), digest, req.confirmation)
         except SwipepayError:
