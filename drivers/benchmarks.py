@@ -167,10 +167,9 @@ def _precompute(term: BenchTerminal, count: int, stan0: int) -> list[tuple[str, 
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from center import iso8583 as codec
-    from firmware_sim.confirmation import Decision, confirmation_digest, sign_confirmation
+    from firmware_sim.confirmation import confirm_transaction
     from firmware_sim.dukpt import DukptDevice
     from firmware_sim.hostmsg import AuthRequest
-    from firmware_sim.pinblock import encode_format4
     from firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
 
     key = serialization.load_pem_private_key(term.signing_key_pem, password=None)
@@ -200,21 +199,7 @@ def _precompute(term: BenchTerminal, count: int, stan0: int) -> list[tuple[str, 
         if kind is TxnType.PREAUTH:
             last_preauth = txn
         if TXN_TYPES[kind].needs_phone:
-            pin_key, ksn = device.next_pin_key()
-            block = encode_format4(term.pin, term.pan, pin_key)
-            digest = confirmation_digest(
-                pan=txn.pan,
-                processing_code=TXN_TYPES[kind].processing_code,
-                amount=txn.amount,
-                currency=txn.currency,
-                terminal_id=txn.terminal_id,
-                stan=txn.stan,
-                transmitted_at=txn.transmitted_at,
-                decision=Decision.APPROVED,
-                pin_block=block,
-                ksn=ksn,
-            )
-            req = AuthRequest(txn, block, ksn, sign_confirmation(key, digest))
+            req = AuthRequest(txn, *confirm_transaction(txn, term.pin, device, key))
         else:
             req = AuthRequest(txn)
         out.append((kind.value, codec.frame(codec.encode(codec.request_fields(req)))))

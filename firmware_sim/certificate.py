@@ -37,6 +37,7 @@ any instance parses back to an equal instance.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import unicodedata
 from collections.abc import Collection, Mapping
@@ -241,17 +242,7 @@ def issue_certificate(
         ca_key_index=ca_key_index,
         signature=bytes(SIGNATURE_LEN),
     )
-    signature = sign_prehashed(ca_key, unsigned.tbs_digest())
-    return TerminalCertificate(
-        terminal_id=terminal_id,
-        merchant_id=merchant_id,
-        merchant_name=merchant_name,
-        public_key=bytes(public_key),
-        not_before=not_before,
-        not_after=not_after,
-        ca_key_index=ca_key_index,
-        signature=signature,
-    )
+    return dataclasses.replace(unsigned, signature=sign_prehashed(ca_key, unsigned.tbs_digest()))
 
 
 def _split(data: bytes) -> dict[str, bytes]:
