@@ -228,7 +228,9 @@ class Ledger:
 
     def available(self, account_id: str) -> int:
         """What the holder can still spend: ledger balance minus active holds."""
-        return self.balance(account_id) - self.held(account_id)
+        kind = AccountKind(self.account(account_id).kind)
+        entries, held = self._storage.balance_and_holds(account_id)
+        return NORMAL_SIDE[kind] * entries - held
 
     def trial_balance(self) -> int:
         """Sum of all entries of all accounts (debits − credits): 0 when the books are right."""

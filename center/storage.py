@@ -113,6 +113,24 @@ class Storage(Protocol):
         """Context manager: outermost = one durable transaction, nested = savepoint."""
         ...
 
+    def begin_group(self) -> None:
+        """Open the outermost transaction of a group commit whose COMMIT runs elsewhere.
+
+        For a server that must not wait for the disk on its own thread: ``begin_group()``, any
+        number of ``transaction()`` blocks (savepoints), then ``commit_group()`` on a worker
+        thread while the opening thread does not touch the storage, then ``end_group()`` back
+        on the opening thread.
+        """
+        ...
+
+    def commit_group(self) -> None:
+        """COMMIT the group (the only call allowed from another thread while it is open)."""
+        ...
+
+    def end_group(self, committed: bool) -> None:
+        """Close the group: after a failed or skipped commit everything of it is rolled back."""
+        ...
+
     def close(self) -> None: ...
 
     # accounts and ledger
@@ -132,6 +150,9 @@ class Storage(Protocol):
     def get_hold(self, reference: str) -> HoldRecord | None: ...
     def update_hold(self, reference: str, amount: int, active: bool) -> None: ...
     def active_hold_sum(self, account_id: str) -> int: ...
+    def balance_and_holds(self, account_id: str) -> tuple[int, int]:
+        """``(entry_sum(account_id), active_hold_sum(account_id))`` in one round trip."""
+        ...
 
     # terminals and cards
     def insert_terminal(self, terminal: TerminalRecord) -> None: ...
@@ -244,6 +265,8 @@ class SQLiteStorage:
         self._lock = threading.RLock()
         self._depth = 0
         self._accounts: dict[str, AccountRecord] = {}
+        self._terminals: dict[str, TerminalRecord] = {}
+        self._committing = False
         # isolation_level=None: no implicit BEGINs; this class issues every BEGIN/COMMIT itself.
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -271,6 +294,8 @@ class SQLiteStorage:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        if self._committing:
+            raise LocalError("storage used while its group commit is running")
         with self._lock:
             depth = self._depth
             savepoint = f"sp{depth}"
@@ -280,7 +305,7 @@ class SQLiteStorage:
                 yield
             except BaseException:
                 self._depth -= 1
-                self._accounts.clear()  # a rolled-back insert must not stay cached
+                self._forget_cached()  # a rolled-back insert must not stay cached
                 if depth == 0:
                     self._db.execute("ROLLBACK")
                 else:
@@ -291,8 +316,47 @@ class SQLiteStorage:
             try:
                 self._db.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
             except BaseException:
-                self._accounts.clear()
+                self._forget_cached()
                 raise
+
+    def begin_group(self) -> None:
+        self._lock.acquire()
+        if self._depth:
+            self._lock.release()
+            raise LocalError("begin_group() inside a transaction")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._lock.release()
+            raise
+        self._depth = 1
+
+    def commit_group(self) -> None:
+        if self._depth != 1:
+            raise LocalError("commit_group() without an open group (or inside a savepoint)")
+        self._committing = True
+        try:
+            self._db.execute("COMMIT")
+        finally:
+            self._committing = False
+
+    def end_group(self, committed: bool) -> None:
+        if self._depth != 1:
+            raise LocalError("end_group() without an open group")
+        try:
+            # A COMMIT that failed may or may not have rolled back by itself (SQLite does for
+            # I/O errors, not for SQLITE_BUSY): make sure nothing of the group stays open.
+            if not committed:
+                self._forget_cached()
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+        finally:
+            self._depth = 0
+            self._lock.release()
+
+    def _forget_cached(self) -> None:
+        self._accounts.clear()
+        self._terminals.clear()
 
     def _require_txn(self) -> None:
         if self._depth == 0:
@@ -389,6 +453,14 @@ class SQLiteStorage:
         ).fetchone()
         return int(row[0])
 
+    def balance_and_holds(self, account_id: str) -> tuple[int, int]:
+        row = self._db.execute(
+            "SELECT (SELECT amount FROM balances WHERE account_id = ?1), "
+            "(SELECT COALESCE(SUM(amount), 0) FROM holds WHERE account_id = ?1 AND active = 1)",
+            (account_id,),
+        ).fetchone()
+        return int(row[0] or 0), int(row[1])
+
     # -- terminals and cards ------------------------------------------------------------------
 
     def insert_terminal(self, terminal: TerminalRecord) -> None:
@@ -406,12 +478,19 @@ class SQLiteStorage:
         )
 
     def get_terminal(self, terminal_id: str) -> TerminalRecord | None:
+        """Terminals are insert-only too: cached like accounts (dropped on every rollback)."""
+        cached = self._terminals.get(terminal_id)
+        if cached is not None:
+            return cached
         row = self._db.execute(
             "SELECT terminal_id, merchant_id, merchant_name, kind, account_id FROM terminals "
             "WHERE terminal_id = ?",
             (terminal_id,),
         ).fetchone()
-        return TerminalRecord(*row) if row else None
+        if not row:
+            return None
+        record = self._terminals[terminal_id] = TerminalRecord(*row)
+        return record
 
     def insert_card(self, card: CardRecord) -> None:
         self._require_txn()

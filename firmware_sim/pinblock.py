@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Final
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from firmware_sim.errors import DecodeError, LocalError
 
@@ -111,10 +111,10 @@ def _parse_pin_nibbles(nibbles: list[int], fmt: _PinFieldFormat) -> str:
 
 
 def _format4_pan_field(pan: str) -> bytes:
+    # ``pan`` is checked ASCII-decimal, so its digits are already the nibbles' hex spelling
+    # (one fromhex instead of a nibble list: this runs for every PIN the center decodes).
     extra = max(0, len(pan) - PAN_FIELD_DIGITS)
-    digits = pan.rjust(PAN_FIELD_DIGITS, "0")
-    nibbles = [extra, *(int(d) for d in digits)]
-    return _nibbles_to_bytes(nibbles + [0] * (32 - len(nibbles)))
+    return bytes.fromhex(f"{extra:X}{pan.rjust(PAN_FIELD_DIGITS, '0')}".ljust(32, "0"))
 
 
 def _format0_pan_field(pan: str) -> bytes:
@@ -123,14 +123,26 @@ def _format0_pan_field(pan: str) -> bytes:
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
-    return bytes(x ^ y for x, y in zip(a, b, strict=True))
+    if len(a) != len(b):
+        raise ValueError("XOR of blocks of different lengths")
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
 
 
-def _aes_ecb(key: bytes, block: bytes, *, decrypt: bool) -> bytes:
-    # One block per call: ECB is exactly the single-block permutation ISO 9564-1 specifies.
-    cipher = Cipher(algorithms.AES(bytes(key)), modes.ECB())  # noqa: S305
-    ctx = cipher.decryptor() if decrypt else cipher.encryptor()
-    return ctx.update(block) + ctx.finalize()
+#: ECB keeps no state between blocks, so one mode object serves every cipher.
+_ECB: Final = modes.ECB()  # noqa: S305 -- the single-block permutation ISO 9564-1 specifies
+
+
+def _aes_ecb(key: bytes, *, decrypt: bool) -> CipherContext:
+    """An AES-ECB context under ``key`` for whole 16-byte blocks, one ``update`` per block.
+
+    Both format 4 steps use the same key, so one context serves both (creating the context,
+    which schedules the key, is most of an AES call's cost).  ECB carries nothing from one
+    block to the next, so ``update(a)`` then ``update(b)`` is exactly two single-block
+    operations; ``finalize()`` is skipped because for ECB it only checks that no partial block
+    is buffered, and every caller feeds exactly one block per ``update``.
+    """
+    cipher = Cipher(algorithms.AES(bytes(key)), _ECB)
+    return cipher.decryptor() if decrypt else cipher.encryptor()
 
 
 def encode_format4(pin: str, pan: str, key: bytes, pad: bytes | None = None) -> bytes:
@@ -147,8 +159,9 @@ def encode_format4(pin: str, pan: str, key: bytes, pad: bytes | None = None) -> 
     elif not isinstance(pad, bytes | bytearray) or len(pad) != PAD_LEN:
         raise LocalError(f"format 4 random pad must be {PAD_LEN} bytes")
     pin_field = _nibbles_to_bytes(_pin_nibbles(pin, FORMATS[4])) + bytes(pad)
-    intermediate = _aes_ecb(key, pin_field, decrypt=False)
-    return _aes_ecb(key, _xor(intermediate, _format4_pan_field(pan)), decrypt=False)
+    aes = _aes_ecb(key, decrypt=False)
+    intermediate = aes.update(pin_field)
+    return aes.update(_xor(intermediate, _format4_pan_field(pan)))
 
 
 def decode_format4(block: bytes, pan: str, key: bytes) -> str:
@@ -161,8 +174,9 @@ def decode_format4(block: bytes, pan: str, key: bytes) -> str:
     _check_pan(pan, DecodeError)
     if not isinstance(block, bytes | bytearray) or len(block) != FORMAT4_LEN:
         raise PinBlockError(f"format 4 PIN block must be {FORMAT4_LEN} bytes")
-    intermediate = _xor(_aes_ecb(key, bytes(block), decrypt=True), _format4_pan_field(pan))
-    pin_field = _aes_ecb(key, intermediate, decrypt=True)
+    aes = _aes_ecb(key, decrypt=True)
+    intermediate = _xor(aes.update(bytes(block)), _format4_pan_field(pan))
+    pin_field = aes.update(intermediate)
     return _parse_pin_nibbles(_bytes_to_nibbles(pin_field[:8]), FORMATS[4])
 
 

@@ -25,6 +25,7 @@ from firmware_sim.dukpt import (
     WORKING_KEY_USAGES,
     DukptDevice,
     DukptExhausted,
+    DukptHost,
     derive_initial_key,
     derive_transaction_key,
     derive_working_key,
@@ -250,3 +251,160 @@ def test_own_bad_lengths_are_local_errors() -> None:
 def test_exhausted_is_a_local_swipepay_error() -> None:
     assert issubclass(DukptExhausted, LocalError)
     assert issubclass(DukptExhausted, SwipepayError)
+
+
+# --- DukptHost: the center's cached derivation must equal the plain one, key for key. ---
+
+HOST_IKIDS = [IKID, bytes.fromhex("0000000000000001"), bytes.fromhex("FFFFFFFFFFFFFFFF")]
+
+
+def _reference(ikid: bytes, counter: int, usage: str = "pin") -> bytes:
+    return derive_working_key(derive_initial_key(BDK, ikid), make_ksn(ikid, counter), usage)
+
+
+def test_host_gives_the_published_vectors() -> None:
+    host = DukptHost(BDK)
+    for (counter, usage), expected in sorted(WORKING_KEYS.items()):
+        assert host.working_key(make_ksn(IKID, counter), usage) == bytes.fromhex(expected)
+    for counter in range(1, 9):
+        expected = WORKING_KEYS[(counter, "pin")]
+        assert host.pin_key(make_ksn(IKID, counter)) == bytes.fromhex(expected)
+
+
+def test_host_gives_the_published_vectors_in_any_order() -> None:
+    """The transaction-key vectors (far apart, also downwards) via the cache's own path."""
+    host = DukptHost(BDK)
+    for counter in [*sorted(TRANSACTION_KEYS, reverse=True), *sorted(TRANSACTION_KEYS)]:
+        expected = derive_working_key(IK, make_ksn(IKID, counter), "pin")
+        assert host.pin_key(make_ksn(IKID, counter)) == expected
+
+
+usable_counters = st.integers(min_value=1, max_value=MAX_COUNTER).filter(usable)
+sixteen_one_bits = st.sets(st.integers(0, 31), min_size=16, max_size=16).map(
+    lambda bits: sum(1 << b for b in bits)
+)
+# Steps a device's counter may take: +1 (the usual case), small and large jumps, going down,
+# repeating, a fresh random counter, and counters with exactly 16 one-bits.
+steps = st.one_of(
+    st.just(("add", 1)),
+    st.tuples(st.just("add"), st.integers(-70_000, 70_000)),
+    st.tuples(st.just("set"), usable_counters),
+    st.tuples(st.just("set"), sixteen_one_bits),
+    st.just(("add", 0)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(HOST_IKIDS), steps, st.sampled_from(sorted(WORKING_KEY_USAGES))),
+        min_size=1,
+        max_size=25,
+    ),
+    st.integers(min_value=1, max_value=4),
+)
+def test_host_matches_plain_derivation_on_any_sequence(
+    ops: list[tuple[bytes, tuple[str, int], str]], max_devices: int
+) -> None:
+    host = DukptHost(BDK, max_devices=max_devices)
+    counters = dict.fromkeys(HOST_IKIDS, 1)
+    for ikid, (kind, value), usage in ops:
+        counter = counters[ikid] + value if kind == "add" else value
+        counter = min(max(counter, 1), MAX_COUNTER)
+        if not usable(counter):
+            nxt = next_usable_counter(counter)
+            counter = nxt if nxt is not None else 0xFFFF0000
+        counters[ikid] = counter
+        assert host.working_key(make_ksn(ikid, counter), usage) == _reference(ikid, counter, usage)
+        assert len(host) <= max_devices
+
+
+def test_host_incrementing_device_matches_over_carries() -> None:
+    """+1 steps across long carries (0x7FFF -> 0x8000 etc.) and up to the last counter."""
+    host = DukptHost(BDK)
+    for start in (0x7FF0, 0x0001FFF0, 0xFFFE1FF0):
+        counter: int | None = start
+        for _ in range(40):
+            counter = next_usable_counter(counter) if counter is not None else None
+            if counter is None:
+                break
+            assert host.pin_key(make_ksn(IKID, counter)) == _reference(IKID, counter)
+
+
+def test_host_lru_evicts_and_still_gives_correct_keys() -> None:
+    host = DukptHost(BDK, max_devices=2)
+    a, b, c = HOST_IKIDS
+    host.pin_key(make_ksn(a, 3))
+    host.pin_key(make_ksn(b, 3))
+    host.pin_key(make_ksn(a, 4))  # a is now the most recently used
+    host.pin_key(make_ksn(c, 5))  # evicts b, the least recently used
+    assert len(host) == 2
+    assert a in host
+    assert b not in host
+    assert c in host
+    assert host.max_devices == 2
+    for ikid, counter in [(b, 6), (a, 5), (c, 6), (b, 7), (a, 0xFFFF0000), (c, 1)]:
+        assert host.pin_key(make_ksn(ikid, counter)) == _reference(ikid, counter)
+        assert len(host) == 2
+    host.clear()
+    assert len(host) == 0
+    assert host.pin_key(make_ksn(IKID, 8)) == bytes.fromhex(WORKING_KEYS[(8, "pin")])
+
+
+@settings(max_examples=300)
+@given(st.one_of(st.binary(min_size=12, max_size=12), st.binary(max_size=20)))
+def test_host_any_ksn_bytes_give_the_same_key_or_decode_error(ksn: bytes) -> None:
+    host = DukptHost(BDK)
+    try:
+        key = host.pin_key(ksn)
+    except DecodeError:
+        assert len(host) == 0  # refused before touching the cache
+        with pytest.raises(DecodeError):
+            derive_working_key(IK, ksn, "pin")
+        return
+    assert key == derive_working_key(derive_initial_key(BDK, ksn[:8]), ksn, "pin")
+
+
+@pytest.mark.parametrize(
+    "ksn",
+    [
+        b"",
+        bytes(11),
+        bytes(13),
+        make_ksn(IKID, 0),
+        make_ksn(IKID, 0x0001FFFF),
+        make_ksn(IKID, 0xFFFFFFFF),
+        make_ksn(IKID, 0xFFFF0001),
+    ],
+)
+def test_host_refuses_bad_ksns_and_keeps_working(ksn: bytes) -> None:
+    host = DukptHost(BDK)
+    host.pin_key(make_ksn(IKID, 7))
+    with pytest.raises(DecodeError) as info:
+        host.pin_key(ksn)
+    assert IK.hex() not in str(info.value).lower()
+    assert host.pin_key(make_ksn(IKID, 8)) == bytes.fromhex(WORKING_KEYS[(8, "pin")])
+
+
+def test_host_own_errors_are_local() -> None:
+    cases: list[Callable[[], object]] = [
+        lambda: DukptHost(BDK[:15]),
+        lambda: DukptHost(BDK + b"\x00"),
+        lambda: DukptHost(BDK, max_devices=0),
+        lambda: DukptHost(BDK, max_devices=True),
+        lambda: DukptHost(BDK).working_key(make_ksn(IKID, 1), "kek"),
+    ]
+    for case in cases:
+        with pytest.raises(LocalError) as info:
+            case()
+        assert not isinstance(info.value, DecodeError)
+        assert BDK.hex() not in str(info.value).lower()
+
+
+def test_host_repr_hides_keys() -> None:
+    host = DukptHost(BDK)
+    key = host.pin_key(make_ksn(IKID, 7))
+    text = repr(host) + str(host) + "".join(repr(p) for p in host._devices.values())
+    for secret in (BDK, IK, key, derive_transaction_key(IK, make_ksn(IKID, 7))):
+        assert secret.hex() not in text.lower()
+    assert "devices=1" in text
