@@ -39,7 +39,6 @@ declined confirmation can never be replayed either.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import json
@@ -52,8 +51,7 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
+from center import verifier
 from center.keystore import CenterKeys
 from center.ledger import POSTING_RULES, AccountKind, Ledger, Party
 from center.pinverify import PinOutcome, check_pin, pin_verification_data, tries_exhausted
@@ -73,10 +71,11 @@ from center.storage import (
     Storage,
     TerminalRecord,
 )
-from firmware_sim.confirmation import transaction_digest, verify_confirmation
+from center.verifier import SignatureCheck
+from firmware_sim.confirmation import transaction_digest
 from firmware_sim.dukpt import DukptHost, split_ksn
 from firmware_sim.ecc import decode_point
-from firmware_sim.errors import DecodeError, LocalError, SwipepayError
+from firmware_sim.errors import DecodeError, LocalError
 from firmware_sim.hostmsg import AuthRequest, AuthResponse
 from firmware_sim.pinblock import decode_format4
 from firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
@@ -116,12 +115,6 @@ class _Outcome:
 _TXN_FIELDS = tuple(f.name for f in fields(Transaction) if f.name != "extra")
 
 
-@functools.lru_cache(maxsize=4096)
-def _phone_key(point: bytes) -> ec.EllipticCurvePublicKey:
-    """Enrolled phone keys, decoded once (point decompression is a cost on every request)."""
-    return decode_point(point)
-
-
 def request_hash(req: AuthRequest) -> bytes:
     """SHA-256 over every field of the request, to tell a retransmission from a different message.
 
@@ -138,6 +131,20 @@ def request_hash(req: AuthRequest) -> bytes:
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(_REQUEST_DOMAIN + text.encode("utf-8")).digest()
+
+
+def _signature_check(req: AuthRequest, phone_key: bytes) -> SignatureCheck | None:
+    """The check of ``req``'s confirmation under ``phone_key``: the digest over the request's own
+    transaction fields, PIN block and KSN.  ``None`` if no part can verify (missing, or not a
+    64-byte signature): such a confirmation does not verify."""
+    if req.pin_block is None or req.ksn is None or req.confirmation is None:
+        return None
+    try:
+        return SignatureCheck(
+            phone_key, transaction_digest(req.txn, req.pin_block, req.ksn), req.confirmation
+        )
+    except DecodeError:
+        return None
 
 
 def _masked(pan: str) -> str:
@@ -158,6 +165,9 @@ class Center:
         #: PIN keys from KSNs; caches each device's initial key and last derivation path (center
         #: memory only), so a rising counter costs ~2 AES blocks instead of one per one-bit.
         self._dukpt = DukptHost(keys.bdk)
+        #: PAN -> enrolled phone key (public), as last read by a decision: lets
+        #: :meth:`signature_check` describe a request's check before its decision reads the card.
+        self._phone_keys: dict[str, bytes] = {}
 
     @classmethod
     def open(cls, db_path: str | Path, keys: CenterKeys) -> Center:
@@ -287,8 +297,24 @@ class Center:
 
     # -- authorization ------------------------------------------------------------------------
 
-    def authorize(self, req: AuthRequest, now: datetime) -> AuthResponse:
-        """Decide one request (checks in the module docstring's order); record it durably."""
+    def signature_check(self, req: AuthRequest) -> SignatureCheck | None:
+        """The confirmation check the decision of ``req`` will need, if it can be told before
+        the decision: the card's phone key (as last seen) is known and the request carries a
+        well-formed confirmation.  Lets a server have it verified elsewhere ahead of time."""
+        phone_key = self._phone_keys.get(req.txn.pan)
+        if phone_key is None or not TXN_TYPES[req.txn.type].needs_phone:
+            return None
+        return _signature_check(req, phone_key)
+
+    def authorize(
+        self, req: AuthRequest, now: datetime, checked: tuple[bytes, bool] | None = None
+    ) -> AuthResponse:
+        """Decide one request (checks in the module docstring's order); record it durably.
+
+        ``checked`` is ``(phone key, verifies?)`` of :meth:`signature_check`'s item for this
+        very request if the caller had it verified ahead; it is used only if that key is still
+        the card's enrolled one, and the checks still run in the documented order.
+        """
         txn = req.txn
         key = MessageKey(txn.terminal_id, txn.stan, txn.transmitted_at)
         digest = request_hash(req)
@@ -304,7 +330,7 @@ class Center:
                         message="terminal, STAN and transmission time already used for "
                         "another message",
                     )
-                outcome = self._decide(req, key, now)
+                outcome = self._decide(req, key, now, checked)
                 r = outcome.response
                 self._storage.insert_message(
                     MessageRecord(
@@ -334,15 +360,22 @@ class Center:
             _log.log(level, "authorization %s card %s: %s", key, _masked(txn.pan), r.response_code)
         return r
 
-    def _decide(self, req: AuthRequest, key: MessageKey, now: datetime) -> _Outcome:
+    def _decide(
+        self,
+        req: AuthRequest,
+        key: MessageKey,
+        now: datetime,
+        checked: tuple[bytes, bool] | None,
+    ) -> _Outcome:
         account_id: str | None = None
         try:
             terminal = self._check_terminal(req.txn)
             card = self._check_card(req.txn, now)
             account_id = card.account_id
+            self._phone_keys[card.pan] = card.phone_key
             self._check_amount(req.txn, card, terminal)
             if TXN_TYPES[req.txn.type].needs_phone:
-                self._verify_phone(req, card)
+                self._verify_phone(req, card, checked)
             return self._post(req.txn, key, card, terminal)
         except _Declined as d:
             response = AuthResponse(
@@ -387,7 +420,9 @@ class Center:
         if currencies != {txn.currency}:
             raise _Declined(RC.INVALID_TRANSACTION, "currency not supported for this account")
 
-    def _verify_phone(self, req: AuthRequest, card: CardRecord) -> None:
+    def _verify_phone(
+        self, req: AuthRequest, card: CardRecord, checked: tuple[bytes, bool] | None = None
+    ) -> None:
         """KSN, confirmation signature and PIN (method steps 5-7); raises :class:`_Declined`."""
         txn = req.txn
         if req.pin_block is None or req.ksn is None or req.confirmation is None:
@@ -400,11 +435,13 @@ class Center:
             raise _Declined(RC.SECURITY_VIOLATION, "KSN does not belong to this card's phone")
         if counter <= card.last_ksn_counter:
             raise _Declined(RC.SECURITY_VIOLATION, "KSN counter replayed")
-        digest = transaction_digest(txn, req.pin_block, req.ksn)
-        try:
-            verify_confirmation(_phone_key(card.phone_key), digest, req.confirmation)
-        except SwipepayError:
-            raise _Declined(RC.SECURITY_VIOLATION, "phone confirmation does not verify") from None
+        if checked is not None and checked[0] == card.phone_key:
+            verifies = checked[1]
+        else:
+            item = _signature_check(req, card.phone_key)
+            verifies = item is not None and verifier.check(item)
+        if not verifies:
+            raise _Declined(RC.SECURITY_VIOLATION, "phone confirmation does not verify")
 
         # The KSN is authentic from here on: spend it whatever the outcome.
         def spend(tries: int) -> None:

@@ -12,12 +12,18 @@
   response of the batch becomes 96 and nothing of it stays.  The next batch is decided only
   after the previous one is committed or rolled back, so every decision sees the durable state
   of every earlier answer.
-* What was measured on the way (``bench center``, 16 terminals, 2 cores): deciding on the loop
-  thread beat a worker thread that decided (both are Python-heavy and shared one GIL); the
-  commit on the worker added ~7 %; moving the phone's ECDSA verification to a helper thread,
-  or to a helper process fed over a pipe, did not help (GIL convoy, and wake-up costs), and
-  splitting preparation and decision into two pipeline tasks halved the batch size and lost
-  ~10 %: fewer, larger batches are what counts.
+* The phone's ECDSA signature, the largest piece of work that needs no database state, is
+  checked in a child process (:mod:`center.verifier`) as soon as the request arrives, against
+  the card's phone key as the center last saw it; the batch collects the answers when it is
+  cut, and the decision uses one only if that key is still the card's (else, or if the child
+  is gone, it verifies inline).  So the second core verifies batch N+1 while the loop decides
+  and commits batch N.
+* What was measured on the way (``bench center``, 16 terminals, 2 cores, interleaved runs):
+  deciding on the loop thread beat a worker thread that decided (both Python-heavy, one GIL);
+  the commit on the worker thread and the verifier process each added ~7-8 %; a verifier
+  *thread* cost ~8 % (its Python parts fight the loop for the GIL at every hand-over); a
+  two-task pipeline (prepare, then decide) halved the batch size and lost ~10 %: fewer,
+  larger batches are what counts.
 * Bad input (length prefix, truncated/oversize frame, undecodable body, unknown MTI, missing
   fields) gets a field-39 = 30 answer when the MTI is known, else the connection is closed; it is
   logged and never reaches the ledger.  Idle and slow clients are timed out, connections capped.
@@ -39,10 +45,15 @@ from typing import Any
 from center import iso8583 as codec
 from center.core import Center
 from center.response_codes import RC
+from center.verifier import VerifierProcess
 from firmware_sim.errors import DecodeError, SwipepayError
 from firmware_sim.hostmsg import AuthRequest, AuthResponse
 
 _log = logging.getLogger(__name__)
+
+
+#: Longest a batch waits for the verifier's answers before deciding inline (seconds).
+_VERIFIER_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,9 @@ def peer_terminal_id(writer: asyncio.StreamWriter) -> str | None:
     return None
 
 
-_Job = tuple[codec.Request, "asyncio.Future[AuthResponse]"]
+#: A signature check sent to the verifier process ahead: (phone key it used, its result).
+_Ticket = tuple[bytes, "asyncio.Future[bool]"]
+_Job = tuple[codec.Request, _Ticket | None, "asyncio.Future[AuthResponse]"]
 
 
 class CenterServer:
@@ -86,6 +99,8 @@ class CenterServer:
         ssl_context: ssl.SSLContext,
         limits: ServerLimits | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        use_verifier: bool = True,
     ) -> None:
         self._open_center = open_center
         self._ssl = ssl_context
@@ -94,6 +109,8 @@ class CenterServer:
         #: Opens, commits and closes the Center (one thread: commits never overlap).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="center")
         self._center: Center | None = None
+        self._use_verifier = use_verifier
+        self._verifier: VerifierProcess | None = None
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._connections = 0
         self._server: asyncio.Server | None = None
@@ -104,6 +121,11 @@ class CenterServer:
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
         self._center = await loop.run_in_executor(self._executor, self._open_center)
+        if self._use_verifier:
+            try:
+                self._verifier = await VerifierProcess.start()
+            except OSError as exc:
+                _log.error("cannot start the signature verifier (%s); verifying inline", exc)
         self._batcher = asyncio.create_task(self._run_batches())
         self._server = await asyncio.start_server(
             self._handle,
@@ -126,6 +148,8 @@ class CenterServer:
         if center is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, center.close)
         self._executor.shutdown(wait=True)
+        if self._verifier is not None:
+            await self._verifier.close()
 
     # -- group commit ---------------------------------------------------------------------------
 
@@ -145,19 +169,42 @@ class CenterServer:
                 await asyncio.sleep(0)
             while not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
-            requests = [req for req, _ in jobs]
-            responses, group_open = self._decide(center, requests)
+            checked = await self._collect_checks([ticket for _, ticket, _ in jobs])
+            requests = [req for req, _, _ in jobs]
+            responses, group_open = self._decide(center, requests, checked)
             if group_open:
                 commit = loop.run_in_executor(self._executor, center.commit_batch)
                 responses = await self._finish_commit(commit, center, responses)
             self.batches += 1
             self.decided += len(jobs)
-            for (_, fut), resp in zip(jobs, responses, strict=True):
+            for (_, _, fut), resp in zip(jobs, responses, strict=True):
                 if not fut.done():
                     fut.set_result(resp)
 
+    @staticmethod
+    async def _collect_checks(
+        tickets: list[_Ticket | None],
+    ) -> list[tuple[bytes, bool] | None]:
+        """The verifier's answers for a batch (mostly in already: each was sent on arrival,
+        while the batch before was decided); ``None`` where there is none (decided inline)."""
+        pending = [fut for t in tickets if t is not None for fut in (t[1],) if not fut.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=_VERIFIER_WAIT)
+        out: list[tuple[bytes, bool] | None] = []
+        for ticket in tickets:
+            result = None
+            if ticket is not None:
+                key, fut = ticket
+                if fut.done() and fut.exception() is None:
+                    result = (key, fut.result())
+            out.append(result)
+        return out
+
     def _decide(
-        self, center: Center, requests: list[codec.Request]
+        self,
+        center: Center,
+        requests: list[codec.Request],
+        checked: list[tuple[bytes, bool] | None],
     ) -> tuple[list[AuthResponse], bool]:
         """Decide every request inside one newly opened group: ``(answers, True)`` with the
         group left open for its commit, or ``(96 for all, False)`` if it could not be decided."""
@@ -169,9 +216,9 @@ class CenterServer:
             _log.exception("cannot open a transaction for %d requests", len(requests))
             return _malfunction(len(requests)), False
         try:
-            for req in requests:
+            for req, check in zip(requests, checked, strict=True):
                 if isinstance(req, AuthRequest):
-                    out.append(center.authorize(req, now))
+                    out.append(center.authorize(req, now, check))
                 elif isinstance(req, codec.ReversalRequest):
                     out.append(
                         center.reverse(
@@ -208,9 +255,17 @@ class CenterServer:
         return answers if committed else _malfunction(len(answers))
 
     async def submit(self, req: codec.Request) -> AuthResponse:
-        fut: asyncio.Future[AuthResponse] = asyncio.get_running_loop().create_future()
-        await self._queue.put((req, fut))
-        return await fut
+        """Queue ``req`` for the next batch; its phone signature goes to the verifier now."""
+        ticket: _Ticket | None = None
+        if isinstance(req, AuthRequest) and self._verifier is not None:
+            assert self._center is not None
+            item = self._center.signature_check(req)
+            if item is not None:
+                fut = self._verifier.submit(item)
+                ticket = None if fut is None else (item.phone_key, fut)
+        answer: asyncio.Future[AuthResponse] = asyncio.get_running_loop().create_future()
+        await self._queue.put((req, ticket, answer))
+        return await answer
 
     # -- connections ----------------------------------------------------------------------------
 

@@ -409,3 +409,57 @@ def test_sigkill_mid_load_then_restart(lab: Lab) -> None:
         assert center.check_balanced()
         assert center.ledger_balance("alice-checking") == 1_500_00 - 30
         assert center.ledger_balance("carol-checking") == 250_00 - 30
+
+
+# -- signatures checked by the verifier process ---------------------------------------------------
+
+
+def _tampered(req: AuthRequest) -> AuthRequest:
+    assert req.confirmation is not None
+    bad = bytes([req.confirmation[0] ^ 0x01]) + req.confirmation[1:]
+    return AuthRequest(req.txn, req.pin_block, req.ksn, bad)
+
+
+def test_signatures_are_checked_ahead_by_the_verifier_process(server: ServerThread) -> None:
+    lab = server.lab
+    alice = cardholder(lab, "alice-phone")
+    host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
+    try:
+        # The first request makes the card's phone key known; the later ones go to the child.
+        assert host.authorize(signed(alice, TxnType.PURCHASE, 1_00, "000501"), 10).approved
+        bad = host.authorize(_tampered(signed(alice, TxnType.PURCHASE, 1_00, "000502")), 10)
+        assert bad.response_code == "63"
+        assert host.authorize(signed(alice, TxnType.PURCHASE, 1_00, "000503"), 10).approved
+    finally:
+        host.close()
+    verifier = server.server._verifier
+    assert verifier is not None and not verifier.failed
+    assert verifier.answered == 2  # the tampered one and the last one
+
+
+def test_verifier_process_killed_means_inline_checks(server: ServerThread) -> None:
+    import os
+    import signal
+
+    lab = server.lab
+    alice = cardholder(lab, "alice-phone")
+    verifier = server.server._verifier
+    assert verifier is not None
+    host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
+    try:
+        assert host.authorize(signed(alice, TxnType.PURCHASE, 1_00, "000601"), 10).approved
+        os.kill(verifier.pid, signal.SIGKILL)
+        codes = [
+            host.authorize(
+                signed(alice, TxnType.PURCHASE, 1_00, f"{602 + i:06d}"), 10
+            ).response_code
+            for i in range(3)
+        ]
+        bad = host.authorize(_tampered(signed(alice, TxnType.PURCHASE, 1_00, "000610")), 10)
+    finally:
+        host.close()
+    assert codes == ["00", "00", "00"]
+    assert bad.response_code == "63"
+    assert verifier.failed
+    with ledger(lab) as center:
+        assert center.check_balanced()
