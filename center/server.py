@@ -17,10 +17,13 @@
   the card's phone key as the center last saw it; the batch collects the answers when it is
   cut, and the decision uses one only if that key is still the card's (else, or if the child
   is gone, it verifies inline).  So the second core verifies batch N+1 while the loop decides
-  and commits batch N.
+  and commits batch N.  Requests whose answer is not in yet are decided last in their batch
+  (the order inside a batch is free: its requests were in flight together), and the answers
+  are encoded while the commit runs, to be written the moment it returns.
 * What was measured on the way (``bench center``, 16 terminals, 2 cores, interleaved runs):
   deciding on the loop thread beat a worker thread that decided (both Python-heavy, one GIL);
-  the commit on the worker thread and the verifier process each added ~7-8 %; a verifier
+  the commit on the worker thread and the verifier process each added ~7-8 % (the verifier
+  only once it ran as SCHED_BATCH: before, each wake-up preempted the loop); a verifier
   *thread* cost ~8 % (its Python parts fight the loop for the GIL at every hand-over); a
   two-task pipeline (prepare, then decide) halved the batch size and lost ~10 %: fewer,
   larger batches are what counts.
@@ -87,7 +90,9 @@ def peer_terminal_id(writer: asyncio.StreamWriter) -> str | None:
 
 #: A signature check sent to the verifier process ahead: (phone key it used, its result).
 _Ticket = tuple[bytes, "asyncio.Future[bool]"]
-_Job = tuple[codec.Request, _Ticket | None, "asyncio.Future[AuthResponse]"]
+#: Encodes the wire answer to a request (echoing its fields): ``None`` if it cannot.
+_Render = Callable[[AuthResponse], "bytes | None"]
+_Job = tuple[codec.Request, _Ticket | None, _Render, "asyncio.Future[bytes | None]"]
 
 
 class CenterServer:
@@ -169,76 +174,81 @@ class CenterServer:
                 await asyncio.sleep(0)
             while not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
-            checked = await self._collect_checks([ticket for _, ticket, _ in jobs])
-            requests = [req for req, _, _ in jobs]
-            responses, group_open = self._decide(center, requests, checked)
+            responses, group_open = await self._decide(center, jobs)
             if group_open:
                 commit = loop.run_in_executor(self._executor, center.commit_batch)
-                responses = await self._finish_commit(commit, center, responses)
+                # Encode the answers while the disk works; they leave only after the commit.
+                frames = [render(r) for (_, _, render, _), r in zip(jobs, responses, strict=True)]
+                if not await self._finish_commit(commit, center, len(jobs)):
+                    frames = [
+                        render(r)
+                        for (_, _, render, _), r in zip(jobs, _malfunction(len(jobs)), strict=True)
+                    ]
+            else:
+                frames = [render(r) for (_, _, render, _), r in zip(jobs, responses, strict=True)]
             self.batches += 1
             self.decided += len(jobs)
-            for (_, _, fut), resp in zip(jobs, responses, strict=True):
+            for (_, _, _, fut), frame in zip(jobs, frames, strict=True):
                 if not fut.done():
-                    fut.set_result(resp)
+                    fut.set_result(frame)
 
-    @staticmethod
-    async def _collect_checks(
-        tickets: list[_Ticket | None],
-    ) -> list[tuple[bytes, bool] | None]:
-        """The verifier's answers for a batch (mostly in already: each was sent on arrival,
-        while the batch before was decided); ``None`` where there is none (decided inline)."""
-        pending = [fut for t in tickets if t is not None for fut in (t[1],) if not fut.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=_VERIFIER_WAIT)
-        out: list[tuple[bytes, bool] | None] = []
-        for ticket in tickets:
-            result = None
-            if ticket is not None:
-                key, fut = ticket
-                if fut.done() and fut.exception() is None:
-                    result = (key, fut.result())
-            out.append(result)
-        return out
+    async def _decide(self, center: Center, jobs: list[_Job]) -> tuple[list[AuthResponse], bool]:
+        """Decide every job inside one newly opened group: ``(answers, True)`` with the group
+        left open for its commit, or ``(96 for all, False)`` if it could not be decided.
 
-    def _decide(
-        self,
-        center: Center,
-        requests: list[codec.Request],
-        checked: list[tuple[bytes, bool] | None],
-    ) -> tuple[list[AuthResponse], bool]:
-        """Decide every request inside one newly opened group: ``(answers, True)`` with the
-        group left open for its commit, or ``(96 for all, False)`` if it could not be decided."""
+        Requests whose signature check is still with the verifier are decided last, after
+        waiting for it (its answer usually arrives while the others are decided).  The order
+        inside a batch is free: its requests were in flight at the same time.
+        """
         now = self._clock()
-        out: list[AuthResponse] = []
+        count = len(jobs)
         try:
             center.begin_batch()
         except Exception:
-            _log.exception("cannot open a transaction for %d requests", len(requests))
-            return _malfunction(len(requests)), False
+            _log.exception("cannot open a transaction for %d requests", count)
+            return _malfunction(count), False
+        waiting = [n for n, job in enumerate(jobs) if job[1] is not None and not job[1][1].done()]
+        out: list[AuthResponse | None] = [None] * count
         try:
-            for req, check in zip(requests, checked, strict=True):
-                if isinstance(req, AuthRequest):
-                    out.append(center.authorize(req, now, check))
-                elif isinstance(req, codec.ReversalRequest):
-                    out.append(
-                        center.reverse(
-                            req.terminal_id, req.original_stan, req.original_at, req.amount
-                        )
-                    )
-                else:
-                    out.append(AuthResponse(RC.APPROVED.value))
-        except Exception:
-            _log.exception("deciding a batch of %d requests failed", len(requests))
+            later = set(waiting)
+            for n, job in enumerate(jobs):
+                if n not in later:
+                    out[n] = self._decide_one(center, job, now)
+            if waiting:
+                await asyncio.wait(
+                    [t[1] for n in waiting if (t := jobs[n][1])], timeout=_VERIFIER_WAIT
+                )
+                for n in waiting:
+                    out[n] = self._decide_one(center, jobs[n], now)
+        except asyncio.CancelledError:
             center.end_batch(committed=False)
-            return _malfunction(len(requests)), False
-        return out, True
+            raise
+        except Exception:
+            _log.exception("deciding a batch of %d requests failed", count)
+            center.end_batch(committed=False)
+            return _malfunction(count), False
+        return [a for a in out if a is not None], True
+
+    @staticmethod
+    def _decide_one(center: Center, job: _Job, now: datetime) -> AuthResponse:
+        req, ticket, _, _ = job
+        if isinstance(req, AuthRequest):
+            checked = None
+            if ticket is not None:
+                key, fut = ticket
+                if fut.done() and fut.exception() is None:  # else: verified inline
+                    checked = (key, fut.result())
+            return center.authorize(req, now, checked)
+        if isinstance(req, codec.ReversalRequest):
+            return center.reverse(req.terminal_id, req.original_stan, req.original_at, req.amount)
+        return AuthResponse(RC.APPROVED.value)
 
     async def _finish_commit(
-        self, commit: asyncio.Future[None], center: Center, answers: list[AuthResponse]
-    ) -> list[AuthResponse]:
-        """Wait for the batch's COMMIT on the worker thread: its answers, or 96 for all if it
-        failed.  If the server closes meanwhile, the commit still finishes and the group is
-        ended before the cancellation goes on, so the Center can then be closed."""
+        self, commit: asyncio.Future[None], center: Center, count: int
+    ) -> bool:
+        """Wait for the batch's COMMIT on the worker thread: True if it is durable.  If the
+        server closes meanwhile, the commit still finishes and the group is ended before the
+        cancellation goes on, so the Center can then be closed."""
         committed = False
         try:
             await asyncio.shield(commit)
@@ -250,12 +260,13 @@ class CenterServer:
             center.end_batch(committed)
             raise
         except Exception:
-            _log.exception("group commit of %d requests failed", len(answers))
+            _log.exception("group commit of %d requests failed", count)
         center.end_batch(committed)
-        return answers if committed else _malfunction(len(answers))
+        return committed
 
-    async def submit(self, req: codec.Request) -> AuthResponse:
-        """Queue ``req`` for the next batch; its phone signature goes to the verifier now."""
+    async def submit(self, req: codec.Request, render: _Render) -> bytes | None:
+        """Queue ``req`` for the next batch (its phone signature goes to the verifier now);
+        its answer as ``render`` encoded it, once the batch is committed."""
         ticket: _Ticket | None = None
         if isinstance(req, AuthRequest) and self._verifier is not None:
             assert self._center is not None
@@ -263,8 +274,8 @@ class CenterServer:
             if item is not None:
                 fut = self._verifier.submit(item)
                 ticket = None if fut is None else (item.phone_key, fut)
-        answer: asyncio.Future[AuthResponse] = asyncio.get_running_loop().create_future()
-        await self._queue.put((req, ticket, answer))
+        answer: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((req, ticket, render, answer))
         return await answer
 
     # -- connections ----------------------------------------------------------------------------
@@ -338,16 +349,18 @@ class CenterServer:
             err = codec.format_error_fields(body, "format error")
             return None if err is None else codec.encode(err)
         req_tid = req.txn.terminal_id if isinstance(req, AuthRequest) else req.terminal_id
+
+        def render(resp: AuthResponse) -> bytes | None:
+            try:
+                return codec.encode(codec.response_fields(fields, resp))
+            except SwipepayError as exc:  # an echoed field we cannot re-encode: should not be
+                _log.error("%s: cannot encode response: %s", tid, exc)
+                return None
+
         if req_tid != tid:
             _log.warning("certificate %s sent field 41 %r; refused", tid, req_tid)
-            resp = AuthResponse(RC.SECURITY_VIOLATION.value, message="field 41 mismatch")
-        else:
-            resp = await self.submit(req)
-        try:
-            return codec.encode(codec.response_fields(fields, resp))
-        except SwipepayError as exc:  # an echoed field we cannot re-encode: should not happen
-            _log.error("%s: cannot encode response: %s", tid, exc)
-            return None
+            return render(AuthResponse(RC.SECURITY_VIOLATION.value, message="field 41 mismatch"))
+        return await self.submit(req, render)
 
 
 def _malfunction(count: int) -> list[AuthResponse]:

@@ -94,6 +94,8 @@ def test_process_checks_and_fails_cleanly_when_killed() -> None:
             )
             assert results == [True, False, False, True]
             assert proc.answered == 4
+            if hasattr(os, "SCHED_BATCH"):  # Linux: the child must not preempt the event loop
+                assert os.sched_getscheduler(proc.pid) == os.SCHED_BATCH
             os.kill(proc.pid, signal.SIGKILL)
             late = proc.submit(GOOD)
             assert late is not None  # not known to be dead yet
