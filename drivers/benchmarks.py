@@ -64,6 +64,15 @@ def _peak_rss_mb(pid: int | None = None) -> float:
     return 0.0
 
 
+def _children(pid: int) -> list[int]:
+    """Child process IDs of ``pid`` (Linux ``/proc``; empty elsewhere)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
 # -- the center benchmark ------------------------------------------------------------------------
 
 
@@ -374,6 +383,8 @@ class CenterBench:
     ledger_balanced: bool
     baseline_commits_per_s: float
     center_peak_rss_mb: float
+    #: The center's child processes (its signature verifier), counted apart from the main one.
+    center_helper_peak_rss_mb: float
     load_peak_rss_mb: float
     precompute_s: float
     exhausted_terminals: int
@@ -429,6 +440,7 @@ def bench_center(
                 for _ in workers:
                     results.append(out.get(timeout=seconds + 120))
                 center_rss = _peak_rss_mb(server.pid)
+                helper_rss = sum(_peak_rss_mb(c) for c in _children(server.pid))
             finally:
                 for w in workers:
                     w.join(10)
@@ -470,6 +482,7 @@ def bench_center(
             ledger_balanced=balanced,
             baseline_commits_per_s=baseline,
             center_peak_rss_mb=center_rss,
+            center_helper_peak_rss_mb=helper_rss,
             load_peak_rss_mb=max((r.peak_rss_mb for r in results), default=0.0),
             precompute_s=max((r.precompute_s for r in results), default=0.0),
             exhausted_terminals=merged.exhausted,

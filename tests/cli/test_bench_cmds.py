@@ -31,6 +31,8 @@ def test_bench_center_tiny_run() -> None:
     for key in ("approvals_per_s", "p50_ms", "p95_ms", "p99_ms", "baseline_commits_per_s",
                 "center_peak_rss_mb", "load_peak_rss_mb"):  # fmt: skip
         assert _number(r[key]), key
+    # the center's signature verifier child is counted, apart from the server process
+    assert r["center_helper_peak_rss_mb"] > 0
     assert r["errors"] == []
     assert r["approvals"] == r["durable_approvals_in_db"] and r["ledger_balanced"] is True
     assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
