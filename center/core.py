@@ -197,19 +197,6 @@ class Center:
         """
         return self._storage.transaction()
 
-    def begin_batch(self) -> None:
-        """Group commit for a server that commits on a worker thread (see ``Storage``):
-        :meth:`begin_batch`, any number of :meth:`authorize` / :meth:`reverse` on this thread,
-        :meth:`commit_batch` on the worker, :meth:`end_batch` back here.  Responses may leave
-        only after :meth:`commit_batch` returned; if it raised, all of them must become 96."""
-        self._storage.begin_group()
-
-    def commit_batch(self) -> None:
-        self._storage.commit_group()
-
-    def end_batch(self, committed: bool) -> None:
-        self._storage.end_group(committed)
-
     # -- administration -----------------------------------------------------------------------
 
     def open_account(

@@ -2,31 +2,29 @@
 
 * TLS 1.3 only, client certificate required and issued by the lab CA; the terminal ID is the
   certificate's CN and must equal field 41 (else 63: a terminal cannot speak for another).
-* The event-loop thread decides; a worker thread commits.  Requests go to a queue; the batcher
-  lets every request that is already readable reach the queue, decides them all inside one
-  storage transaction (each request its own savepoint) on the loop thread, the only user of
-  the SQLite connection, and hands the single ``COMMIT`` (the fsync) to the worker thread,
-  which holds no GIL while the disk works, so the loop goes on reading and parsing the next
-  requests meanwhile.  Only then are the responses released (group commit: never a response
-  before its commit; one fsync per batch, not per transaction).  If the commit fails, every
-  response of the batch becomes 96 and nothing of it stays.  The next batch is decided only
-  after the previous one is committed or rolled back, so every decision sees the durable state
-  of every earlier answer.
+* The event-loop thread decides and commits; it is the only user of the SQLite connection.
+  Requests go to a queue; the batcher lets every request that is already readable reach the
+  queue, decides them all inside one ``center.batch()`` (each request its own savepoint),
+  commits once, and only then releases the responses (group commit: never a response before
+  its commit; one fsync per batch, not per transaction).  If the commit fails, every response
+  of the batch becomes 96 and nothing of it stays.  The next batch is decided only after the
+  previous one is committed or rolled back, so every decision sees the durable state of every
+  earlier answer.  The loop is blocked for the commit's fsync (~0.5 ms for ~8 requests).
 * The phone's ECDSA signature, the largest piece of work that needs no database state, is
   checked in a child process (:mod:`center.verifier`) as soon as the request arrives, against
-  the card's phone key as the center last saw it; the batch collects the answers when it is
-  cut, and the decision uses one only if that key is still the card's (else, or if the child
-  is gone, it verifies inline).  So the second core verifies batch N+1 while the loop decides
-  and commits batch N.  Requests whose answer is not in yet are decided last in their batch
-  (the order inside a batch is free: its requests were in flight together), and the answers
-  are encoded while the commit runs, to be written the moment it returns.
-* What was measured on the way (``bench center``, 16 terminals, 2 cores, interleaved runs):
-  deciding on the loop thread beat a worker thread that decided (both Python-heavy, one GIL);
-  the commit on the worker thread and the verifier process each added ~7-8 % (the verifier
-  only once it ran as SCHED_BATCH: before, each wake-up preempted the loop); a verifier
-  *thread* cost ~8 % (its Python parts fight the loop for the GIL at every hand-over); a
-  two-task pipeline (prepare, then decide) halved the batch size and lost ~10 %: fewer,
-  larger batches are what counts.
+  the card's phone key as the center last saw it; the decision uses the answer only if that
+  key is still the card's (else, or if the child is gone, it verifies inline).  So the second
+  core verifies the next batch while the loop decides and commits this one.  Requests whose
+  answer is not in yet when the batch is cut are decided last in it, after waiting for it
+  (the order inside a batch is free: its requests were in flight together).
+* What was measured on the way (``bench center``, 16 terminals, 2 cores, interleaved A/B runs
+  of 10-15 s; the machine's own run-to-run spread is ~5-10 %): deciding on the loop thread beat
+  a worker thread that decided (both Python-heavy, one GIL); the verifier process added ~8 %,
+  but only once it ran as SCHED_BATCH (before, each wake-up preempted the loop); a verifier
+  *thread* lost ~8 % (its Python parts fight the loop for the GIL at every hand-over);
+  committing on a worker thread helped while the loop also verified, and lost ~7 % once the
+  verifier took that work (GIL hand-overs around every commit); a two-task pipeline (prepare,
+  then decide) halved the batch size and lost ~10 %: fewer, larger batches are what counts.
 * Bad input (length prefix, truncated/oversize frame, undecodable body, unknown MTI, missing
   fields) gets a field-39 = 30 answer when the MTI is known, else the connection is closed; it is
   logged and never reaches the ledger.  Idle and slow clients are timed out, connections capped.
@@ -35,7 +33,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Callable
@@ -90,9 +87,7 @@ def peer_terminal_id(writer: asyncio.StreamWriter) -> str | None:
 
 #: A signature check sent to the verifier process ahead: (phone key it used, its result).
 _Ticket = tuple[bytes, "asyncio.Future[bool]"]
-#: Encodes the wire answer to a request (echoing its fields): ``None`` if it cannot.
-_Render = Callable[[AuthResponse], "bytes | None"]
-_Job = tuple[codec.Request, _Ticket | None, _Render, "asyncio.Future[bytes | None]"]
+_Job = tuple[codec.Request, _Ticket | None, "asyncio.Future[AuthResponse]"]
 
 
 class CenterServer:
@@ -111,7 +106,7 @@ class CenterServer:
         self._ssl = ssl_context
         self.limits = limits or ServerLimits()
         self._clock = clock
-        #: Opens, commits and closes the Center (one thread: commits never overlap).
+        #: Opens and closes the Center (a SQLite open may wait for another process's lock).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="center")
         self._center: Center | None = None
         self._use_verifier = use_verifier
@@ -147,7 +142,7 @@ class CenterServer:
             self._server.close()
         if self._batcher is not None:
             self._batcher.cancel()
-            # A batch being committed finishes (and ends its group) before the Center closes.
+            # A batch waiting for the verifier rolls back before the Center closes.
             await asyncio.gather(self._batcher, return_exceptions=True)
         center = self._center
         if center is not None:
@@ -159,7 +154,6 @@ class CenterServer:
     # -- group commit ---------------------------------------------------------------------------
 
     async def _run_batches(self) -> None:
-        loop = asyncio.get_running_loop()
         center = self._center
         assert center is not None
         while True:
@@ -174,64 +168,44 @@ class CenterServer:
                 await asyncio.sleep(0)
             while not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
-            responses, group_open = await self._decide(center, jobs)
-            if group_open:
-                commit = loop.run_in_executor(self._executor, center.commit_batch)
-                # Encode the answers while the disk works; they leave only after the commit.
-                frames = [render(r) for (_, _, render, _), r in zip(jobs, responses, strict=True)]
-                if not await self._finish_commit(commit, center, len(jobs)):
-                    frames = [
-                        render(r)
-                        for (_, _, render, _), r in zip(jobs, _malfunction(len(jobs)), strict=True)
-                    ]
-            else:
-                frames = [render(r) for (_, _, render, _), r in zip(jobs, responses, strict=True)]
+            responses = await self._decide(center, jobs)
             self.batches += 1
             self.decided += len(jobs)
-            for (_, _, _, fut), frame in zip(jobs, frames, strict=True):
+            for (_, _, fut), resp in zip(jobs, responses, strict=True):
                 if not fut.done():
-                    fut.set_result(frame)
+                    fut.set_result(resp)
 
-    async def _decide(self, center: Center, jobs: list[_Job]) -> tuple[list[AuthResponse], bool]:
-        """Decide every job inside one newly opened group: ``(answers, True)`` with the group
-        left open for its commit, or ``(96 for all, False)`` if it could not be decided.
+    async def _decide(self, center: Center, jobs: list[_Job]) -> list[AuthResponse]:
+        """Decide every job in one storage transaction and commit it (on the loop thread): the
+        answers, or 96 for all if the batch could not be decided or committed.
 
         Requests whose signature check is still with the verifier are decided last, after
-        waiting for it (its answer usually arrives while the others are decided).  The order
-        inside a batch is free: its requests were in flight at the same time.
+        waiting for it (its answer usually arrives while the others are decided).
         """
         now = self._clock()
         count = len(jobs)
-        try:
-            center.begin_batch()
-        except Exception:
-            _log.exception("cannot open a transaction for %d requests", count)
-            return _malfunction(count), False
-        waiting = [n for n, job in enumerate(jobs) if job[1] is not None and not job[1][1].done()]
+        waiting = [n for n, (_, t, _) in enumerate(jobs) if t is not None and not t[1].done()]
         out: list[AuthResponse | None] = [None] * count
         try:
-            later = set(waiting)
-            for n, job in enumerate(jobs):
-                if n not in later:
-                    out[n] = self._decide_one(center, job, now)
-            if waiting:
-                await asyncio.wait(
-                    [t[1] for n in waiting if (t := jobs[n][1])], timeout=_VERIFIER_WAIT
-                )
-                for n in waiting:
-                    out[n] = self._decide_one(center, jobs[n], now)
-        except asyncio.CancelledError:
-            center.end_batch(committed=False)
-            raise
+            # Awaiting inside the transaction is safe: no other coroutine touches the storage.
+            with center.batch():
+                later = set(waiting)
+                for n, job in enumerate(jobs):
+                    if n not in later:
+                        out[n] = self._decide_one(center, job, now)
+                if waiting:
+                    pending = [t[1] for n in waiting if (t := jobs[n][1]) is not None]
+                    await asyncio.wait(pending, timeout=_VERIFIER_WAIT)
+                    for n in waiting:
+                        out[n] = self._decide_one(center, jobs[n], now)
         except Exception:
-            _log.exception("deciding a batch of %d requests failed", count)
-            center.end_batch(committed=False)
-            return _malfunction(count), False
-        return [a for a in out if a is not None], True
+            _log.exception("group commit of %d requests failed", count)
+            return _malfunction(count)
+        return [a for a in out if a is not None]
 
     @staticmethod
     def _decide_one(center: Center, job: _Job, now: datetime) -> AuthResponse:
-        req, ticket, _, _ = job
+        req, ticket, _ = job
         if isinstance(req, AuthRequest):
             checked = None
             if ticket is not None:
@@ -243,30 +217,9 @@ class CenterServer:
             return center.reverse(req.terminal_id, req.original_stan, req.original_at, req.amount)
         return AuthResponse(RC.APPROVED.value)
 
-    async def _finish_commit(
-        self, commit: asyncio.Future[None], center: Center, count: int
-    ) -> bool:
-        """Wait for the batch's COMMIT on the worker thread: True if it is durable.  If the
-        server closes meanwhile, the commit still finishes and the group is ended before the
-        cancellation goes on, so the Center can then be closed."""
-        committed = False
-        try:
-            await asyncio.shield(commit)
-            committed = True
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await commit
-                committed = True
-            center.end_batch(committed)
-            raise
-        except Exception:
-            _log.exception("group commit of %d requests failed", count)
-        center.end_batch(committed)
-        return committed
-
-    async def submit(self, req: codec.Request, render: _Render) -> bytes | None:
+    async def submit(self, req: codec.Request) -> AuthResponse:
         """Queue ``req`` for the next batch (its phone signature goes to the verifier now);
-        its answer as ``render`` encoded it, once the batch is committed."""
+        its answer once the batch is committed."""
         ticket: _Ticket | None = None
         if isinstance(req, AuthRequest) and self._verifier is not None:
             assert self._center is not None
@@ -274,8 +227,8 @@ class CenterServer:
             if item is not None:
                 fut = self._verifier.submit(item)
                 ticket = None if fut is None else (item.phone_key, fut)
-        answer: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((req, ticket, render, answer))
+        answer: asyncio.Future[AuthResponse] = asyncio.get_running_loop().create_future()
+        await self._queue.put((req, ticket, answer))
         return await answer
 
     # -- connections ----------------------------------------------------------------------------
@@ -349,18 +302,16 @@ class CenterServer:
             err = codec.format_error_fields(body, "format error")
             return None if err is None else codec.encode(err)
         req_tid = req.txn.terminal_id if isinstance(req, AuthRequest) else req.terminal_id
-
-        def render(resp: AuthResponse) -> bytes | None:
-            try:
-                return codec.encode(codec.response_fields(fields, resp))
-            except SwipepayError as exc:  # an echoed field we cannot re-encode: should not be
-                _log.error("%s: cannot encode response: %s", tid, exc)
-                return None
-
         if req_tid != tid:
             _log.warning("certificate %s sent field 41 %r; refused", tid, req_tid)
-            return render(AuthResponse(RC.SECURITY_VIOLATION.value, message="field 41 mismatch"))
-        return await self.submit(req, render)
+            resp = AuthResponse(RC.SECURITY_VIOLATION.value, message="field 41 mismatch")
+        else:
+            resp = await self.submit(req)
+        try:
+            return codec.encode(codec.response_fields(fields, resp))
+        except SwipepayError as exc:  # an echoed field we cannot re-encode: should not happen
+            _log.error("%s: cannot encode response: %s", tid, exc)
+            return None
 
 
 def _malfunction(count: int) -> list[AuthResponse]:

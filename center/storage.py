@@ -113,24 +113,6 @@ class Storage(Protocol):
         """Context manager: outermost = one durable transaction, nested = savepoint."""
         ...
 
-    def begin_group(self) -> None:
-        """Open the outermost transaction of a group commit whose COMMIT runs elsewhere.
-
-        For a server that must not wait for the disk on its own thread: ``begin_group()``, any
-        number of ``transaction()`` blocks (savepoints), then ``commit_group()`` on a worker
-        thread while the opening thread does not touch the storage, then ``end_group()`` back
-        on the opening thread.
-        """
-        ...
-
-    def commit_group(self) -> None:
-        """COMMIT the group (the only call allowed from another thread while it is open)."""
-        ...
-
-    def end_group(self, committed: bool) -> None:
-        """Close the group: after a failed or skipped commit everything of it is rolled back."""
-        ...
-
     def close(self) -> None: ...
 
     # accounts and ledger
@@ -270,7 +252,6 @@ class SQLiteStorage:
         self._depth = 0
         self._accounts: dict[str, AccountRecord] = {}
         self._terminals: dict[str, TerminalRecord] = {}
-        self._committing = False
         # isolation_level=None: no implicit BEGINs; this class issues every BEGIN/COMMIT itself.
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -298,8 +279,6 @@ class SQLiteStorage:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        if self._committing:
-            raise LocalError("storage used while its group commit is running")
         with self._lock:
             depth = self._depth
             savepoint = f"sp{depth}"
@@ -321,42 +300,11 @@ class SQLiteStorage:
                 self._db.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
             except BaseException:
                 self._forget_cached()
-                raise
-
-    def begin_group(self) -> None:
-        self._lock.acquire()
-        if self._depth:
-            self._lock.release()
-            raise LocalError("begin_group() inside a transaction")
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self._lock.release()
-            raise
-        self._depth = 1
-
-    def commit_group(self) -> None:
-        if self._depth != 1:
-            raise LocalError("commit_group() without an open group (or inside a savepoint)")
-        self._committing = True
-        try:
-            self._db.execute("COMMIT")
-        finally:
-            self._committing = False
-
-    def end_group(self, committed: bool) -> None:
-        if self._depth != 1:
-            raise LocalError("end_group() without an open group")
-        try:
-            # A COMMIT that failed may or may not have rolled back by itself (SQLite does for
-            # I/O errors, not for SQLITE_BUSY): make sure nothing of the group stays open.
-            if not committed:
-                self._forget_cached()
-                if self._db.in_transaction:
+                # A failed COMMIT may or may not have rolled back by itself (SQLite does for
+                # I/O errors, not for SQLITE_BUSY): make sure nothing of it stays open.
+                if depth == 0 and self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-        finally:
-            self._depth = 0
-            self._lock.release()
+                raise
 
     def _forget_cached(self) -> None:
         self._accounts.clear()

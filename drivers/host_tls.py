@@ -59,9 +59,7 @@ class ReversalQueue:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
-        # Switching to WAL needs the file to itself: only the first opener does it.
-        if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            self._db.execute("PRAGMA journal_mode = WAL")
+        self._use_wal()
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS reversals (id INTEGER PRIMARY KEY, body BLOB NOT NULL, "
@@ -72,6 +70,20 @@ class ReversalQueue:
             if column not in columns:
                 with contextlib.suppress(sqlite3.OperationalError):  # added meanwhile
                     self._db.execute(f"ALTER TABLE reversals ADD COLUMN {column} TEXT")
+
+    def _use_wal(self) -> None:
+        """Switch the file to WAL.  That needs the file to itself, and SQLite's busy handler
+        does not cover it: two terminals' hosts opening a fresh queue at the same moment got
+        "database is locked".  Only the first opener switches; the others wait for it."""
+        for attempt in range(200):
+            try:
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                    return
+                self._db.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError:
+                if attempt == 199:
+                    raise
+                time.sleep(0.01)
 
     def push(self, body: bytes) -> int:
         """Queue ``body`` to be sent on the next connection."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
@@ -113,76 +112,47 @@ def test_card_record_repr_hides_pin_verification_data() -> None:
     assert "xaa" not in repr(card)
 
 
-# -- group commit with the COMMIT on another thread ---------------------------------------------
+# -- a COMMIT that fails -----------------------------------------------------------------------
 
 
 def _terminal(tid: str, account_id: str) -> TerminalRecord:
     return TerminalRecord(tid, "M1", "Shop", "pos", account_id)
 
 
-def test_group_committed_on_another_thread_is_durable(tmp_path: Path) -> None:
-    first = SQLiteStorage(tmp_path / "s.db")
-    first.begin_group()
-    with first.transaction():  # a savepoint inside the group
-        first.insert_account(account("A"))
-    with pytest.raises(LocalError):
-        first.begin_group()  # no group inside a group
-    worker = threading.Thread(target=first.commit_group)
-    worker.start()
-    worker.join(10)
-    first.end_group(committed=True)
-    second = SQLiteStorage(tmp_path / "s.db")
-    assert second.get_account("A") == account("A")
-    with first.transaction():  # the storage is usable again afterwards
-        first.insert_account(account("B"))
-    first.close()
-    second.close()
+class _CommitFailsAndStaysOpen:
+    """A COMMIT that raises and leaves the transaction open, as SQLITE_BUSY does."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.failed = 0
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT" and not self.failed:
+            self.failed += 1
+            raise sqlite3.OperationalError("database is locked")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
 
 
-def test_group_whose_commit_failed_leaves_nothing_and_no_cached_rows(
-    storage: SQLiteStorage,
-) -> None:
+def test_failed_commit_leaves_nothing_open_and_nothing_cached(storage: SQLiteStorage) -> None:
     with storage.transaction():
         storage.insert_account(account("T"))
-    storage.begin_group()
-    storage.insert_account(account("A"))
-    storage.insert_terminal(_terminal("T0000001", "T"))
-    assert storage.get_account("A") is not None
-    assert storage.get_terminal("T0000001") is not None  # now cached
-    storage.end_group(committed=False)  # e.g. commit_group raised: the disk failed
+    real = storage._db
+    storage._db = _CommitFailsAndStaysOpen(real)  # type: ignore[assignment]
+    with pytest.raises(sqlite3.OperationalError), storage.transaction():
+        storage.insert_account(account("A"))
+        storage.insert_terminal(_terminal("T0000001", "T"))
+        assert storage.get_terminal("T0000001") is not None  # cached from here on
+    storage._db = real
+    assert not real.in_transaction  # rolled back, not left open
     with storage.transaction():
         assert storage.get_account("A") is None
-        assert storage.get_terminal("T0000001") is None
-
-
-def test_storage_refuses_use_while_its_group_commits(storage: SQLiteStorage) -> None:
-    seen: list[Exception] = []
-    storage.begin_group()
-    storage.insert_account(account("A"))
-    real_db = storage._db
-
-    class SlowCommit:
-        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
-            if sql == "COMMIT":
-                try:
-                    with storage.transaction():
-                        pass
-                except LocalError as exc:
-                    seen.append(exc)
-            return real_db.execute(sql, *args)
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(real_db, name)
-
-    storage._db = SlowCommit()  # type: ignore[assignment]
-    storage.commit_group()
-    storage._db = real_db
-    storage.end_group(committed=True)
-    assert len(seen) == 1 and "group commit" in str(seen[0])
-    with pytest.raises(LocalError):
-        storage.commit_group()  # no open group
-    with pytest.raises(LocalError):
-        storage.end_group(committed=True)
+        assert storage.get_terminal("T0000001") is None  # the cache forgot it too
+        storage.insert_account(account("B"))  # and the storage is usable again
+    with storage.transaction():
+        assert storage.get_account("B") == account("B")
 
 
 def test_balance_and_holds_in_one_query(storage: SQLiteStorage) -> None:

@@ -14,7 +14,7 @@ import pytest
 from center import iso8583 as codec
 from center.lab import Lab
 from center.server import server_context
-from drivers.host_tls import TlsHost
+from drivers.host_tls import ReversalQueue, TlsHost
 from firmware_sim.errors import LinkTimeout
 from firmware_sim.transaction import TxnType
 from tests.center.test_server import (
@@ -209,3 +209,25 @@ def test_unsettled_approval_of_a_dead_terminal_is_reversed_by_the_next_one(
     with ledger(lab) as center:
         assert center.ledger_balance(alice.account) == 1_500_00
         assert center.check_balanced()
+
+
+def test_hosts_opening_a_fresh_reversal_queue_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two load threads of one terminal once got "database is locked" switching it to WAL."""
+    errors: list[BaseException] = []
+    for n in range(40):
+        path = tmp_path / f"q{n}" / "reversals.db"
+        barrier = threading.Barrier(3)
+
+        def open_queue(path: Path = path, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait(10)
+            try:
+                ReversalQueue(path).close()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_queue) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert errors == []
