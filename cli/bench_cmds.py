@@ -84,7 +84,7 @@ def center(
             ("duration", f"{r.seconds:g} s"),
             ("requests", str(r.requests)),
             ("approvals", f"{r.approvals} ({mix})"),
-            ("approvals/s", f"{r.approvals_per_s:.0f}"),
+            ("approvals/s", f"{r.approvals_per_s:.0f} (slowest second: {r.slowest_second})"),
             ("latency p50", _ms(r.p50_ms)),
             ("latency p95", _ms(r.p95_ms)),
             ("latency p99", _ms(r.p99_ms)),

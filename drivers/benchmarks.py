@@ -220,6 +220,8 @@ class LoadResult:
     """What one load-generator process measured."""
 
     latencies_ms: list[float] = field(default_factory=list)
+    #: Whole seconds since the start at which each approval arrived (for the per-second rate).
+    approval_seconds: Counter[int] = field(default_factory=Counter)
     codes: Counter[str] = field(default_factory=Counter)
     by_type: Counter[str] = field(default_factory=Counter)
     exhausted: int = 0  # terminals that ran out of precomputed requests before the end
@@ -258,6 +260,7 @@ async def _drive(
                 result.codes[rc] += 1
                 if rc == "00":
                     result.by_type[kind] += 1
+                    result.approval_seconds[int(time.time() - start_at)] += 1
             result.exhausted += 1
         finally:
             writer.close()
@@ -374,6 +377,8 @@ class CenterBench:
     requests: int
     approvals: int
     approvals_per_s: float
+    #: Approvals in the slowest whole second of the run (sustained, not just on average).
+    slowest_second: int
     p50_ms: float
     p95_ms: float
     p99_ms: float
@@ -449,6 +454,7 @@ def bench_center(
         merged = LoadResult()
         for r in results:
             merged.latencies_ms += r.latencies_ms
+            merged.approval_seconds.update(r.approval_seconds)
             merged.codes.update(r.codes)
             merged.by_type.update(r.by_type)
             merged.exhausted += r.exhausted
@@ -473,6 +479,9 @@ def bench_center(
             requests=len(merged.latencies_ms),
             approvals=approvals,
             approvals_per_s=approvals / seconds,
+            slowest_second=min(
+                (merged.approval_seconds.get(n, 0) for n in range(int(seconds))), default=0
+            ),
             p50_ms=percentile(merged.latencies_ms, 50),
             p95_ms=percentile(merged.latencies_ms, 95),
             p99_ms=percentile(merged.latencies_ms, 99),
