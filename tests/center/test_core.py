@@ -226,6 +226,33 @@ def test_user_declined_confirmation_is_63(world: World) -> None:
     assert code(world, req) == "63"
 
 
+def test_a_check_done_ahead_counts_only_for_the_enrolled_key(world: World) -> None:
+    """A signature verified elsewhere (the server's verifier process) is bound to the key it was
+    verified with: a result for another key is ignored and the signature checked again."""
+    enrolled = encode_point(world.phone.key.public_key())
+    other = encode_point(generate_key().public_key())
+    forged = world.phone.request(world.txn(P, 90_00), signed_amount=9_00)
+    # "verifies" under some other key: ignored, checked again under the enrolled key -> 63
+    assert world.center.authorize(forged, NOW, (other, True)).response_code == "63"
+    # the enrolled key's result is what counts, either way
+    assert (
+        world.center.authorize(world.signed(P, 1_00), NOW, (enrolled, False)).response_code == "63"
+    )
+    approve_code = world.center.authorize(
+        world.signed(P, 1_00), NOW, (enrolled, True)
+    ).response_code
+    assert approve_code == "00"
+
+
+def test_signature_check_ahead_needs_the_cards_key_seen_once(world: World) -> None:
+    first = world.signed(P, 1_00)
+    assert world.center.signature_check(first) is None  # key not known before a decision
+    approve(world, first)
+    item = world.center.signature_check(world.signed(P, 1_00))
+    assert item is not None and item.phone_key == encode_point(world.phone.key.public_key())
+    assert world.center.signature_check(world.signed(TxnType.COMPLETION, 1_00)) is None
+
+
 def test_garbage_pin_block_is_63(world: World) -> None:
     req = world.phone.request(world.txn(P, 5_00), pin_block=bytes(range(16)))
     assert code(world, req) == "63"
