@@ -91,7 +91,9 @@ _Job = tuple[codec.Request, _Ticket | None, "asyncio.Future[AuthResponse]"]
 
 
 class CenterServer:
-    """Owns the worker thread, the batcher and the listening socket."""
+    """Owns the Center (opened and closed on a helper thread), the signature verifier process,
+    the batcher and the listening socket.  ``use_verifier=False`` verifies every signature on
+    the event loop instead (no child process)."""
 
     def __init__(
         self,
@@ -333,7 +335,9 @@ async def serve_forever(
         await server.close()
 
 
-def lab_server(home: Path, limits: ServerLimits | None = None) -> CenterServer:
+def lab_server(
+    home: Path, limits: ServerLimits | None = None, *, use_verifier: bool = True
+) -> CenterServer:
     """A server for the lab at ``home``: its CA, center certificate, keys and database."""
     from center.lab import Lab
 
@@ -342,4 +346,6 @@ def lab_server(home: Path, limits: ServerLimits | None = None) -> CenterServer:
     ctx = server_context(
         home / "ca" / "ca.crt", home / "center" / "center.crt", home / "center" / "center.key"
     )
-    return CenterServer(lambda: Center.open(lab.db_path, keys), ctx, limits)
+    return CenterServer(
+        lambda: Center.open(lab.db_path, keys), ctx, limits, use_verifier=use_verifier
+    )

@@ -76,9 +76,11 @@ def signed(who: Cardholder, type_: TxnType, amount: int, stan: str, **kw: Any) -
 class ServerThread:
     """A CenterServer on its own event loop thread (the test stays synchronous)."""
 
-    def __init__(self, lab: Lab, limits: ServerLimits | None = None) -> None:
+    def __init__(
+        self, lab: Lab, limits: ServerLimits | None = None, *, use_verifier: bool = True
+    ) -> None:
         self.lab = lab
-        self.server: CenterServer = lab_server(lab.root, limits)
+        self.server: CenterServer = lab_server(lab.root, limits, use_verifier=use_verifier)
         self.loop = asyncio.new_event_loop()
         self.port = 0
         started = threading.Event()
@@ -463,3 +465,24 @@ def test_verifier_process_killed_means_inline_checks(server: ServerThread) -> No
     assert verifier.failed
     with ledger(lab) as center:
         assert center.check_balanced()
+
+
+def test_without_verifier_process_signatures_are_checked_inline(lab: Lab) -> None:
+    server = ServerThread(lab, use_verifier=False)
+    try:
+        assert server.server._verifier is None
+        alice = cardholder(lab, "alice-phone")
+        host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
+        try:
+            codes = [
+                host.authorize(
+                    signed(alice, TxnType.PURCHASE, 1_00, f"{701 + i:06d}"), 10
+                ).response_code
+                for i in range(2)
+            ]
+            bad = host.authorize(_tampered(signed(alice, TxnType.PURCHASE, 1_00, "000710")), 10)
+        finally:
+            host.close()
+        assert codes == ["00", "00"] and bad.response_code == "63"
+    finally:
+        server.stop()
