@@ -13,7 +13,8 @@
 * The phone's ECDSA signature, the largest piece of work that needs no database state, is
   checked in a child process (:mod:`center.verifier`) as soon as the request arrives, against
   the card's phone key as the center last saw it; the decision uses the answer only if that
-  key is still the card's (else, or if the child is gone, it verifies inline).  So the second
+  key is still the card's (else, or if the child is gone or kept a batch waiting a second, it
+  verifies inline).  So the second
   core verifies the next batch while the loop decides and commits this one.  Requests whose
   answer is not in yet when the batch is cut are decided last in it, after waiting for it
   (the order inside a batch is free: its requests were in flight together).
@@ -197,7 +198,9 @@ class CenterServer:
                         out[n] = self._decide_one(center, job, now)
                 if waiting:
                     pending = [t[1] for n in waiting if (t := jobs[n][1]) is not None]
-                    await asyncio.wait(pending, timeout=_VERIFIER_WAIT)
+                    _, late = await asyncio.wait(pending, timeout=_VERIFIER_WAIT)
+                    if late and self._verifier is not None:
+                        self._verifier.give_up(f"no answer within {_VERIFIER_WAIT} s")
                     for n in waiting:
                         out[n] = self._decide_one(center, jobs[n], now)
         except Exception:

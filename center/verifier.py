@@ -17,8 +17,9 @@ processes, never the network)::
 
 Only public data crosses it: enrolled public keys, digests and signatures.  The child checks
 with :func:`check`, the very function the center uses inline, so a result from either place
-means the same.  If the child is gone or answers nonsense, :class:`VerifierProcess` fails every
-open check and refuses new ones, and the center verifies inline again.
+means the same.  If the child is gone, answers nonsense or keeps a batch waiting longer than the
+server allows (:meth:`VerifierProcess.give_up`), every open check fails, new ones are refused,
+and the center verifies inline again for the rest of its run (it does not restart the child).
 """
 
 from __future__ import annotations
@@ -240,6 +241,13 @@ class VerifierProcess:
                         fut.set_result(ok)
         except (OSError, EOFError, DecodeError) as exc:
             self._fail(exc)
+
+    def give_up(self, why: str) -> None:
+        """Stop using a child that does not answer in time (hung, or starved): every open check
+        fails now, later ones are verified inline, and the child is killed."""
+        self._fail(TimeoutError(why))
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.kill()
 
     def _fail(self, exc: BaseException) -> None:
         if not self.failed:

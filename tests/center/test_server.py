@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import threading
@@ -486,3 +487,32 @@ def test_without_verifier_process_signatures_are_checked_inline(lab: Lab) -> Non
         assert codes == ["00", "00"] and bad.response_code == "63"
     finally:
         server.stop()
+
+
+def test_hung_verifier_process_is_given_up_after_one_wait(server: ServerThread) -> None:
+    import os
+    import signal
+
+    lab = server.lab
+    alice = cardholder(lab, "alice-phone")
+    verifier = server.server._verifier
+    assert verifier is not None
+    host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
+    try:
+        assert host.authorize(signed(alice, TxnType.PURCHASE, 1_00, "000801"), 10).approved
+        os.kill(verifier.pid, signal.SIGSTOP)  # alive but never answers
+        try:
+            codes = [
+                host.authorize(
+                    signed(alice, TxnType.PURCHASE, 1_00, f"{802 + i:06d}"), 10
+                ).response_code
+                for i in range(3)
+            ]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(verifier.pid, signal.SIGCONT)
+        bad = host.authorize(_tampered(signed(alice, TxnType.PURCHASE, 1_00, "000810")), 10)
+    finally:
+        host.close()
+    assert codes == ["00", "00", "00"] and bad.response_code == "63"
+    assert verifier.failed  # given up after the first wait; the rest were checked inline
