@@ -294,13 +294,14 @@ class Center:
         return _signature_check(req, phone_key)
 
     def authorize(
-        self, req: AuthRequest, now: datetime, checked: tuple[bytes, bool] | None = None
+        self, req: AuthRequest, now: datetime, checked: tuple[SignatureCheck, bool] | None = None
     ) -> AuthResponse:
         """Decide one request (checks in the module docstring's order); record it durably.
 
-        ``checked`` is ``(phone key, verifies?)`` of :meth:`signature_check`'s item for this
-        very request if the caller had it verified ahead; it is used only if that key is still
-        the card's enrolled one, and the checks still run in the documented order.
+        ``checked`` is ``(item, verifies?)`` for :meth:`signature_check`'s item if the caller had
+        it verified ahead.  It counts only if the item is exactly the check this decision needs
+        (the card's enrolled key, this request's digest and signature); the checks still run in
+        the documented order.
         """
         txn = req.txn
         key = MessageKey(txn.terminal_id, txn.stan, txn.transmitted_at)
@@ -352,7 +353,7 @@ class Center:
         req: AuthRequest,
         key: MessageKey,
         now: datetime,
-        checked: tuple[bytes, bool] | None,
+        checked: tuple[SignatureCheck, bool] | None,
     ) -> _Outcome:
         account_id: str | None = None
         try:
@@ -408,7 +409,7 @@ class Center:
             raise _Declined(RC.INVALID_TRANSACTION, "currency not supported for this account")
 
     def _verify_phone(
-        self, req: AuthRequest, card: CardRecord, checked: tuple[bytes, bool] | None = None
+        self, req: AuthRequest, card: CardRecord, checked: tuple[SignatureCheck, bool] | None = None
     ) -> None:
         """KSN, confirmation signature and PIN (method steps 5-7); raises :class:`_Declined`."""
         txn = req.txn
@@ -422,11 +423,13 @@ class Center:
             raise _Declined(RC.SECURITY_VIOLATION, "KSN does not belong to this card's phone")
         if counter <= card.last_ksn_counter:
             raise _Declined(RC.SECURITY_VIOLATION, "KSN counter replayed")
-        if checked is not None and checked[0] == card.phone_key:
+        item = _signature_check(req, card.phone_key)
+        if item is None:
+            verifies = False
+        elif checked is not None and checked[0] == item:  # same key, digest and signature
             verifies = checked[1]
         else:
-            item = _signature_check(req, card.phone_key)
-            verifies = item is not None and verifier.check(item)
+            verifies = verifier.check(item)
         if not verifies:
             raise _Declined(RC.SECURITY_VIOLATION, "phone confirmation does not verify")
 

@@ -12,9 +12,10 @@
   earlier answer.  The loop is blocked for the commit's fsync (~0.5 ms for ~8 requests).
 * The phone's ECDSA signature, the largest piece of work that needs no database state, is
   checked in a child process (:mod:`center.verifier`) as soon as the request arrives, against
-  the card's phone key as the center last saw it; the decision uses the answer only if that
-  key is still the card's (else, or if the child is gone or kept a batch waiting a second, it
-  verifies inline).  So the second
+  the card's phone key as the center last saw it; the decision uses the answer only if it is
+  for exactly the check it needs (the card's enrolled key, this request's digest and
+  signature), else, or if the child is gone or kept a batch waiting a second, it verifies
+  inline.  So the second
   core verifies the next batch while the loop decides and commits this one.  Requests whose
   answer is not in yet when the batch is cut are decided last in it, after waiting for it
   (the order inside a batch is free: its requests were in flight together).
@@ -46,7 +47,7 @@ from typing import Any
 from center import iso8583 as codec
 from center.core import Center
 from center.response_codes import RC
-from center.verifier import VerifierProcess
+from center.verifier import SignatureCheck, VerifierProcess
 from firmware_sim.errors import DecodeError, SwipepayError
 from firmware_sim.hostmsg import AuthRequest, AuthResponse
 
@@ -86,8 +87,8 @@ def peer_terminal_id(writer: asyncio.StreamWriter) -> str | None:
     return None
 
 
-#: A signature check sent to the verifier process ahead: (phone key it used, its result).
-_Ticket = tuple[bytes, "asyncio.Future[bool]"]
+#: A signature check sent to the verifier process ahead, and its result.
+_Ticket = tuple[SignatureCheck, "asyncio.Future[bool]"]
 _Job = tuple[codec.Request, _Ticket | None, "asyncio.Future[AuthResponse]"]
 
 
@@ -214,9 +215,9 @@ class CenterServer:
         if isinstance(req, AuthRequest):
             checked = None
             if ticket is not None:
-                key, fut = ticket
+                item, fut = ticket
                 if fut.done() and fut.exception() is None:  # else: verified inline
-                    checked = (key, fut.result())
+                    checked = (item, fut.result())
             return center.authorize(req, now, checked)
         if isinstance(req, codec.ReversalRequest):
             return center.reverse(req.terminal_id, req.original_stan, req.original_at, req.amount)
@@ -231,7 +232,7 @@ class CenterServer:
             item = self._center.signature_check(req)
             if item is not None:
                 fut = self._verifier.submit(item)
-                ticket = None if fut is None else (item.phone_key, fut)
+                ticket = None if fut is None else (item, fut)
         answer: asyncio.Future[AuthResponse] = asyncio.get_running_loop().create_future()
         await self._queue.put((req, ticket, answer))
         return await answer

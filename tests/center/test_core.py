@@ -13,6 +13,7 @@ import pytest
 from center.core import AuthRequest, Center
 from center.keystore import CenterKeys
 from center.storage import MessageKey, SQLiteStorage
+from center.verifier import SignatureCheck
 from firmware_sim.confirmation import Decision
 from firmware_sim.dukpt import DukptDevice, derive_initial_key
 from firmware_sim.ecc import encode_point, generate_key
@@ -226,22 +227,31 @@ def test_user_declined_confirmation_is_63(world: World) -> None:
     assert code(world, req) == "63"
 
 
-def test_a_check_done_ahead_counts_only_for_the_enrolled_key(world: World) -> None:
-    """A signature verified elsewhere (the server's verifier process) is bound to the key it was
-    verified with: a result for another key is ignored and the signature checked again."""
-    enrolled = encode_point(world.phone.key.public_key())
-    other = encode_point(generate_key().public_key())
-    forged = world.phone.request(world.txn(P, 90_00), signed_amount=9_00)
-    # "verifies" under some other key: ignored, checked again under the enrolled key -> 63
-    assert world.center.authorize(forged, NOW, (other, True)).response_code == "63"
-    # the enrolled key's result is what counts, either way
-    assert (
-        world.center.authorize(world.signed(P, 1_00), NOW, (enrolled, False)).response_code == "63"
-    )
-    approve_code = world.center.authorize(
-        world.signed(P, 1_00), NOW, (enrolled, True)
-    ).response_code
-    assert approve_code == "00"
+def test_a_check_done_ahead_counts_only_for_exactly_this_check(world: World) -> None:
+    """A signature verified elsewhere (the server's verifier process) is bound to what was
+    verified: the key, the digest and the signature.  For anything else it is ignored and the
+    signature checked again here."""
+    approve(world, world.signed(P, 1_00))  # the card's phone key is now known
+
+    def forged() -> tuple[AuthRequest, SignatureCheck]:
+        req = world.phone.request(world.txn(P, 90_00), signed_amount=9_00)
+        item = world.center.signature_check(req)
+        assert item is not None
+        return req, item
+
+    honest = world.signed(P, 1_00)
+    honest_item = world.center.signature_check(honest)
+    assert honest_item is not None
+    # "verifies" for another key, or for another request's digest: ignored -> checked -> 63
+    req, item = forged()
+    other_key = replace(item, phone_key=encode_point(generate_key().public_key()))
+    assert world.center.authorize(req, NOW, (other_key, True)).response_code == "63"
+    req, _ = forged()
+    assert world.center.authorize(req, NOW, (honest_item, True)).response_code == "63"
+    # for exactly this check, the result is what counts, either way
+    req, item = forged()
+    assert world.center.authorize(req, NOW, (item, True)).response_code == "00"
+    assert world.center.authorize(honest, NOW, (honest_item, False)).response_code == "63"
 
 
 def test_signature_check_ahead_needs_the_cards_key_seen_once(world: World) -> None:

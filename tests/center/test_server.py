@@ -7,7 +7,7 @@ import contextlib
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -440,31 +440,45 @@ def test_signatures_are_checked_ahead_by_the_verifier_process(server: ServerThre
     assert verifier.answered == 2  # the tampered one and the last one
 
 
-def test_verifier_process_killed_means_inline_checks(server: ServerThread) -> None:
+def _purchases_after(
+    server: ServerThread, stan0: int, honest: int, fault: Callable[[], None] = lambda: None
+) -> tuple[list[str], str]:
+    """One approved purchase (the card's phone key becomes known), then ``fault()``, then
+    ``honest`` purchases and one with a tampered signature: their response codes."""
+    alice = cardholder(server.lab, "alice-phone")
+    host = TlsHost.for_lab(server.lab.root, POS, "127.0.0.1", server.port)
+    try:
+        assert host.authorize(signed(alice, TxnType.PURCHASE, 1_00, f"{stan0:06d}"), 10).approved
+        fault()
+        codes = [
+            host.authorize(
+                signed(alice, TxnType.PURCHASE, 1_00, f"{stan0 + 1 + i:06d}"), 10
+            ).response_code
+            for i in range(honest)
+        ]
+        forged = _tampered(signed(alice, TxnType.PURCHASE, 1_00, f"{stan0 + 50:06d}"))
+        return codes, host.authorize(forged, 10).response_code
+    finally:
+        host.close()
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])  # gone / alive but never answering
+def test_verifier_process_gone_or_hung_means_inline_checks(server: ServerThread, how: str) -> None:
     import os
     import signal
 
-    lab = server.lab
-    alice = cardholder(lab, "alice-phone")
     verifier = server.server._verifier
     assert verifier is not None
-    host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
     try:
-        assert host.authorize(signed(alice, TxnType.PURCHASE, 1_00, "000601"), 10).approved
-        os.kill(verifier.pid, signal.SIGKILL)
-        codes = [
-            host.authorize(
-                signed(alice, TxnType.PURCHASE, 1_00, f"{602 + i:06d}"), 10
-            ).response_code
-            for i in range(3)
-        ]
-        bad = host.authorize(_tampered(signed(alice, TxnType.PURCHASE, 1_00, "000610")), 10)
+        codes, forged = _purchases_after(
+            server, 600, 3, lambda: os.kill(verifier.pid, getattr(signal, how))
+        )
     finally:
-        host.close()
-    assert codes == ["00", "00", "00"]
-    assert bad.response_code == "63"
-    assert verifier.failed
-    with ledger(lab) as center:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(verifier.pid, signal.SIGCONT)
+    assert codes == ["00", "00", "00"] and forged == "63"
+    assert verifier.failed  # given up (a hung one after one wait): the rest checked inline
+    with ledger(server.lab) as center:
         assert center.check_balanced()
 
 
@@ -472,47 +486,6 @@ def test_without_verifier_process_signatures_are_checked_inline(lab: Lab) -> Non
     server = ServerThread(lab, use_verifier=False)
     try:
         assert server.server._verifier is None
-        alice = cardholder(lab, "alice-phone")
-        host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
-        try:
-            codes = [
-                host.authorize(
-                    signed(alice, TxnType.PURCHASE, 1_00, f"{701 + i:06d}"), 10
-                ).response_code
-                for i in range(2)
-            ]
-            bad = host.authorize(_tampered(signed(alice, TxnType.PURCHASE, 1_00, "000710")), 10)
-        finally:
-            host.close()
-        assert codes == ["00", "00"] and bad.response_code == "63"
+        assert _purchases_after(server, 700, 2) == (["00", "00"], "63")
     finally:
         server.stop()
-
-
-def test_hung_verifier_process_is_given_up_after_one_wait(server: ServerThread) -> None:
-    import os
-    import signal
-
-    lab = server.lab
-    alice = cardholder(lab, "alice-phone")
-    verifier = server.server._verifier
-    assert verifier is not None
-    host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
-    try:
-        assert host.authorize(signed(alice, TxnType.PURCHASE, 1_00, "000801"), 10).approved
-        os.kill(verifier.pid, signal.SIGSTOP)  # alive but never answers
-        try:
-            codes = [
-                host.authorize(
-                    signed(alice, TxnType.PURCHASE, 1_00, f"{802 + i:06d}"), 10
-                ).response_code
-                for i in range(3)
-            ]
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(verifier.pid, signal.SIGCONT)
-        bad = host.authorize(_tampered(signed(alice, TxnType.PURCHASE, 1_00, "000810")), 10)
-    finally:
-        host.close()
-    assert codes == ["00", "00", "00"] and bad.response_code == "63"
-    assert verifier.failed  # given up after the first wait; the rest were checked inline
