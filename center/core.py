@@ -112,6 +112,9 @@ class _Outcome:
     account_id: str | None
 
 
+#: How many cards' phone keys :meth:`Center.signature_check` can know (~100 bytes each).
+PHONE_KEYS_REMEMBERED = 100_000
+
 _TXN_FIELDS = tuple(f.name for f in fields(Transaction) if f.name != "extra")
 
 
@@ -167,6 +170,7 @@ class Center:
         self._dukpt = DukptHost(keys.bdk)
         #: PAN -> enrolled phone key (public), as last read by a decision: lets
         #: :meth:`signature_check` describe a request's check before its decision reads the card.
+        #: Bounded (oldest entry dropped first); a card not in it is only checked inline.
         self._phone_keys: dict[str, bytes] = {}
 
     @classmethod
@@ -293,6 +297,12 @@ class Center:
             return None
         return _signature_check(req, phone_key)
 
+    def _remember_phone_key(self, card: CardRecord) -> None:
+        keys = self._phone_keys
+        if card.pan not in keys and len(keys) >= PHONE_KEYS_REMEMBERED:
+            del keys[next(iter(keys))]  # the oldest: dicts keep insertion order
+        keys[card.pan] = card.phone_key
+
     def authorize(
         self, req: AuthRequest, now: datetime, checked: tuple[SignatureCheck, bool] | None = None
     ) -> AuthResponse:
@@ -360,7 +370,7 @@ class Center:
             terminal = self._check_terminal(req.txn)
             card = self._check_card(req.txn, now)
             account_id = card.account_id
-            self._phone_keys[card.pan] = card.phone_key
+            self._remember_phone_key(card)
             self._check_amount(req.txn, card, terminal)
             if TXN_TYPES[req.txn.type].needs_phone:
                 self._verify_phone(req, card, checked)

@@ -15,14 +15,14 @@
   the card's phone key as the center last saw it; the decision uses the answer only if it is
   for exactly the check it needs (the card's enrolled key, this request's digest and
   signature), else, or if the child is gone or kept a batch waiting a second, it verifies
-  inline.  So the second
-  core verifies the next batch while the loop decides and commits this one.  Requests whose
-  answer is not in yet when the batch is cut are decided last in it, after waiting for it
-  (the order inside a batch is free: its requests were in flight together).
-* What was measured on the way (``bench center``, 16 terminals, 2 cores, interleaved A/B runs
-  of 10-15 s; the machine's own run-to-run spread is ~5-10 %): deciding on the loop thread beat
-  a worker thread that decided (both Python-heavy, one GIL); the verifier process added ~8 %,
-  but only once it ran as SCHED_BATCH (before, each wake-up preempted the loop); a verifier
+  inline.  So the second core verifies the next batch while the loop decides and commits this
+  one.  Requests whose answer is not in yet when the batch is cut are decided last in it,
+  after waiting for it (the order inside a batch is free: its requests were in flight
+  together).
+* What was measured on the way (``bench center``, 16 terminals, 2 cores, interleaved A/B runs of
+  10-15 s; one build's runs spread by 10-20 % on this machine kind): deciding on the loop thread
+  beat a worker thread that decided (both Python-heavy, one GIL); the verifier process added
+  ~8 %, but only once it ran as SCHED_BATCH (before, each wake-up preempted the loop); a verifier
   *thread* lost ~8 % (its Python parts fight the loop for the GIL at every hand-over);
   committing on a worker thread helped while the loop also verified, and lost ~7 % once the
   verifier took that work (GIL hand-overs around every commit); a two-task pipeline (prepare,
@@ -187,27 +187,27 @@ class CenterServer:
         waiting for it (its answer usually arrives while the others are decided).
         """
         now = self._clock()
-        count = len(jobs)
-        waiting = [n for n, (_, t, _) in enumerate(jobs) if t is not None and not t[1].done()]
-        out: list[AuthResponse | None] = [None] * count
+        #: Job index -> the verifier answer it still waits for.
+        pending = {
+            n: t[1] for n, (_, t, _) in enumerate(jobs) if t is not None and not t[1].done()
+        }
+        out: dict[int, AuthResponse] = {}
         try:
             # Awaiting inside the transaction is safe: no other coroutine touches the storage.
             with center.batch():
-                later = set(waiting)
                 for n, job in enumerate(jobs):
-                    if n not in later:
+                    if n not in pending:
                         out[n] = self._decide_one(center, job, now)
-                if waiting:
-                    pending = [t[1] for n in waiting if (t := jobs[n][1]) is not None]
-                    _, late = await asyncio.wait(pending, timeout=_VERIFIER_WAIT)
+                if pending:
+                    _, late = await asyncio.wait(pending.values(), timeout=_VERIFIER_WAIT)
                     if late and self._verifier is not None:
                         self._verifier.give_up(f"no answer within {_VERIFIER_WAIT} s")
-                    for n in waiting:
+                    for n in pending:
                         out[n] = self._decide_one(center, jobs[n], now)
         except Exception:
-            _log.exception("group commit of %d requests failed", count)
-            return _malfunction(count)
-        return [a for a in out if a is not None]
+            _log.exception("group commit of %d requests failed", len(jobs))
+            return _malfunction(len(jobs))
+        return [out[n] for n in range(len(jobs))]
 
     @staticmethod
     def _decide_one(center: Center, job: _Job, now: datetime) -> AuthResponse:

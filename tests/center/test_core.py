@@ -12,7 +12,7 @@ import pytest
 
 from center.core import AuthRequest, Center
 from center.keystore import CenterKeys
-from center.storage import MessageKey, SQLiteStorage
+from center.storage import CardRecord, MessageKey, SQLiteStorage
 from center.verifier import SignatureCheck
 from firmware_sim.confirmation import Decision
 from firmware_sim.dukpt import DukptDevice, derive_initial_key
@@ -609,3 +609,18 @@ def test_center_is_a_context_manager(tmp_path: Path) -> None:
         center.open_account("A", "holder", 5)
     with Center.open(tmp_path / "c.db", keys) as center:
         assert center.ledger_balance("A") == 5
+
+
+def test_remembered_phone_keys_are_bounded(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    import center.core
+
+    monkeypatch.setattr(center.core, "PHONE_KEYS_REMEMBERED", 2)
+
+    def record(pan: str) -> CardRecord:
+        return CardRecord(pan, EXPIRY, ACCOUNT, b"\x02" + bytes(32), bytes(8), 0, bytes(32))
+
+    for pan in ("1111", "2222", "3333"):
+        world.center._remember_phone_key(record(pan))
+    assert list(world.center._phone_keys) == ["2222", "3333"]  # the oldest went
+    world.center._remember_phone_key(record("3333"))  # already known: nothing dropped
+    assert list(world.center._phone_keys) == ["2222", "3333"]
