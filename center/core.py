@@ -51,19 +51,19 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
-from center import verifier
-from center.keystore import CenterKeys
-from center.ledger import POSTING_RULES, AccountKind, Ledger, Party
-from center.pinverify import PinOutcome, check_pin, pin_verification_data, tries_exhausted
-from center.policy import (
+from swipepay.center import verifier
+from swipepay.center.keystore import CenterKeys
+from swipepay.center.ledger import POSTING_RULES, AccountKind, Ledger, Party
+from swipepay.center.pinverify import PinOutcome, check_pin, pin_verification_data, tries_exhausted
+from swipepay.center.policy import (
     COMPLETABLE,
     TERMINAL_KINDS,
     MessageState,
     is_expired,
     parse_expiry,
 )
-from center.response_codes import RC
-from center.storage import (
+from swipepay.center.response_codes import RC
+from swipepay.center.storage import (
     CardRecord,
     MessageKey,
     MessageRecord,
@@ -71,14 +71,14 @@ from center.storage import (
     Storage,
     TerminalRecord,
 )
-from center.verifier import SignatureCheck
-from firmware_sim.confirmation import transaction_digest
-from firmware_sim.dukpt import DukptHost, split_ksn
-from firmware_sim.ecc import decode_point
-from firmware_sim.errors import DecodeError, LocalError
-from firmware_sim.hostmsg import AuthRequest, AuthResponse
-from firmware_sim.pinblock import decode_format4
-from firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
+from swipepay.center.verifier import SignatureCheck
+from swipepay.firmware_sim.confirmation import transaction_digest
+from swipepay.firmware_sim.dukpt import DukptHost, split_ksn
+from swipepay.firmware_sim.ecc import decode_point
+from swipepay.firmware_sim.errors import DecodeError, LocalError
+from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
+from swipepay.firmware_sim.pinblock import decode_format4
+from swipepay.firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
 
 __all__ = ["AuthRequest", "AuthResponse", "Center"]
 

@@ -22,9 +22,9 @@ from typing import Any
 import iso8583
 import iso8583.specs
 
-from firmware_sim.errors import DecodeError, WrongLength
-from firmware_sim.hostmsg import AuthRequest, AuthResponse
-from firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
+from swipepay.firmware_sim.errors import DecodeError, WrongLength
+from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
+from swipepay.firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
 
 #: Largest frame body we accept.  A full 0200 with every field of ours is < 400 bytes.
 MAX_FRAME = 2048

@@ -16,8 +16,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from center.secretfile import read_private, write_private
-from firmware_sim.errors import ConfigError
+from swipepay.center.secretfile import read_private, write_private
+from swipepay.firmware_sim.errors import ConfigError
 
 BDK_LEN = 16  # AES-128 BDK (ANSI X9.24-3-2017)
 BDK_ID_LEN = 4  # first half of the DUKPT Initial Key ID

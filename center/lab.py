@@ -33,16 +33,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from center.keystore import CenterKeys
-from center.secretfile import read_private, write_private
-from firmware_sim import ecc
-from firmware_sim.carddata import luhn_check_digit
-from firmware_sim.cards.spec import CardSpec
-from firmware_sim.certificate import TerminalCertificate, issue_certificate, parse_certificate
-from firmware_sim.dukpt import DukptDevice, derive_initial_key
-from firmware_sim.errors import ConfigError, DecodeError
-from firmware_sim.phonelink.applet import PhoneIdentity
-from firmware_sim.terminal import TerminalConfig
+from swipepay.center.keystore import CenterKeys
+from swipepay.center.secretfile import read_private, write_private
+from swipepay.firmware_sim import ecc
+from swipepay.firmware_sim.carddata import luhn_check_digit
+from swipepay.firmware_sim.cards.spec import CardSpec
+from swipepay.firmware_sim.certificate import (
+    TerminalCertificate,
+    issue_certificate,
+    parse_certificate,
+)
+from swipepay.firmware_sim.dukpt import DukptDevice, derive_initial_key
+from swipepay.firmware_sim.errors import ConfigError, DecodeError
+from swipepay.firmware_sim.phonelink.applet import PhoneIdentity
+from swipepay.firmware_sim.terminal import TerminalConfig
 
 CA_KEY_INDEX = 1
 MANIFEST = "lab.json"
@@ -319,7 +323,9 @@ class Lab:
 
 def create_lab(root: Path, *, now: dt.datetime | None = None) -> Lab:
     """Create a complete lab in ``root`` (which must not already hold one)."""
-    from center.core import Center  # the center core pulls in SQLite; only init needs it here
+    from swipepay.center.core import (
+        Center,  # the center core pulls in SQLite; only init needs it here
+    )
 
     root = Path(root)
     if (root / MANIFEST).exists():

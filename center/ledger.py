@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum, StrEnum
 
-from center.storage import AccountRecord, HoldRecord, Storage
-from firmware_sim.errors import LocalError
-from firmware_sim.transaction import TxnType
+from swipepay.center.storage import AccountRecord, HoldRecord, Storage
+from swipepay.firmware_sim.errors import LocalError
+from swipepay.firmware_sim.transaction import TxnType
 
 
 class AccountKind(StrEnum):

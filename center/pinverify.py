@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from firmware_sim.errors import LocalError
+from swipepay.firmware_sim.errors import LocalError
 
 MAX_PIN_TRIES = 3
 PVD_LEN = 32

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from center.ledger import AccountKind
-from firmware_sim.transaction import TxnType
+from swipepay.center.ledger import AccountKind
+from swipepay.firmware_sim.transaction import TxnType
 
 
 @dataclass(frozen=True)

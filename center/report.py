@@ -12,10 +12,10 @@ import io
 import json
 from dataclasses import asdict, dataclass
 
-from center.ledger import Ledger
-from center.policy import MessageState
-from center.storage import Storage
-from firmware_sim.transaction import TxnType
+from swipepay.center.ledger import Ledger
+from swipepay.center.policy import MessageState
+from swipepay.center.storage import Storage
+from swipepay.firmware_sim.transaction import TxnType
 
 #: States in which the money (or the hold) of a message was really moved.
 _APPROVED_STATES = frozenset(

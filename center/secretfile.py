@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from firmware_sim.errors import ConfigError
+from swipepay.firmware_sim.errors import ConfigError
 
 #: Any permission bit for group or others makes a secret file unusable.
 FOREIGN_ACCESS = stat.S_IRWXG | stat.S_IRWXO

@@ -44,12 +44,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from center import iso8583 as codec
-from center.core import Center
-from center.response_codes import RC
-from center.verifier import SignatureCheck, VerifierProcess
-from firmware_sim.errors import DecodeError, SwipepayError
-from firmware_sim.hostmsg import AuthRequest, AuthResponse
+from swipepay.center import iso8583 as codec
+from swipepay.center.core import Center
+from swipepay.center.response_codes import RC
+from swipepay.center.verifier import SignatureCheck, VerifierProcess
+from swipepay.firmware_sim.errors import DecodeError, SwipepayError
+from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
 
 _log = logging.getLogger(__name__)
 
@@ -343,7 +343,7 @@ def lab_server(
     home: Path, limits: ServerLimits | None = None, *, use_verifier: bool = True
 ) -> CenterServer:
     """A server for the lab at ``home``: its CA, center certificate, keys and database."""
-    from center.lab import Lab
+    from swipepay.center.lab import Lab
 
     lab = Lab(home)
     keys = lab.center_keys()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from firmware_sim.errors import LocalError
+from swipepay.firmware_sim.errors import LocalError
 
 SCHEMA_VERSION = 1
 

@@ -37,9 +37,9 @@ from typing import BinaryIO, Final
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from firmware_sim.confirmation import verify_confirmation
-from firmware_sim.ecc import POINT_LEN, SIGNATURE_LEN, decode_point
-from firmware_sim.errors import DecodeError, SwipepayError
+from swipepay.firmware_sim.confirmation import verify_confirmation
+from swipepay.firmware_sim.ecc import POINT_LEN, SIGNATURE_LEN, decode_point
+from swipepay.firmware_sim.errors import DecodeError, SwipepayError
 
 _log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class VerifierProcess:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
-            "import sys; from center.verifier import main; sys.exit(main())",
+            "import sys; from swipepay.center.verifier import main; sys.exit(main())",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )

@@ -66,7 +66,7 @@ def center(
     as_json: bool,
 ) -> None:
     """The real TLS center under TERMINALS persistent mutual-TLS terminals for SECONDS."""
-    from drivers.benchmarks import bench_center
+    from swipepay.cli.harness.benchmarks import bench_center
 
     r = bench_center(
         terminals,
@@ -124,8 +124,12 @@ def center(
 def flow(transactions: int, process_transactions: int, workdir: Path | None, as_json: bool) -> None:
     """Whole transactions, user confirming at once: p50/p99 per step of the method and in total,
     in one process on mock drivers and across three processes."""
-    from drivers.benchmarks import FlowBench, bench_flow_inprocess, bench_flow_processes
-    from firmware_sim.errors import SwipepayError
+    from swipepay.cli.harness.benchmarks import (
+        FlowBench,
+        bench_flow_inprocess,
+        bench_flow_processes,
+    )
+    from swipepay.firmware_sim.errors import SwipepayError
 
     results: dict[str, Any] = {}
     runs: list[FlowBench] = [bench_flow_inprocess(transactions, workdir)]
@@ -155,7 +159,7 @@ def flow(transactions: int, process_transactions: int, workdir: Path | None, as_
 @_JSON
 def link(workdir: Path | None, as_json: bool) -> None:
     """The phone link of one purchase: exchanges, bytes each way, ISO 14443-A air time."""
-    from drivers.benchmarks import bench_link
+    from swipepay.cli.harness.benchmarks import bench_link
 
     r = bench_link(workdir)
     rows = [
@@ -187,7 +191,7 @@ def link(workdir: Path | None, as_json: bool) -> None:
 @_JSON
 def startup(runs: int, center_seconds: float, workdir: Path | None, as_json: bool) -> None:
     """`swipepay --help` wall time; peak RSS of the center and the terminals under load."""
-    from drivers.benchmarks import bench_center, bench_startup
+    from swipepay.cli.harness.benchmarks import bench_center, bench_startup
 
     s = bench_startup(runs)
     result: dict[str, Any] = {"startup": dataclasses.asdict(s)}
@@ -222,7 +226,7 @@ def startup(runs: int, center_seconds: float, workdir: Path | None, as_json: boo
 
 
 # Fault loops and parser soaks (cli/faults_cmds.py).
-from cli.faults_cmds import faults, soak  # noqa: E402
+from swipepay.cli.faults_cmds import faults, soak  # noqa: E402
 
 bench.add_command(faults)
 bench.add_command(soak)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from cli.main import fail
-from firmware_sim.errors import ConfigError, SwipepayError
+from swipepay.cli.main import fail
+from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
 _HOME = click.option(
     "--home",
@@ -33,7 +33,7 @@ def serve(home: Path, listen: str, max_connections: int, idle_timeout: float) ->
     import asyncio
     import logging
 
-    from center.server import ServerLimits, lab_server, serve_forever
+    from swipepay.center.server import ServerLimits, lab_server, serve_forever
 
     host, _, port_text = listen.rpartition(":")
     try:
@@ -64,9 +64,9 @@ def serve(home: Path, listen: str, max_connections: int, idle_timeout: float) ->
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
 def report(home: Path, day: str | None, fmt: str) -> None:
     """Settlement totals per merchant and terminal, reversals netted, checked against the ledger."""
-    from center import report as rep
-    from center.lab import Lab
-    from center.storage import SQLiteStorage
+    from swipepay.center import report as rep
+    from swipepay.center.lab import Lab
+    from swipepay.center.storage import SQLiteStorage
 
     try:
         lab = Lab(home)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from firmware_sim.transaction import TXN_TYPES, Transaction, TxnType, format_amount
+from swipepay.firmware_sim.transaction import TXN_TYPES, Transaction, TxnType, format_amount
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ SCENARIOS: tuple[Scenario, ...] = (
 
 def run_demo(home: Path | None, as_json: bool) -> int:
     """Run the story on ``home`` (or a temporary lab); return the process exit code."""
-    from center.lab import create_lab
-    from drivers.inprocess import InProcessBench
+    from swipepay.center.lab import create_lab
+    from swipepay.cli.harness.inprocess import InProcessBench
 
     echo = _quiet if as_json else click.echo
     with tempfile.TemporaryDirectory(prefix="swipepay-demo-") as tmp:
@@ -100,9 +100,9 @@ def _quiet(*args: object, **kwargs: object) -> None:
 def _run_one(
     bench: Any, n: int, sc: Scenario, original: Transaction | None, echo: Any
 ) -> dict[str, Any]:
-    from drivers.inprocess import PhoneSetup
-    from firmware_sim.phone import Choice
-    from firmware_sim.terminal import STEP_TEXT, Order
+    from swipepay.cli.harness.inprocess import PhoneSetup
+    from swipepay.firmware_sim.phone import Choice
+    from swipepay.firmware_sim.terminal import STEP_TEXT, Order
 
     label = TXN_TYPES[sc.type].label
     merchant = bench.lab.terminal_config(sc.terminal).merchant_name

@@ -18,8 +18,8 @@ from typing import Any
 
 import click
 
-from cli.main import fail
-from firmware_sim.errors import ConfigError, SwipepayError
+from swipepay.cli.main import fail
+from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,8 +53,8 @@ FAULTS = ("center", "terminal", "disk")
 def faults(kills: int, only: tuple[str, ...], seed: int) -> None:
     """Kill the center under load and the terminal mid-transaction KILLS times each, fail the
     center's disk; print what the ledger holds after each.  Runs on a fresh temporary lab."""
-    from center.lab import create_lab
-    from drivers import faults as f
+    from swipepay.center.lab import create_lab
+    from swipepay.cli.harness import faults as f
 
     if kills < 1:
         fail(ConfigError("--kills must be at least 1"))

@@ -8,19 +8,19 @@ from pathlib import Path
 
 import click
 
-from firmware_sim.errors import SwipepayError
+from swipepay.firmware_sim.errors import SwipepayError
 
 #: Subcommands that live in their own modules: name -> "module:attribute".  They are imported
 #: only when used (or listed by --help), so start-up stays fast.  Add a row per command module.
 LAZY_COMMANDS: dict[str, str] = {
-    "phone": "cli.phone_cmds:phone",
-    "conformance": "cli.phone_cmds:conformance",
-    "trace": "cli.phone_cmds:trace",
-    "center": "cli.center_cmds:center",
-    "readers": "cli.reader_cmds:readers",
-    "card": "cli.reader_cmds:card",
-    "bench": "cli.bench_cmds:bench",
-    "terminal": "cli.terminal_cmds:terminal",
+    "phone": "swipepay.cli.phone_cmds:phone",
+    "conformance": "swipepay.cli.phone_cmds:conformance",
+    "trace": "swipepay.cli.phone_cmds:trace",
+    "center": "swipepay.cli.center_cmds:center",
+    "readers": "swipepay.cli.reader_cmds:readers",
+    "card": "swipepay.cli.reader_cmds:card",
+    "bench": "swipepay.cli.bench_cmds:bench",
+    "terminal": "swipepay.cli.terminal_cmds:terminal",
 }
 
 
@@ -59,7 +59,7 @@ def fail(exc: SwipepayError) -> None:
 def main(ctx: click.Context, log_json: bool, log_level: str | None) -> None:
     """swipepay: the card is read at the terminal, the payment is confirmed and the PIN typed on
     the cardholder's phone over NFC (patent CN103164911A)."""
-    from drivers.logsetup import default_level, setup_logging
+    from swipepay.drivers.logsetup import default_level, setup_logging
 
     setup_logging(log_json, log_level or default_level(ctx.invoked_subcommand))
 
@@ -68,7 +68,7 @@ def main(ctx: click.Context, log_json: bool, log_level: str | None) -> None:
 @click.argument("home", type=click.Path(file_okay=False, path_type=Path), default="lab")
 def init(home: Path) -> None:
     """Create a lab directory HOME: CA, keys, certificates, accounts, cards, phones."""
-    from center.lab import create_lab
+    from swipepay.center.lab import create_lab
 
     try:
         lab = create_lab(home)
@@ -97,11 +97,11 @@ def init(home: Path) -> None:
 )
 def demo(home: Path | None, as_json: bool, real_stack: bool) -> None:
     """Run every transaction type and the telling failures in one process, step by step."""
-    from cli.demo import run_demo
+    from swipepay.cli.demo import run_demo
 
     try:
         if real_stack:
-            from drivers.realstack import run_real_demo
+            from swipepay.cli.harness.realstack import run_real_demo
 
             code = run_real_demo(home, as_json)
         else:

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.main import fail
-from firmware_sim.errors import ConfigError, SwipepayError
+from swipepay.cli.main import fail
+from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
 if TYPE_CHECKING:
-    from firmware_sim.phonelink.applet import PaymentShown, PhoneApplet, ResultShown
+    from swipepay.firmware_sim.phonelink.applet import PaymentShown, PhoneApplet, ResultShown
 
 PIN_DIGITS = range(4, 13)
 
@@ -166,10 +166,10 @@ def _phone_run(
     profile_path: Path, url: str, auto_confirm: bool, pin_env: str | None,
     pin_file: Path | None, decline: bool, once: bool, timeout: float,
 ) -> None:
-    from center.lab import PhoneProfile
-    from drivers.registry import open_phone_server
-    from firmware_sim.phone import Choice, Phone, ScriptedUser, UserAgent
-    from firmware_sim.phonelink.applet import PhoneApplet
+    from swipepay.center.lab import PhoneProfile
+    from swipepay.drivers.registry import open_phone_server
+    from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser, UserAgent
+    from swipepay.firmware_sim.phonelink.applet import PhoneApplet
 
     if auto_confirm and decline:
         raise ConfigError("--auto-confirm and --decline exclude each other")
@@ -228,8 +228,8 @@ def _phone_run(
 
 
 def _conformance_context(home: Path, card: str | None, terminal: str | None) -> Any:
-    from center.lab import Lab
-    from firmware_sim.conformance import Context
+    from swipepay.center.lab import Lab
+    from swipepay.firmware_sim.conformance import Context
 
     lab = Lab(home)
     cards = lab.cards()
@@ -290,9 +290,9 @@ def _conformance(
     url: str, home: Path, card: str | None, terminal_id: str | None, names: list[str],
     connect_timeout: float, trace_path: Path | None, as_json: bool,
 ) -> int:
-    from drivers.registry import open_phone_link
-    from drivers.trace import TraceWriter, TracingLink
-    from firmware_sim.conformance import CheckResult, run_check, select_checks
+    from swipepay.drivers.registry import open_phone_link
+    from swipepay.drivers.trace import TraceWriter, TracingLink
+    from swipepay.firmware_sim.conformance import CheckResult, run_check, select_checks
 
     suite = select_checks(names)
     ctx = _conformance_context(home, card, terminal_id)
@@ -358,7 +358,7 @@ def _conformance(
 @click.option("--mermaid", is_flag=True, help="Print a Mermaid sequence diagram instead.")
 def trace(file: Path, mermaid: bool) -> None:
     """Pretty-print an APDU trace (from `swipepay conformance --trace` or a tracing link)."""
-    from firmware_sim.trace_view import parse_trace, render_mermaid, render_table
+    from swipepay.firmware_sim.trace_view import parse_trace, render_mermaid, render_table
 
     try:
         try:

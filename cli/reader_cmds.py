@@ -10,12 +10,12 @@ from typing import Any
 
 import click
 
-from cli.main import fail
-from firmware_sim.errors import ConfigError, SwipepayError
+from swipepay.cli.main import fail
+from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
 
 def _pcsc_section() -> list[str]:
-    from drivers.pcsc import card_present, list_readers
+    from swipepay.drivers.pcsc import card_present, list_readers
 
     names = list_readers()
     if not names:
@@ -83,7 +83,7 @@ def card() -> None:
 
 
 def _mask(text: str, pan: str, show_pan: bool) -> str:
-    from firmware_sim.carddata import mask_pan
+    from swipepay.firmware_sim.carddata import mask_pan
 
     if show_pan or not pan:
         return text
@@ -115,11 +115,11 @@ def card_read(
 def _card_read(
     url: str, as_json: bool, show_pan: bool, trace: bool, home: Path | None, timeout: float
 ) -> None:
-    from drivers.registry import open_card_reader
+    from swipepay.drivers.registry import open_card_reader
 
     context: dict[str, Any] = {}
     if home is not None:
-        from center.lab import Lab
+        from swipepay.center.lab import Lab
 
         context["cards"] = Lab(home).cards()
     elif url.startswith("mock:"):
@@ -171,7 +171,7 @@ def _card_read(
 
 def _add_card_serve() -> None:
     """``swipepay card serve`` lives with the terminal console (cli/terminal_cmds.py)."""
-    from cli.terminal_cmds import card_serve
+    from swipepay.cli.terminal_cmds import card_serve
 
     card.add_command(card_serve)
 

@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.main import fail
-from firmware_sim.errors import ConfigError, SwipepayError
+from swipepay.cli.main import fail
+from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
 if TYPE_CHECKING:
-    from center.lab import Lab
-    from drivers.runner import TxnReport
-    from firmware_sim.carddata import CardData
-    from firmware_sim.cards.spec import CardSpec
-    from firmware_sim.terminal import Order, TerminalConfig
-    from firmware_sim.transaction import Transaction
+    from swipepay.center.lab import Lab
+    from swipepay.drivers.runner import TxnReport
+    from swipepay.firmware_sim.carddata import CardData
+    from swipepay.firmware_sim.cards.spec import CardSpec
+    from swipepay.firmware_sim.terminal import Order, TerminalConfig
+    from swipepay.firmware_sim.transaction import Transaction
 
 _log = logging.getLogger("swipepay.terminal")
 
@@ -116,8 +116,8 @@ def card_from_text(text: str, cards: Mapping[str, CardSpec]) -> CardData:
     A PAN alone is accepted only for a card of this lab (its tracks are then "swiped"): a real
     terminal does not authorize a bare number without expiry and service code.
     """
-    from firmware_sim.cards.spec import present
-    from firmware_sim.swipe_lines import SwipeSplitter
+    from swipepay.firmware_sim.cards.spec import present
+    from swipepay.firmware_sim.swipe_lines import SwipeSplitter
 
     text = text.strip()
     if text.isdigit():
@@ -134,7 +134,7 @@ def card_from_text(text: str, cards: Mapping[str, CardSpec]) -> CardData:
 
 def card_choices(cards: Mapping[str, CardSpec]) -> list[tuple[str, str]]:
     """The lab's cards as (name, via) pairs, one per way each card can be presented."""
-    from firmware_sim.cards.spec import PRESENTATIONS
+    from swipepay.firmware_sim.cards.spec import PRESENTATIONS
 
     return [
         (name, via)
@@ -178,7 +178,7 @@ class Console:
         self._open_line = False
 
     def __call__(self, kind: str, payload: object) -> None:
-        from firmware_sim.terminal import STEP_TEXT, Step
+        from swipepay.firmware_sim.terminal import STEP_TEXT, Step
 
         if kind == "step" and isinstance(payload, Step):
             self._close_line()
@@ -229,8 +229,8 @@ class Bench:
 
 
 def _open_bench(home: Path, settings: dict[str, Any]) -> Bench:
-    from center.lab import Lab
-    from drivers.registry import open_phone_link
+    from swipepay.center.lab import Lab
+    from swipepay.drivers.registry import open_phone_link
 
     lab = Lab(home)
     tid = settings["terminal_id"]
@@ -258,14 +258,14 @@ def _open_bench(home: Path, settings: dict[str, Any]) -> Bench:
 
 def _open_host(lab: Lab, terminal_id: str, center: str, host_timeout: float) -> Any:
     if center == "local":
-        from center.core import Center
-        from drivers.local_host import LocalHost
+        from swipepay.center.core import Center
+        from swipepay.drivers.local_host import LocalHost
 
         core = Center.open(lab.db_path, lab.center_keys())
         local = LocalHost(core)
         local.close = core.close  # type: ignore[attr-defined]
         return local
-    from drivers.host_tls import TlsHost
+    from swipepay.drivers.host_tls import TlsHost
 
     host, _, port = center.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -278,10 +278,10 @@ def _open_host(lab: Lab, terminal_id: str, center: str, host_timeout: float) -> 
 def _mock_phone_link(lab: Lab, url: str) -> Any:
     """``mock:<phone>``: the lab's phone in this process, its user confirming with the lab PIN
     (a bench without NFC hardware; the PIN comes from the lab's secrets, never a command line)."""
-    from drivers.mock_phone import MockField
-    from drivers.registry import open_phone_link
-    from firmware_sim.phone import Choice, Phone, ScriptedUser
-    from firmware_sim.phonelink.applet import PhoneApplet
+    from swipepay.drivers.mock_phone import MockField
+    from swipepay.drivers.registry import open_phone_link
+    from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
+    from swipepay.firmware_sim.phonelink.applet import PhoneApplet
 
     name, _, query = url.partition(":")[2].partition("?")
     field = MockField()
@@ -342,7 +342,7 @@ def _save_preauths(lab: Lab, terminal_id: str, data: dict[str, dict[str, Any]]) 
 
 
 def _original(lab: Lab, terminal_id: str, stan: str | None) -> Transaction:
-    from firmware_sim.transaction import Transaction, TxnType
+    from swipepay.firmware_sim.transaction import Transaction, TxnType
 
     pending = load_preauths(lab, terminal_id)
     if not pending:
@@ -358,7 +358,7 @@ def _original(lab: Lab, terminal_id: str, stan: str | None) -> Transaction:
 
 def _remember(lab: Lab, order: Order, report: TxnReport) -> None:
     """Keep approved pre-auths for a later completion; forget a completed one."""
-    from firmware_sim.transaction import TxnType
+    from swipepay.firmware_sim.transaction import TxnType
 
     txn = report.outcome.txn
     if txn is None or not report.outcome.approved:
@@ -385,10 +385,10 @@ def run_one(
     observe: Callable[[str, object], None],
 ) -> dict[str, Any]:
     """Run one transaction; return the JSON result (the demo's per-transaction fields+)."""
-    from drivers.logsetup import transaction, txn_id
-    from drivers.runner import run_transaction
-    from firmware_sim.phonelink.terminal_link import TerminalLink
-    from firmware_sim.terminal import STEP_TEXT, Terminal
+    from swipepay.drivers.logsetup import transaction, txn_id
+    from swipepay.drivers.runner import run_transaction
+    from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
+    from swipepay.firmware_sim.terminal import STEP_TEXT, Terminal
 
     lab, config = bench.lab, bench.config
     tid = config.terminal_id
@@ -451,8 +451,8 @@ def run_one(
 def _order(
     lab: Lab, tid: str, type_name: str, amount_text: str | None, completes: str | None
 ) -> Order:
-    from firmware_sim.terminal import Order
-    from firmware_sim.transaction import TXN_TYPES, TxnType, parse_amount
+    from swipepay.firmware_sim.terminal import Order
+    from swipepay.firmware_sim.transaction import TXN_TYPES, TxnType, parse_amount
 
     txn_type = TxnType(type_name)
     spec = TXN_TYPES[txn_type]
@@ -468,8 +468,8 @@ def _order(
 
 
 def _reader(bench: Bench, card_url: str, card_data: str | None, order: Order) -> Any:
-    from drivers.registry import open_card_reader
-    from firmware_sim.transaction import TxnType
+    from swipepay.drivers.registry import open_card_reader
+    from swipepay.firmware_sim.transaction import TxnType
 
     if order.type is TxnType.COMPLETION:
         return None
@@ -487,7 +487,7 @@ def _reader(bench: Bench, card_url: str, card_data: str | None, order: Order) ->
 
 
 def _render(result: dict[str, Any], echo: Callable[[str], None]) -> None:
-    from firmware_sim.transaction import format_amount
+    from swipepay.firmware_sim.transaction import format_amount
 
     approved = result["ending"] == "APPROVED"
     verdict = f"{result['ending']} {result['response_code'] or ''}".strip()
@@ -596,7 +596,7 @@ def _one_shot(
 
 
 def _interactive(bench: Bench) -> int:
-    from firmware_sim.transaction import TXN_TYPES, TxnType
+    from swipepay.firmware_sim.transaction import TXN_TYPES, TxnType
 
     cfg = bench.config
     click.echo(click.style(f"{cfg.merchant_name} — terminal {cfg.terminal_id} ({cfg.kind})",
@@ -628,7 +628,7 @@ def _interactive(bench: Bench) -> int:
 
 
 def _interactive_one(bench: Bench, name: str) -> int:
-    from firmware_sim.transaction import TXN_TYPES, TxnType
+    from swipepay.firmware_sim.transaction import TXN_TYPES, TxnType
 
     spec = TXN_TYPES[TxnType(name)]
     amount = click.prompt("amount", default="12.34") if spec.has_amount else None
@@ -661,7 +661,7 @@ def _interactive_one(bench: Bench, name: str) -> int:
 
 def _ask_card(bench: Bench) -> Any:
     """The mock reader's menu: swipe / insert / tap a lab card, or paste tracks or a PAN."""
-    from drivers.registry import open_card_reader
+    from swipepay.drivers.registry import open_card_reader
 
     cards = bench.lab.cards()
     for n, (name, via) in enumerate(card_choices(cards), 1):
@@ -694,9 +694,9 @@ def card_serve(home: Path, name: str, via: str | None, address: str) -> None:
     import signal
     import threading
 
-    from center.lab import Lab
-    from drivers.virtual_cards import serve_card
-    from drivers.vpcd import parse_address
+    from swipepay.center.lab import Lab
+    from swipepay.drivers.virtual_cards import serve_card
+    from swipepay.drivers.vpcd import parse_address
 
     try:
         cards = Lab(home).cards()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
-from firmware_sim.carddata import CardData
-from firmware_sim.hostmsg import AuthRequest, AuthResponse
-from firmware_sim.phone import Phone
-from firmware_sim.transaction import Transaction
+from swipepay.firmware_sim.carddata import CardData
+from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
+from swipepay.firmware_sim.phone import Phone
+from swipepay.firmware_sim.transaction import Transaction
 
 
 class CardReader(Protocol):

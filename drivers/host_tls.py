@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from center import iso8583 as codec
-from firmware_sim.errors import DecodeError, LinkTimeout, TransportError
-from firmware_sim.hostmsg import AuthRequest, AuthResponse
-from firmware_sim.transaction import Transaction
+from swipepay.center import iso8583 as codec
+from swipepay.firmware_sim.errors import DecodeError, LinkTimeout, TransportError
+from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
+from swipepay.firmware_sim.transaction import Transaction
 
 #: Response codes after which a queued reversal stays queued (the center could not decide).
 _RETRY_CODES = frozenset({"91", "96"})

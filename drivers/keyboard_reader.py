@@ -17,10 +17,10 @@ import time
 from collections import deque
 from typing import IO, Any
 
-from drivers.registry import split_url
-from firmware_sim.carddata import CardData
-from firmware_sim.errors import ConfigError, LinkTimeout, TransportError
-from firmware_sim.swipe_lines import END_OF_SWIPE_GAP, Swipe, SwipeSplitter
+from swipepay.drivers.registry import split_url
+from swipepay.firmware_sim.carddata import CardData
+from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
+from swipepay.firmware_sim.swipe_lines import END_OF_SWIPE_GAP, Swipe, SwipeSplitter
 
 _CHUNK = 4096
 

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from firmware_sim.hostmsg import AuthRequest, AuthResponse
-from firmware_sim.transaction import Transaction
+from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
+from swipepay.firmware_sim.transaction import Transaction
 
 if TYPE_CHECKING:
-    from center.core import Center
+    from swipepay.center.core import Center
 
 
 def _utcnow() -> datetime:

@@ -11,11 +11,11 @@ import os
 from collections.abc import Mapping
 from urllib.parse import parse_qs
 
-from drivers.registry import split_url
-from firmware_sim.carddata import CardData
-from firmware_sim.cards.spec import CardSpec, present
-from firmware_sim.errors import ConfigError, LinkTimeout
-from firmware_sim.tracks import card_from_tracks
+from swipepay.drivers.registry import split_url
+from swipepay.firmware_sim.carddata import CardData
+from swipepay.firmware_sim.cards.spec import CardSpec, present
+from swipepay.firmware_sim.errors import ConfigError, LinkTimeout
+from swipepay.firmware_sim.tracks import card_from_tracks
 
 
 class MockCardReader:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from firmware_sim.errors import ConfigError, LinkTimeout, TransportError
-from firmware_sim.phone import Phone
+from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
+from swipepay.firmware_sim.phone import Phone
 
 
 @dataclass

@@ -11,10 +11,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from drivers.nfcpy_link import CardEmulator, nfcpy_path
-from firmware_sim.cards.emv_card import EmvCardApplet
-from firmware_sim.cards.spec import CardSpec
-from firmware_sim.errors import ConfigError
+from swipepay.drivers.nfcpy_link import CardEmulator, nfcpy_path
+from swipepay.firmware_sim.cards.emv_card import EmvCardApplet
+from swipepay.firmware_sim.cards.spec import CardSpec
+from swipepay.firmware_sim.errors import ConfigError
 
 
 class NfcpyCardServer:

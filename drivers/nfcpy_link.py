@@ -37,17 +37,17 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from types import ModuleType
 from typing import Any, Final
 
-from drivers.registry import split_url
-from firmware_sim.carddata import CardData
-from firmware_sim.emv_reader import EmvReader, run_reader
-from firmware_sim.errors import (
+from swipepay.drivers.registry import split_url
+from swipepay.firmware_sim.carddata import CardData
+from swipepay.firmware_sim.emv_reader import EmvReader, run_reader
+from swipepay.firmware_sim.errors import (
     ConfigError,
     LinkTimeout,
     LocalProtocolError,
     SwipepayError,
     TransportError,
 )
-from firmware_sim.isodep import (
+from swipepay.firmware_sim.isodep import (
     Apdu,
     CardParams,
     Deselected,
@@ -55,7 +55,7 @@ from firmware_sim.isodep import (
     Reaction,
     WtxGranted,
 )
-from firmware_sim.phone import Phone
+from swipepay.firmware_sim.phone import Phone
 
 #: What an Android HCE controller announces in Type A anticollision: 4-byte UID, ISO-DEP.
 SENS_RES: Final = b"\x04\x00"

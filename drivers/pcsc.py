@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs
 
-from drivers.registry import split_url
-from firmware_sim.carddata import CardData
-from firmware_sim.emv_reader import CardReadError, EmvReader, Step, run_reader
-from firmware_sim.errors import ConfigError, LinkTimeout, TransportError
+from swipepay.drivers.registry import split_url
+from swipepay.firmware_sim.carddata import CardData
+from swipepay.firmware_sim.emv_reader import CardReadError, EmvReader, Step, run_reader
+from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
 
 INSTALL_HINT: Final = "pip install swipepay[pcsc]"
 

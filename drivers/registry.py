@@ -9,28 +9,28 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from firmware_sim.errors import ConfigError
+from swipepay.firmware_sim.errors import ConfigError
 
 #: role -> scheme -> "module:Class".  Later drivers add rows here, nothing else changes.
 DRIVERS: dict[str, dict[str, str]] = {
     "card": {
-        "mock": "drivers.mock_card:MockCardReader",
-        "nfcpy": "drivers.nfcpy_link:NfcpyCardReader",
-        "serial": "drivers.serial_reader:SerialCardReader",
-        "keyboard": "drivers.keyboard_reader:KeyboardCardReader",
-        "pcsc": "drivers.pcsc:PcscCardReader",
+        "mock": "swipepay.drivers.mock_card:MockCardReader",
+        "nfcpy": "swipepay.drivers.nfcpy_link:NfcpyCardReader",
+        "serial": "swipepay.drivers.serial_reader:SerialCardReader",
+        "keyboard": "swipepay.drivers.keyboard_reader:KeyboardCardReader",
+        "pcsc": "swipepay.drivers.pcsc:PcscCardReader",
     },
     "phone": {
-        "mock": "drivers.mock_phone:MockPhoneLink",
-        "nfcpy": "drivers.nfcpy_link:NfcpyPhoneLink",
-        "tcp": "drivers.tcp_link:TcpPhoneLink",
-        "pcsc": "drivers.pcsc:PcscPhoneLink",
+        "mock": "swipepay.drivers.mock_phone:MockPhoneLink",
+        "nfcpy": "swipepay.drivers.nfcpy_link:NfcpyPhoneLink",
+        "tcp": "swipepay.drivers.tcp_link:TcpPhoneLink",
+        "pcsc": "swipepay.drivers.pcsc:PcscPhoneLink",
     },
     # The phone's own side of the link (what `swipepay phone run --link URL` serves on).
     "phone-serve": {
-        "tcp": "drivers.tcp_link:TcpPhoneServer",
-        "vpcd": "drivers.vpcd:VpcdPhoneServer",
-        "nfcpy": "drivers.nfcpy_link:NfcpyPhoneServer",
+        "tcp": "swipepay.drivers.tcp_link:TcpPhoneServer",
+        "vpcd": "swipepay.drivers.vpcd:VpcdPhoneServer",
+        "nfcpy": "swipepay.drivers.nfcpy_link:NfcpyPhoneServer",
     },
 }
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from drivers.base import CardReader, Host, PhoneLink
-from firmware_sim.apdu import ResponseApdu
-from firmware_sim.errors import DecodeError, LinkTimeout, SwipepayError, TransportError
-from firmware_sim.terminal import (
+from swipepay.drivers.base import CardReader, Host, PhoneLink
+from swipepay.firmware_sim.apdu import ResponseApdu
+from swipepay.firmware_sim.errors import DecodeError, LinkTimeout, SwipepayError, TransportError
+from swipepay.firmware_sim.terminal import (
     CardFailed,
     CardRead,
     DisconnectPhone,

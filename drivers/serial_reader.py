@@ -29,12 +29,12 @@ from urllib.parse import parse_qsl
 
 import serial
 
-from drivers.registry import split_url
-from firmware_sim import msr605
-from firmware_sim.carddata import CardData
-from firmware_sim.errors import ConfigError, LinkTimeout, TransportError
-from firmware_sim.swipe_lines import END_OF_SWIPE_GAP, Swipe, SwipeSplitter
-from firmware_sim.tracks import card_from_tracks
+from swipepay.drivers.registry import split_url
+from swipepay.firmware_sim import msr605
+from swipepay.firmware_sim.carddata import CardData
+from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
+from swipepay.firmware_sim.swipe_lines import END_OF_SWIPE_GAP, Swipe, SwipeSplitter
+from swipepay.firmware_sim.tracks import card_from_tracks
 
 #: Query parameters that belong to this driver (the rest belong to pyserial's URL).
 OWN_PARAMS = frozenset({"proto", "baud"})

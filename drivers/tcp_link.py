@@ -26,9 +26,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from drivers.registry import split_url
-from firmware_sim.errors import ConfigError, LinkTimeout, LocalError, TransportError
-from firmware_sim.phone import Phone
+from swipepay.drivers.registry import split_url
+from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, LocalError, TransportError
+from swipepay.firmware_sim.phone import Phone
 
 #: Short APDU limits: header 4 + Lc 1 + 255 data + Le 1; data 256 + SW 2.
 MAX_COMMAND_FRAME = 261

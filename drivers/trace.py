@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from drivers.base import Host, PhoneLink
-from firmware_sim.errors import SwipepayError
-from firmware_sim.hostmsg import AuthRequest, AuthResponse
-from firmware_sim.trace_view import TRACE_VERSION, instruction_name
-from firmware_sim.transaction import Transaction
+from swipepay.drivers.base import Host, PhoneLink
+from swipepay.firmware_sim.errors import SwipepayError
+from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
+from swipepay.firmware_sim.trace_view import TRACE_VERSION, instruction_name
+from swipepay.firmware_sim.transaction import Transaction
 
 
 class TraceWriter:

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from drivers.vpcd import DEFAULT_HOST, VirtualCard, VpcdClient, pcsc_contactless_atr
-from firmware_sim.cards.emv_card import EmvCardApplet, EmvCardProfile, Interface
-from firmware_sim.cards.spec import CardSpec
-from firmware_sim.cards.uid_card import UidCard
-from firmware_sim.errors import ConfigError
+from swipepay.drivers.vpcd import DEFAULT_HOST, VirtualCard, VpcdClient, pcsc_contactless_atr
+from swipepay.firmware_sim.cards.emv_card import EmvCardApplet, EmvCardProfile, Interface
+from swipepay.firmware_sim.cards.spec import CardSpec
+from swipepay.firmware_sim.cards.uid_card import UidCard
+from swipepay.firmware_sim.errors import ConfigError
 
 #: A contact card with T=0 only (TB1 = TC1 = 00) and 8 historical bytes: no TCK for T=0.
 CONTACT_ATR: Final = bytes.fromhex("3B680000") + b"SWIPEPAY"

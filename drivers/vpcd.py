@@ -39,10 +39,10 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from drivers.registry import split_url
-from firmware_sim.errors import ConfigError, DecodeError, LinkTimeout, TransportError
-from firmware_sim.phone import Phone
-from firmware_sim.statuswords import SW
+from swipepay.drivers.registry import split_url
+from swipepay.firmware_sim.errors import ConfigError, DecodeError, LinkTimeout, TransportError
+from swipepay.firmware_sim.phone import Phone
+from swipepay.firmware_sim.statuswords import SW
 
 log = logging.getLogger(__name__)
 

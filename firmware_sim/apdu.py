@@ -29,8 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from firmware_sim.errors import DecodeError, LocalError, SwipepayError, WrongLength
-from firmware_sim.statuswords import SW
+from swipepay.firmware_sim.errors import DecodeError, LocalError, SwipepayError, WrongLength
+from swipepay.firmware_sim.statuswords import SW
 
 HEADER_LEN: Final = 4
 SHORT_MAX_NC: Final = 255

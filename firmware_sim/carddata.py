@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
-from firmware_sim.errors import DecodeError
+from swipepay.firmware_sim.errors import DecodeError
 
 #: ISO 8583 field 22, first two digits (PAN entry mode) -> what it means.
 ENTRY_MODES: dict[str, str] = {

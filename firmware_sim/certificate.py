@@ -45,14 +45,14 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from firmware_sim.ecc import (
+from swipepay.firmware_sim.ecc import (
     POINT_LEN,
     SIGNATURE_LEN,
     decode_point,
     sign_prehashed,
     verify_prehashed,
 )
-from firmware_sim.errors import DecodeError, LocalError, SecurityError, SwipepayError
+from swipepay.firmware_sim.errors import DecodeError, LocalError, SecurityError, SwipepayError
 
 VERSION = 0x01
 #: Domain-separation prefix of the signed digest.

@@ -14,10 +14,10 @@ from enum import IntEnum
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from firmware_sim.dukpt import DukptDevice
-from firmware_sim.ecc import sign_prehashed, verify_prehashed
-from firmware_sim.pinblock import encode_format4
-from firmware_sim.transaction import Transaction
+from swipepay.firmware_sim.dukpt import DukptDevice
+from swipepay.firmware_sim.ecc import sign_prehashed, verify_prehashed
+from swipepay.firmware_sim.pinblock import encode_format4
+from swipepay.firmware_sim.transaction import Transaction
 
 DOMAIN = b"swipepay/confirm/v1"
 

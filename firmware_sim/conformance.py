@@ -19,15 +19,15 @@ from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from firmware_sim import ecc
-from firmware_sim.apdu import ResponseApdu
-from firmware_sim.certificate import TerminalCertificate, issue_certificate
-from firmware_sim.confirmation import transaction_digest, verify_confirmation
-from firmware_sim.errors import ConfigError, SwipepayError, TransportError
-from firmware_sim.phonelink.protocol import AID, ConfirmationStatus, Ins
-from firmware_sim.phonelink.terminal_link import PhoneRefused, TerminalLink
-from firmware_sim.statuswords import SW
-from firmware_sim.transaction import Transaction, TxnType
+from swipepay.firmware_sim import ecc
+from swipepay.firmware_sim.apdu import ResponseApdu
+from swipepay.firmware_sim.certificate import TerminalCertificate, issue_certificate
+from swipepay.firmware_sim.confirmation import transaction_digest, verify_confirmation
+from swipepay.firmware_sim.errors import ConfigError, SwipepayError, TransportError
+from swipepay.firmware_sim.phonelink.protocol import AID, ConfirmationStatus, Ins
+from swipepay.firmware_sim.phonelink.terminal_link import PhoneRefused, TerminalLink
+from swipepay.firmware_sim.statuswords import SW
+from swipepay.firmware_sim.transaction import Transaction, TxnType
 
 Transmit = Callable[[bytes], bytes]
 Pause = Callable[[float], None]

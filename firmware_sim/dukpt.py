@@ -33,7 +33,7 @@ from typing import Final
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from firmware_sim.errors import DecodeError, LocalError
+from swipepay.firmware_sim.errors import DecodeError, LocalError
 
 KEY_LEN: Final = 16
 BDK_LEN: Final = 16

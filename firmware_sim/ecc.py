@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from firmware_sim.errors import DecodeError, SecurityError
+from swipepay.firmware_sim.errors import DecodeError, SecurityError
 
 CURVE = ec.SECP256R1()
 POINT_LEN = 33

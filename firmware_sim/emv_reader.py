@@ -33,13 +33,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
-from firmware_sim.apdu import CommandApdu, ResponseApdu, select_by_name
-from firmware_sim.carddata import CardData, check_expiry
-from firmware_sim.cards.emv_card import PPSE, PSE
-from firmware_sim.errors import DecodeError, LocalProtocolError, RemoteError
-from firmware_sim.statuswords import SW, describe
-from firmware_sim.tlv import encode_tlv, find_all, find_tag, parse_dol, parse_tlv
-from firmware_sim.tracks import Track2, parse_track2_equivalent
+from swipepay.firmware_sim.apdu import CommandApdu, ResponseApdu, select_by_name
+from swipepay.firmware_sim.carddata import CardData, check_expiry
+from swipepay.firmware_sim.cards.emv_card import PPSE, PSE
+from swipepay.firmware_sim.errors import DecodeError, LocalProtocolError, RemoteError
+from swipepay.firmware_sim.statuswords import SW, describe
+from swipepay.firmware_sim.tlv import encode_tlv, find_all, find_tag, parse_dol, parse_tlv
+from swipepay.firmware_sim.tracks import Track2, parse_track2_equivalent
 
 
 class CardReadError(RemoteError):

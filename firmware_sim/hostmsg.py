@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from firmware_sim.transaction import Transaction
+from swipepay.firmware_sim.transaction import Transaction
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final
 
-from firmware_sim.errors import ConfigError, LocalProtocolError
+from swipepay.firmware_sim.errors import ConfigError, LocalProtocolError
 
 #: FSCI/FSDI -> frame size in bytes (PCB..CRC).  FSDI 9-F are RFU in the 2008 edition and read
 #: as 256 (the largest frame nfcpy and Android use).

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from firmware_sim.errors import RemoteProtocolError, SwipepayError
-from firmware_sim.tracks import SwipeError
+from swipepay.firmware_sim.errors import RemoteProtocolError, SwipepayError
+from swipepay.firmware_sim.tracks import SwipeError
 
 ESC = 0x1B
 FS = 0x1C

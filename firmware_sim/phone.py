@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
-from firmware_sim.phonelink.applet import PaymentShown, PhoneApplet, PhoneEvent, ResultShown
+from swipepay.firmware_sim.phonelink.applet import (
+    PaymentShown,
+    PhoneApplet,
+    PhoneEvent,
+    ResultShown,
+)
 
 
 class Choice(Enum):

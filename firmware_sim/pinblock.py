@@ -28,7 +28,7 @@ from typing import Final
 
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
-from firmware_sim.errors import DecodeError, LocalError
+from swipepay.firmware_sim.errors import DecodeError, LocalError
 
 KEY_LEN: Final = 16
 FORMAT4_LEN: Final = 16

@@ -55,8 +55,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from firmware_sim.ecc import decode_point, encode_point
-from firmware_sim.errors import LocalError, SecurityError
+from swipepay.firmware_sim.ecc import decode_point, encode_point
+from swipepay.firmware_sim.errors import LocalError, SecurityError
 
 Role = Literal["terminal", "phone"]
 

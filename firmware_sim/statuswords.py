@@ -19,7 +19,7 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Final
 
-from firmware_sim.errors import LocalError
+from swipepay.firmware_sim.errors import LocalError
 
 
 class SW(IntEnum):

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from firmware_sim.carddata import CardData
-from firmware_sim.tracks import TRACK1, TRACK2, SwipeError, card_from_tracks
+from swipepay.firmware_sim.carddata import CardData
+from swipepay.firmware_sim.tracks import TRACK1, TRACK2, SwipeError, card_from_tracks
 
 #: Longest line kept: both tracks with LRCs (79 + 40) and some slack.  Longer lines are noise;
 #: they are dropped up to the next line end, so memory stays bounded.

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum, IntEnum
 
-from firmware_sim.carddata import CardData
-from firmware_sim.errors import LocalProtocolError, SwipepayError
-from firmware_sim.hostmsg import AuthRequest, AuthResponse
-from firmware_sim.phonelink.protocol import ConfirmationStatus, Ins
-from firmware_sim.phonelink.terminal_link import Exchange, PhoneNotBound, TerminalLink
-from firmware_sim.transaction import Transaction, TxnType
+from swipepay.firmware_sim.carddata import CardData
+from swipepay.firmware_sim.errors import LocalProtocolError, SwipepayError
+from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
+from swipepay.firmware_sim.phonelink.protocol import ConfirmationStatus, Ins
+from swipepay.firmware_sim.phonelink.terminal_link import Exchange, PhoneNotBound, TerminalLink
+from swipepay.firmware_sim.transaction import Transaction, TxnType
 
 
 class Step(IntEnum):

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from firmware_sim.errors import DecodeError, LocalError
+from swipepay.firmware_sim.errors import DecodeError, LocalError
 
 #: How deep constructed objects may nest before we stop (EMV needs 3-4 levels).
 MAX_DEPTH: Final = 16

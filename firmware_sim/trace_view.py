@@ -24,9 +24,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from firmware_sim.errors import DecodeError
-from firmware_sim.phonelink.protocol import CLA_ISO, CLA_PROPRIETARY, Ins
-from firmware_sim.statuswords import describe
+from swipepay.firmware_sim.errors import DecodeError
+from swipepay.firmware_sim.phonelink.protocol import CLA_ISO, CLA_PROPRIETARY, Ins
+from swipepay.firmware_sim.statuswords import describe
 
 TRACE_VERSION = 1
 

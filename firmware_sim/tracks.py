@@ -23,14 +23,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from firmware_sim.carddata import (
+from swipepay.firmware_sim.carddata import (
     PAN_MAX_DIGITS,
     PAN_MIN_DIGITS,
     CardData,
     luhn_valid,
     mask_pan,
 )
-from firmware_sim.errors import DecodeError, LocalError
+from swipepay.firmware_sim.errors import DecodeError, LocalError
 
 
 @dataclass(frozen=True)

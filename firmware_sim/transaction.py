@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from firmware_sim.errors import DecodeError
+from swipepay.firmware_sim.errors import DecodeError
 
 
 class TxnType(StrEnum):

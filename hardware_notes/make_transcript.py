@@ -17,22 +17,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from center.core import Center
-from center.lab import create_lab
-from drivers.local_host import LocalHost
-from drivers.mock_phone import MockField
-from drivers.registry import open_card_reader, open_phone_link
-from drivers.runner import run_transaction
-from drivers.trace import TraceWriter, TracingHost, TracingLink
-from firmware_sim.phone import Choice, Phone, ScriptedUser
-from firmware_sim.phonelink.applet import SEALED, PhoneApplet
-from firmware_sim.phonelink.protocol import Ins, Tag
-from firmware_sim.phonelink.terminal_link import TerminalLink
-from firmware_sim.statuswords import describe
-from firmware_sim.terminal import Order, Terminal
-from firmware_sim.tlv import parse_tlv
-from firmware_sim.trace_view import parse_trace
-from firmware_sim.transaction import TxnType
+from swipepay.center.core import Center
+from swipepay.center.lab import create_lab
+from swipepay.drivers.local_host import LocalHost
+from swipepay.drivers.mock_phone import MockField
+from swipepay.drivers.registry import open_card_reader, open_phone_link
+from swipepay.drivers.runner import run_transaction
+from swipepay.drivers.trace import TraceWriter, TracingHost, TracingLink
+from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
+from swipepay.firmware_sim.phonelink.applet import SEALED, PhoneApplet
+from swipepay.firmware_sim.phonelink.protocol import Ins, Tag
+from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
+from swipepay.firmware_sim.statuswords import describe
+from swipepay.firmware_sim.terminal import Order, Terminal
+from swipepay.firmware_sim.tlv import parse_tlv
+from swipepay.firmware_sim.trace_view import parse_trace
+from swipepay.firmware_sim.transaction import TxnType
 
 
 def _tlv_lines(data: bytes, indent: str = "    ") -> list[str]:

@@ -14,25 +14,25 @@ from pathlib import Path
 
 import pytest
 
-from center.core import Center
-from center.lab import Lab, create_lab
-from center.pinverify import pin_verification_data
-from center.secretfile import write_private
-from drivers import faults
-from drivers.base import PhoneLink
-from drivers.host_tls import TlsHost
-from drivers.mock_phone import MockField, MockPhoneLink
-from drivers.registry import open_card_reader
-from drivers.runner import run_transaction
-from drivers.trace import TraceWriter, TracingHost, TracingLink
-from firmware_sim.apdu import ResponseApdu
-from firmware_sim.errors import LinkTimeout
-from firmware_sim.phone import Choice, Phone, ScriptedUser
-from firmware_sim.phonelink.applet import PaymentShown, PhoneApplet, State
-from firmware_sim.phonelink.terminal_link import TerminalLink
-from firmware_sim.statuswords import SW
-from firmware_sim.terminal import Ending, Order, Terminal
-from firmware_sim.transaction import TxnType
+from swipepay.center.core import Center
+from swipepay.center.lab import Lab, create_lab
+from swipepay.center.pinverify import pin_verification_data
+from swipepay.center.secretfile import write_private
+from swipepay.cli.harness import faults
+from swipepay.drivers.base import PhoneLink
+from swipepay.drivers.host_tls import TlsHost
+from swipepay.drivers.mock_phone import MockField, MockPhoneLink
+from swipepay.drivers.registry import open_card_reader
+from swipepay.drivers.runner import run_transaction
+from swipepay.drivers.trace import TraceWriter, TracingHost, TracingLink
+from swipepay.firmware_sim.apdu import ResponseApdu
+from swipepay.firmware_sim.errors import LinkTimeout
+from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
+from swipepay.firmware_sim.phonelink.applet import PaymentShown, PhoneApplet, State
+from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
+from swipepay.firmware_sim.statuswords import SW
+from swipepay.firmware_sim.terminal import Ending, Order, Terminal
+from swipepay.firmware_sim.transaction import TxnType
 from tests.firmware_sim.phonelink.conftest import PAN, make_pair, txn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def test_relay_adding_latency_is_measured_but_not_refused(lab: Lab, latency: flo
     link = RelayLink(MockPhoneLink("mock:", rf), clock, latency)
     cert, key = lab.terminal_link_identity(faults.POS)
     terminal = Terminal(lab.terminal_config(faults.POS), TerminalLink(cert, key), 1)
-    from drivers.local_host import LocalHost
+    from swipepay.drivers.local_host import LocalHost
 
     with Center.open(lab.db_path, lab.center_keys()) as center:
         report = run_transaction(
@@ -208,7 +208,7 @@ def test_pin_is_in_no_file_a_terminal_run_writes(long_pin_lab: Lab, tmp_path: Pa
     port = faults.free_port()
     center_log = (out / "center.log").open("wb")
     center = subprocess.Popen(
-        [sys.executable, "-c", "from cli.main import main; main()", "center", "serve",
+        [sys.executable, "-c", "from swipepay.cli.main import main; main()", "center", "serve",
          "--home", str(lab.root), "--listen", f"127.0.0.1:{port}"],
         cwd=ROOT, stdout=center_log, stderr=center_log,
     )
@@ -216,7 +216,7 @@ def test_pin_is_in_no_file_a_terminal_run_writes(long_pin_lab: Lab, tmp_path: Pa
         _wait_listening(port)
         # 1. the terminal command, one-shot
         cmd = subprocess.run(
-            [sys.executable, "-c", "from cli.main import main; main()", "terminal", "run",
+            [sys.executable, "-c", "from swipepay.cli.main import main; main()", "terminal", "run",
              "--home", str(lab.root), "--card", "mock:alice-visa", "--phone", "mock:alice-phone",
              "--center", f"127.0.0.1:{port}", "--type", "purchase", "--amount", "1.00", "--json"],
             cwd=ROOT, capture_output=True, timeout=60, check=False,
@@ -240,16 +240,18 @@ def test_pin_is_in_no_file_a_terminal_run_writes(long_pin_lab: Lab, tmp_path: Pa
         assert report.outcome.ending is Ending.APPROVED, report.outcome
         # 3. a terminal process killed mid-run (its journal of reversals)
         worker = subprocess.Popen(
-            [sys.executable, "-m", "drivers.faults", "terminal", str(lab.root), str(port), "50",
+            [sys.executable, "-m", "swipepay.cli.harness.faults", "terminal", str(lab.root),
+             str(port),
+             "50",
              str(out / "worker.jsonl")],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
             worker.wait(1.0)
         except subprocess.TimeoutExpired:
-            faults.stop(worker)
+            faults.kill(worker)
     finally:
-        faults.stop(center)
+        faults.kill(center)
         center_log.close()
     # 4. the center gone: the terminal's request times out and its reversal stays queued
     host = TlsHost.for_lab(lab.root, faults.POS, "127.0.0.1", port, connect_timeout=0.2,

@@ -4,7 +4,7 @@ They take command APDU bytes and return response APDU bytes, exactly as a card b
 reader would, so the mock reader driver, a vpcd virtual card and the tests all reuse them.
 """
 
-from firmware_sim.cards.emv_card import EmvCardApplet, EmvCardProfile
-from firmware_sim.cards.uid_card import UidCard
+from swipepay.firmware_sim.cards.emv_card import EmvCardApplet, EmvCardProfile
+from swipepay.firmware_sim.cards.uid_card import UidCard
 
 __all__ = ["EmvCardApplet", "EmvCardProfile", "UidCard"]

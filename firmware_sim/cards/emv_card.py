@@ -20,17 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from firmware_sim.apdu import CommandApdu
-from firmware_sim.carddata import PAN_MAX_DIGITS, PAN_MIN_DIGITS, check_expiry, luhn_valid
-from firmware_sim.errors import (
+from swipepay.firmware_sim.apdu import CommandApdu
+from swipepay.firmware_sim.carddata import PAN_MAX_DIGITS, PAN_MIN_DIGITS, check_expiry, luhn_valid
+from swipepay.firmware_sim.errors import (
     DecodeError,
     LocalError,
     RemoteProtocolError,
     SwipepayError,
     WrongLength,
 )
-from firmware_sim.statuswords import SW
-from firmware_sim.tlv import encode_tlv, parse_dol, parse_tlv
+from swipepay.firmware_sim.statuswords import SW
+from swipepay.firmware_sim.tlv import encode_tlv, parse_dol, parse_tlv
 
 Interface = Literal["contact", "contactless"]
 #: What an instruction handler gives back: response data and status word.

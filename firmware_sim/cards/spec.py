@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from firmware_sim.carddata import CardData
-from firmware_sim.cards.emv_card import EmvCardApplet, EmvCardProfile
-from firmware_sim.emv_reader import EmvReader, run_reader
-from firmware_sim.errors import ConfigError
-from firmware_sim.tracks import build_track1, build_track2, card_from_tracks
+from swipepay.firmware_sim.carddata import CardData
+from swipepay.firmware_sim.cards.emv_card import EmvCardApplet, EmvCardProfile
+from swipepay.firmware_sim.emv_reader import EmvReader, run_reader
+from swipepay.firmware_sim.errors import ConfigError
+from swipepay.firmware_sim.tracks import build_track1, build_track2, card_from_tracks
 
 #: How a card is presented -> (EMV interface or None for magstripe, contactless?)
 PRESENTATIONS: dict[str, str] = {"tap": "contactless", "insert": "contact", "swipe": "magstripe"}

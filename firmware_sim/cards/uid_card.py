@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from firmware_sim.errors import LocalError
-from firmware_sim.statuswords import SW
+from swipepay.firmware_sim.errors import LocalError
+from swipepay.firmware_sim.statuswords import SW
 
 #: CLA INS of the PC/SC GET DATA pseudo-APDU.
 GET_DATA: Final = b"\xff\xca"

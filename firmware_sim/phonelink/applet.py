@@ -18,18 +18,22 @@ from typing import ClassVar
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from firmware_sim import ecc
-from firmware_sim.apdu import CommandApdu, ResponseApdu
-from firmware_sim.certificate import TerminalCertificate, parse_certificate, verify_certificate
-from firmware_sim.confirmation import Decision, confirmation_digest, sign_confirmation
-from firmware_sim.dukpt import DukptDevice
-from firmware_sim.errors import (
+from swipepay.firmware_sim import ecc
+from swipepay.firmware_sim.apdu import CommandApdu, ResponseApdu
+from swipepay.firmware_sim.certificate import (
+    TerminalCertificate,
+    parse_certificate,
+    verify_certificate,
+)
+from swipepay.firmware_sim.confirmation import Decision, confirmation_digest, sign_confirmation
+from swipepay.firmware_sim.dukpt import DukptDevice
+from swipepay.firmware_sim.errors import (
     DecodeError,
     RemoteProtocolError,
     SecurityError,
     SwipepayError,
 )
-from firmware_sim.phonelink.protocol import (
+from swipepay.firmware_sim.phonelink.protocol import (
     AID,
     CLA_ISO,
     CLA_PROPRIETARY,
@@ -45,20 +49,20 @@ from firmware_sim.phonelink.protocol import (
     encode_fields,
     user_token,
 )
-from firmware_sim.phonelink.transcript import (
+from swipepay.firmware_sim.phonelink.transcript import (
     auth_transcript,
     connect_transcript,
     response_aad,
 )
-from firmware_sim.pinblock import encode_format4
-from firmware_sim.secure_channel import (
+from swipepay.firmware_sim.pinblock import encode_format4
+from swipepay.firmware_sim.secure_channel import (
     SecureChannel,
     SessionKeys,
     derive_session_keys,
     key_confirmation,
 )
-from firmware_sim.statuswords import SW
-from firmware_sim.transaction import PHONE_CODE_TO_TYPE, TXN_TYPES
+from swipepay.firmware_sim.statuswords import SW
+from swipepay.firmware_sim.transaction import PHONE_CODE_TO_TYPE, TXN_TYPES
 
 
 class State(Enum):

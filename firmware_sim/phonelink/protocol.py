@@ -11,8 +11,8 @@ import hashlib
 from dataclasses import dataclass
 from enum import IntEnum
 
-from firmware_sim.errors import DecodeError
-from firmware_sim.tlv import encode_tlv, parse_tlv
+from swipepay.firmware_sim.errors import DecodeError
+from swipepay.firmware_sim.tlv import encode_tlv, parse_tlv
 
 #: "F0" + "SWPAY" + 01 (DESIGN.md §4).
 AID = bytes.fromhex("F0535750415901")

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from firmware_sim import ecc
-from firmware_sim.apdu import CommandApdu, ResponseApdu
-from firmware_sim.certificate import TerminalCertificate
-from firmware_sim.errors import LocalProtocolError, RemoteError, SecurityError
-from firmware_sim.phonelink.protocol import (
+from swipepay.firmware_sim import ecc
+from swipepay.firmware_sim.apdu import CommandApdu, ResponseApdu
+from swipepay.firmware_sim.certificate import TerminalCertificate
+from swipepay.firmware_sim.errors import LocalProtocolError, RemoteError, SecurityError
+from swipepay.firmware_sim.phonelink.protocol import (
     AID,
     CLA_ISO,
     CLA_PROPRIETARY,
@@ -32,16 +32,20 @@ from firmware_sim.phonelink.protocol import (
     encode_fields,
     user_token,
 )
-from firmware_sim.phonelink.transcript import auth_transcript, connect_transcript, response_aad
-from firmware_sim.secure_channel import (
+from swipepay.firmware_sim.phonelink.transcript import (
+    auth_transcript,
+    connect_transcript,
+    response_aad,
+)
+from swipepay.firmware_sim.secure_channel import (
     SecureChannel,
     SessionKeys,
     check_key_confirmation,
     derive_session_keys,
 )
-from firmware_sim.statuswords import SW, describe
-from firmware_sim.tlv import find_tag
-from firmware_sim.transaction import Transaction
+from swipepay.firmware_sim.statuswords import SW, describe
+from swipepay.firmware_sim.tlv import find_tag
+from swipepay.firmware_sim.transaction import Transaction
 
 
 class PhoneRefused(RemoteError):

@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-from firmware_sim.phonelink.protocol import AID
-from firmware_sim.secure_channel import Transcript
+from swipepay.firmware_sim.phonelink.protocol import AID
+from swipepay.firmware_sim.secure_channel import Transcript
 
 
 def connect_transcript(connect_body: bytes, connect_answer: bytes) -> bytes:

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from center.core import AuthRequest, Center
-from center.keystore import CenterKeys
-from firmware_sim.confirmation import Decision, confirmation_digest, sign_confirmation
-from firmware_sim.dukpt import DukptDevice, derive_initial_key
-from firmware_sim.ecc import encode_point, generate_key
-from firmware_sim.pinblock import encode_format4
-from firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
+from swipepay.center.core import AuthRequest, Center
+from swipepay.center.keystore import CenterKeys
+from swipepay.firmware_sim.confirmation import Decision, confirmation_digest, sign_confirmation
+from swipepay.firmware_sim.dukpt import DukptDevice, derive_initial_key
+from swipepay.firmware_sim.ecc import encode_point, generate_key
+from swipepay.firmware_sim.pinblock import encode_format4
+from swipepay.firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
 
 NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
 PAN = "4111111111111111"

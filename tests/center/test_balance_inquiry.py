@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from firmware_sim.transaction import TxnType
+from swipepay.firmware_sim.transaction import TxnType
 
 from .conftest import ACCOUNT, NOW, OPENING, PAN, POS, World
 

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from center.core import AuthRequest, Center
-from center.keystore import CenterKeys
-from center.storage import CardRecord, MessageKey, SQLiteStorage
-from center.verifier import SignatureCheck
-from firmware_sim.confirmation import Decision
-from firmware_sim.dukpt import DukptDevice, derive_initial_key
-from firmware_sim.ecc import encode_point, generate_key
-from firmware_sim.errors import LocalError
-from firmware_sim.transaction import TxnType
+from swipepay.center.core import AuthRequest, Center
+from swipepay.center.keystore import CenterKeys
+from swipepay.center.storage import CardRecord, MessageKey, SQLiteStorage
+from swipepay.center.verifier import SignatureCheck
+from swipepay.firmware_sim.confirmation import Decision
+from swipepay.firmware_sim.dukpt import DukptDevice, derive_initial_key
+from swipepay.firmware_sim.ecc import encode_point, generate_key
+from swipepay.firmware_sim.errors import LocalError
+from swipepay.firmware_sim.transaction import TxnType
 from tests.center.conftest import (
     ACCOUNT,
     ATM,
@@ -612,9 +612,9 @@ def test_center_is_a_context_manager(tmp_path: Path) -> None:
 
 
 def test_remembered_phone_keys_are_bounded(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    import center.core
+    import swipepay.center.core
 
-    monkeypatch.setattr(center.core, "PHONE_KEYS_REMEMBERED", 2)
+    monkeypatch.setattr(swipepay.center.core, "PHONE_KEYS_REMEMBERED", 2)
 
     def record(pan: str) -> CardRecord:
         return CardRecord(pan, EXPIRY, ACCOUNT, b"\x02" + bytes(32), bytes(8), 0, bytes(32))

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from center import iso8583 as codec
-from firmware_sim.errors import DecodeError
-from firmware_sim.hostmsg import AuthRequest, AuthResponse
-from firmware_sim.transaction import Transaction, TxnType
+from swipepay.center import iso8583 as codec
+from swipepay.firmware_sim.errors import DecodeError
+from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
+from swipepay.firmware_sim.transaction import Transaction, TxnType
 
 PAN = "4761739001010119"
 

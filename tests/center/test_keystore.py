@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from center.keystore import KEY_FILES, CenterKeys
-from firmware_sim.errors import ConfigError
+from swipepay.center.keystore import KEY_FILES, CenterKeys
+from swipepay.firmware_sim.errors import ConfigError
 
 
 def mode(path: Path) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from center.ledger import (
+from swipepay.center.ledger import (
     NORMAL_SIDE,
     POSTING_RULES,
     AccountKind,
@@ -16,9 +16,9 @@ from center.ledger import (
     Party,
     equity_account_id,
 )
-from center.storage import SQLiteStorage
-from firmware_sim.errors import LocalError
-from firmware_sim.transaction import TxnType
+from swipepay.center.storage import SQLiteStorage
+from swipepay.firmware_sim.errors import LocalError
+from swipepay.firmware_sim.transaction import TxnType
 
 CARD, SHOP, CASH = "card", "shop", "cash"
 PARTIES_POS = {Party.CARDHOLDER: CARD, Party.TERMINAL: SHOP}

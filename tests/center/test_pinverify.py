@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from center.pinverify import (
+from swipepay.center.pinverify import (
     MAX_PIN_TRIES,
     PinOutcome,
     check_pin,
     pin_matches,
     pin_verification_data,
 )
-from firmware_sim.errors import LocalError
+from swipepay.firmware_sim.errors import LocalError
 
 PVK = bytes(range(32))
 PAN = "4111111111111111"

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from center.policy import TERMINAL_KINDS, is_expired, parse_expiry
-from firmware_sim.transaction import TxnType
+from swipepay.center.policy import TERMINAL_KINDS, is_expired, parse_expiry
+from swipepay.firmware_sim.transaction import TxnType
 
 
 def test_every_type_is_allowed_on_exactly_one_terminal_kind() -> None:

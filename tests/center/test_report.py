@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 
 from click.testing import CliRunner
 
-from center import report
-from center.lab import Lab
-from center.storage import SQLiteStorage
-from cli.main import main
-from firmware_sim.hostmsg import AuthRequest
-from firmware_sim.transaction import TxnType
+from swipepay.center import report
+from swipepay.center.lab import Lab
+from swipepay.center.storage import SQLiteStorage
+from swipepay.cli.main import main
+from swipepay.firmware_sim.hostmsg import AuthRequest
+from swipepay.firmware_sim.transaction import TxnType
 from tests.center.test_server import (
     ATM,
     BANK,

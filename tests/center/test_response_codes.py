@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from center.response_codes import RC, RESPONSE_CODES, DeclineClass, describe
+from swipepay.center.response_codes import RC, RESPONSE_CODES, DeclineClass, describe
 
 #: DESIGN.md §6, field 39.
 DESIGN_CODES = [

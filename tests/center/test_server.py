@@ -15,13 +15,13 @@ from typing import Any
 import iso8583
 import pytest
 
-from center import iso8583 as codec
-from center.core import Center
-from center.lab import Lab, create_lab
-from center.server import CenterServer, ServerLimits, lab_server
-from drivers.host_tls import TlsHost, client_context
-from firmware_sim.hostmsg import AuthRequest
-from firmware_sim.transaction import Transaction, TxnType
+from swipepay.center import iso8583 as codec
+from swipepay.center.core import Center
+from swipepay.center.lab import Lab, create_lab
+from swipepay.center.server import CenterServer, ServerLimits, lab_server
+from swipepay.drivers.host_tls import TlsHost, client_context
+from swipepay.firmware_sim.hostmsg import AuthRequest
+from swipepay.firmware_sim.transaction import Transaction, TxnType
 from tests.center.conftest import Phone as SigningPhone
 
 POS, ATM = "POS00001", "ATM00001"
@@ -400,9 +400,9 @@ def test_concurrent_requests_are_group_committed(server: ServerThread) -> None:
 
 @pytest.mark.flaky(reruns=2, reruns_delay=1)  # killed processes on a loaded machine
 def test_sigkill_mid_load_then_restart(lab: Lab) -> None:
-    """drivers.faults' loop (``swipepay bench faults`` runs it 20 times): load from two
+    """cli.harness.faults' loop (``swipepay bench faults`` runs it 20 times): load from two
     terminals' TLS hosts, SIGKILL the center mid-load, restart, the hosts retransmit."""
-    from drivers.faults import center_kill_loop
+    from swipepay.cli.harness.faults import center_kill_loop
 
     report = center_kill_loop(lab.root, kills=2, per_round=15, kill_after=5)
     assert report.kills == 2 and report.requests == 60 and report.codes == {"00": 60}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from center.storage import (
+from swipepay.center.storage import (
     AccountRecord,
     CardRecord,
     HoldRecord,
@@ -15,7 +15,7 @@ from center.storage import (
     SQLiteStorage,
     TerminalRecord,
 )
-from firmware_sim.errors import LocalError
+from swipepay.firmware_sim.errors import LocalError
 
 
 def account(account_id: str) -> AccountRecord:

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from center import verifier
-from center.verifier import SignatureCheck, VerifierGone, VerifierProcess
-from firmware_sim import ecc
-from firmware_sim.errors import DecodeError
+from swipepay.center import verifier
+from swipepay.center.verifier import SignatureCheck, VerifierGone, VerifierProcess
+from swipepay.firmware_sim import ecc
+from swipepay.firmware_sim.errors import DecodeError
 
 KEY = ecc.generate_key()
 POINT = ecc.encode_point(KEY.public_key())

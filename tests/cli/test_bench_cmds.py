@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
-from drivers.realstack import missing_stack
+from swipepay.cli.harness.realstack import missing_stack
+from swipepay.cli.main import main
 
 
 def _json(*args: str) -> dict[str, Any]:

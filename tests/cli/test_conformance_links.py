@@ -17,8 +17,8 @@ import sys
 
 import pytest
 
-from center.lab import Lab, create_lab
-from firmware_sim.conformance import CHECKS
+from swipepay.center.lab import Lab, create_lab
+from swipepay.firmware_sim.conformance import CHECKS
 from tests.drivers.conftest import pcscd, slot1  # noqa: F401  (the private pcscd fixtures)
 from tests.drivers.pcscd import Slot, wait_present
 
@@ -38,7 +38,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
 
 
 def swipepay(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from cli.main import main; main()", *args]
+    return [sys.executable, "-c", "from swipepay.cli.main import main; main()", *args]
 
 
 def run_suite(lab: Lab, phone_url: str, terminal_url: str) -> None:

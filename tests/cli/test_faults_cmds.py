@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from cli.faults_cmds import faults, soak
+from swipepay.cli.faults_cmds import faults, soak
 
 
 def test_faults_disk_only_prints_counts_and_ok() -> None:

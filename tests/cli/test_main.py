@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
+from swipepay.cli.main import main
 
 
 def test_help_lists_commands() -> None:
@@ -78,7 +78,7 @@ def test_demo_json_runs_every_type_and_failure_without_showing_pins(tmp_path: Pa
 
 def test_demo_as_a_process_on_a_temporary_lab() -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", "from cli.main import main; main()", "demo"],
+        [sys.executable, "-c", "from swipepay.cli.main import main; main()", "demo"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from center.lab import Lab, create_lab
-from cli.main import main
-from cli.phone_cmds import pin_from_env, pin_from_file
-from firmware_sim.errors import ConfigError
+from swipepay.center.lab import Lab, create_lab
+from swipepay.cli.main import main
+from swipepay.cli.phone_cmds import pin_from_env, pin_from_file
+from swipepay.firmware_sim.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
 
 
 def swipepay(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from cli.main import main; main()", *args]
+    return [sys.executable, "-c", "from swipepay.cli.main import main; main()", *args]
 
 
 class PhoneProcess:
@@ -182,9 +182,9 @@ def test_lazy_commands_are_listed() -> None:
 
 
 def test_prompt_user_confirms_with_a_hidden_pin(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cli.phone_cmds import PromptUser
-    from firmware_sim.conformance import run_check, select_checks
-    from firmware_sim.phone import Phone
+    from swipepay.cli.phone_cmds import PromptUser
+    from swipepay.firmware_sim.conformance import run_check, select_checks
+    from swipepay.firmware_sim.phone import Phone
     from tests.firmware_sim.test_conformance import setup
 
     asked: list[dict[str, object]] = []
@@ -205,9 +205,9 @@ def test_prompt_user_confirms_with_a_hidden_pin(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_prompt_user_expires_after_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cli.phone_cmds import PromptUser
-    from firmware_sim.conformance import run_check, select_checks
-    from firmware_sim.phone import Phone
+    from swipepay.cli.phone_cmds import PromptUser
+    from swipepay.firmware_sim.conformance import run_check, select_checks
+    from swipepay.firmware_sim.phone import Phone
     from tests.firmware_sim.test_conformance import setup
 
     release = threading.Event()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from center.lab import create_lab
-from cli.main import main
+from swipepay.center.lab import create_lab
+from swipepay.cli.main import main
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,12 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from center.lab import Lab, create_lab
-from cli.main import main
-from cli.terminal_cmds import card_from_text, load_settings, resolve_card_choice
-from drivers.logsetup import redact, setup_logging, transaction
-from firmware_sim.errors import ConfigError, SwipepayError
-from firmware_sim.terminal import Ending
+from swipepay.center.lab import Lab, create_lab
+from swipepay.cli.main import main
+from swipepay.cli.terminal_cmds import card_from_text, load_settings, resolve_card_choice
+from swipepay.drivers.logsetup import redact, setup_logging, transaction
+from swipepay.firmware_sim.errors import ConfigError, SwipepayError
+from swipepay.firmware_sim.terminal import Ending
 
 
 @pytest.fixture(scope="module")

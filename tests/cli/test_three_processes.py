@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from center.lab import Lab, create_lab
-from drivers.realstack import Stack, free_port, wait_for
-from firmware_sim.terminal import Ending
+from swipepay.center.lab import Lab, create_lab
+from swipepay.cli.harness.realstack import Stack, free_port, wait_for
+from swipepay.firmware_sim.terminal import Ending
 from tests.drivers.conftest import pcscd  # noqa: F401  (the module-scoped fixture)
 from tests.drivers.pcscd import Pcscd
 
@@ -204,8 +204,8 @@ def test_real_stack_demo_prints_a_clear_message_without_pcscd(
 ) -> None:
     from click.testing import CliRunner
 
-    import drivers.realstack as rs
-    from cli.main import main
+    import swipepay.cli.harness.realstack as rs
+    from swipepay.cli.main import main
 
     monkeypatch.setattr(rs, "VPCD_DRIVER", tmp_path / "missing.so")
     result = CliRunner().invoke(main, ["demo", "--real-stack"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from cli.main import main
+from swipepay.cli.main import main
 
 RECORDS = [
     {"v": 1, "kind": "link", "t_ms": 0.1, "event": "connect", "detail": "tcp:127.0.0.1:7000"},

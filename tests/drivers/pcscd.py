@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from drivers.vpcd import SLOTS, VpcdClient
+from swipepay.drivers.vpcd import SLOTS, VpcdClient
 
 READERS = tuple(SLOTS.values())
 PORTS = {name: port for port, name in SLOTS.items()}

@@ -10,10 +10,10 @@ from typing import IO, Any
 
 import pytest
 
-from drivers.keyboard_reader import KeyboardCardReader
-from drivers.registry import open_card_reader
-from firmware_sim.errors import ConfigError, LinkTimeout, TransportError
-from firmware_sim.tracks import SwipeError
+from swipepay.drivers.keyboard_reader import KeyboardCardReader
+from swipepay.drivers.registry import open_card_reader
+from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
+from swipepay.firmware_sim.tracks import SwipeError
 
 PAN = "4111111111111111"
 T1 = "%B4111111111111111^DOE/JOHN^2812201000000000000?"

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.registry import open_card_reader
-from firmware_sim.cards.spec import CardSpec
-from firmware_sim.errors import ConfigError, LinkTimeout
-from firmware_sim.tracks import SwipeError
+from swipepay.drivers.registry import open_card_reader
+from swipepay.firmware_sim.cards.spec import CardSpec
+from swipepay.firmware_sim.errors import ConfigError, LinkTimeout
+from swipepay.firmware_sim.tracks import SwipeError
 
 CARDS = {
     "alice": CardSpec("alice", "4761739001010119", "2912", "MARTIN/ALICE"),

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from center.core import Center
-from center.lab import create_lab
-from drivers.local_host import LocalHost
-from drivers.nfcpy_cards import NfcpyCardServer
-from drivers.nfcpy_link import (
+from swipepay.center.core import Center
+from swipepay.center.lab import create_lab
+from swipepay.drivers.local_host import LocalHost
+from swipepay.drivers.nfcpy_cards import NfcpyCardServer
+from swipepay.drivers.nfcpy_link import (
     CardEmulator,
     NfcpyCardReader,
     NfcpyPhoneLink,
@@ -31,15 +31,15 @@ from drivers.nfcpy_link import (
     load_nfc,
     nfcpy_path,
 )
-from drivers.registry import open_card_reader, open_phone_link, open_phone_server
-from drivers.runner import run_transaction
-from firmware_sim.errors import ConfigError, LinkTimeout, TransportError
-from firmware_sim.phone import Choice, Phone, ScriptedUser
-from firmware_sim.phonelink.applet import PhoneApplet, ResultShown, State
-from firmware_sim.phonelink.protocol import ConfirmationStatus
-from firmware_sim.phonelink.terminal_link import TerminalLink
-from firmware_sim.terminal import Order, Terminal
-from firmware_sim.transaction import TxnType
+from swipepay.drivers.registry import open_card_reader, open_phone_link, open_phone_server
+from swipepay.drivers.runner import run_transaction
+from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
+from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
+from swipepay.firmware_sim.phonelink.applet import PhoneApplet, ResultShown, State
+from swipepay.firmware_sim.phonelink.protocol import ConfirmationStatus
+from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
+from swipepay.firmware_sim.terminal import Order, Terminal
+from swipepay.firmware_sim.transaction import TxnType
 from tests.firmware_sim.phonelink.conftest import NOW, PAN, make_pair, txn
 
 #: Virtual hardware and killed processes on a loaded 2-core machine: pcscd polls card presence

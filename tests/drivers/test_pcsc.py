@@ -13,22 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from center.core import Center
-from center.lab import Lab, create_lab
-from drivers.local_host import LocalHost
-from drivers.pcsc import PcscCardReader, PcscPhoneLink, is_contactless, is_storage_card
-from drivers.registry import open_card_reader, open_phone_link
-from drivers.runner import TxnReport, run_transaction
-from drivers.virtual_cards import ATRS, CardOnSlot, card_on_slot
-from drivers.vpcd import VirtualCard, VpcdClient, VpcdPhoneServer
-from firmware_sim.cards.emv_card import EmvCardProfile
-from firmware_sim.cards.uid_card import UidCard
-from firmware_sim.errors import ConfigError, LinkTimeout, TransportError
-from firmware_sim.phone import Choice, Phone, ScriptedUser
-from firmware_sim.phonelink.applet import PhoneApplet
-from firmware_sim.phonelink.terminal_link import TerminalLink
-from firmware_sim.terminal import Ending, Order, Terminal
-from firmware_sim.transaction import TxnType
+from swipepay.center.core import Center
+from swipepay.center.lab import Lab, create_lab
+from swipepay.drivers.local_host import LocalHost
+from swipepay.drivers.pcsc import PcscCardReader, PcscPhoneLink, is_contactless, is_storage_card
+from swipepay.drivers.registry import open_card_reader, open_phone_link
+from swipepay.drivers.runner import TxnReport, run_transaction
+from swipepay.drivers.virtual_cards import ATRS, CardOnSlot, card_on_slot
+from swipepay.drivers.vpcd import VirtualCard, VpcdClient, VpcdPhoneServer
+from swipepay.firmware_sim.cards.emv_card import EmvCardProfile
+from swipepay.firmware_sim.cards.uid_card import UidCard
+from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
+from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
+from swipepay.firmware_sim.phonelink.applet import PhoneApplet
+from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
+from swipepay.firmware_sim.terminal import Ending, Order, Terminal
+from swipepay.firmware_sim.transaction import TxnType
 from tests.drivers.pcscd import Pcscd, Slot, wait_present
 
 #: Virtual hardware and killed processes on a loaded 2-core machine: pcscd polls card presence

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from drivers.pcsc import PcscCardReader, PcscPhoneLink, list_readers
-from drivers.registry import open_card_reader, open_phone_link
-from firmware_sim.errors import ConfigError, LinkTimeout, SwipepayError, TransportError
+from swipepay.drivers.pcsc import PcscCardReader, PcscPhoneLink, list_readers
+from swipepay.drivers.registry import open_card_reader, open_phone_link
+from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, SwipepayError, TransportError
 from tests.drivers.pcscd import Pcscd
 
 #: How long the waiting side is allowed to wait; it must end with an error well before this.
@@ -70,7 +70,7 @@ def finished(thread: threading.Thread, errors: list[BaseException]) -> SwipepayE
 def test_pcscd_not_running_is_one_clear_error(own_pcscd: Pcscd) -> None:
     own_pcscd.stop_daemon()
     result = subprocess.run(
-        [sys.executable, "-c", "from cli.main import main; main()",
+        [sys.executable, "-c", "from swipepay.cli.main import main; main()",
          "card", "read", "--reader", "pcsc:X", "--timeout", "1"],
         capture_output=True, text=True, timeout=30,
     )

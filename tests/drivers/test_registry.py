@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.registry import DRIVERS, driver_class, split_url
-from firmware_sim.errors import ConfigError
+from swipepay.drivers.registry import DRIVERS, driver_class, split_url
+from swipepay.firmware_sim.errors import ConfigError
 
 
 def test_split_url() -> None:

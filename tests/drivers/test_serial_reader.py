@@ -27,11 +27,16 @@ from typing import Any
 import pytest
 import serial
 
-from drivers.registry import open_card_reader
-from drivers.serial_reader import SerialCardReader, split_serial_url
-from firmware_sim.errors import ConfigError, LinkTimeout, RemoteProtocolError, TransportError
-from firmware_sim.msr605 import ReaderSwipeError
-from firmware_sim.tracks import SwipeError, track1_lrc, track2_lrc
+from swipepay.drivers.registry import open_card_reader
+from swipepay.drivers.serial_reader import SerialCardReader, split_serial_url
+from swipepay.firmware_sim.errors import (
+    ConfigError,
+    LinkTimeout,
+    RemoteProtocolError,
+    TransportError,
+)
+from swipepay.firmware_sim.msr605 import ReaderSwipeError
+from swipepay.firmware_sim.tracks import SwipeError, track1_lrc, track2_lrc
 
 PAN = "4111111111111111"
 T1 = "%B4111111111111111^DOE/JOHN^2812201000000000000?"

@@ -12,24 +12,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from center.core import Center
-from center.lab import Lab, create_lab
-from drivers.local_host import LocalHost
-from drivers.registry import open_card_reader, open_phone_link, open_phone_server
-from drivers.runner import TxnReport, run_transaction
-from drivers.tcp_link import (
+from swipepay.center.core import Center
+from swipepay.center.lab import Lab, create_lab
+from swipepay.drivers.local_host import LocalHost
+from swipepay.drivers.registry import open_card_reader, open_phone_link, open_phone_server
+from swipepay.drivers.runner import TxnReport, run_transaction
+from swipepay.drivers.tcp_link import (
     MAX_COMMAND_FRAME,
     TcpPhoneLink,
     TcpPhoneServer,
     frame,
     parse_address,
 )
-from firmware_sim.errors import ConfigError, LinkTimeout, TransportError
-from firmware_sim.phone import Choice, Phone, ScriptedUser
-from firmware_sim.phonelink.applet import PhoneApplet
-from firmware_sim.phonelink.terminal_link import TerminalLink
-from firmware_sim.terminal import Ending, Order, Terminal
-from firmware_sim.transaction import TxnType
+from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
+from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
+from swipepay.firmware_sim.phonelink.applet import PhoneApplet
+from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
+from swipepay.firmware_sim.terminal import Ending, Order, Terminal
+from swipepay.firmware_sim.transaction import TxnType
 
 SELECT = bytes.fromhex("00a4040007f053575041590100")
 

@@ -8,20 +8,20 @@ import time
 
 import pytest
 
-from center.core import Center
-from center.lab import Lab, create_lab
-from drivers.local_host import LocalHost
-from drivers.mock_phone import MockField
-from drivers.registry import open_card_reader, open_phone_link
-from drivers.runner import run_transaction
-from drivers.trace import TraceWriter, TracingHost, TracingLink
-from firmware_sim.errors import TransportError
-from firmware_sim.phone import Choice, Phone, ScriptedUser
-from firmware_sim.phonelink.applet import PhoneApplet
-from firmware_sim.phonelink.terminal_link import TerminalLink
-from firmware_sim.terminal import Ending, Order, Terminal
-from firmware_sim.trace_view import parse_trace, render_mermaid, render_table
-from firmware_sim.transaction import TxnType
+from swipepay.center.core import Center
+from swipepay.center.lab import Lab, create_lab
+from swipepay.drivers.local_host import LocalHost
+from swipepay.drivers.mock_phone import MockField
+from swipepay.drivers.registry import open_card_reader, open_phone_link
+from swipepay.drivers.runner import run_transaction
+from swipepay.drivers.trace import TraceWriter, TracingHost, TracingLink
+from swipepay.firmware_sim.errors import TransportError
+from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
+from swipepay.firmware_sim.phonelink.applet import PhoneApplet
+from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
+from swipepay.firmware_sim.terminal import Ending, Order, Terminal
+from swipepay.firmware_sim.trace_view import parse_trace, render_mermaid, render_table
+from swipepay.firmware_sim.transaction import TxnType
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.registry import open_phone_server
-from drivers.vpcd import (
+from swipepay.drivers.registry import open_phone_server
+from swipepay.drivers.vpcd import (
     HCE_PHONE_ATR,
     FrameDecoder,
     VirtualCard,
@@ -21,7 +21,7 @@ from drivers.vpcd import (
     parse_address,
     pcsc_contactless_atr,
 )
-from firmware_sim.errors import ConfigError, DecodeError, TransportError
+from swipepay.firmware_sim.errors import ConfigError, DecodeError, TransportError
 
 
 class FakeVpcd:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_sim.airtime import EMVCO, ISO_106, AirSpec, air_time, frame_etu
+from swipepay.firmware_sim.airtime import EMVCO, ISO_106, AirSpec, air_time, frame_etu
 
 ETU_US = 128 / 13.56
 

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_sim.apdu import CommandApdu, ResponseApdu, select_by_name
-from firmware_sim.errors import DecodeError, LocalError, WrongLength
-from firmware_sim.statuswords import SW
+from swipepay.firmware_sim.apdu import CommandApdu, ResponseApdu, select_by_name
+from swipepay.firmware_sim.errors import DecodeError, LocalError, WrongLength
+from swipepay.firmware_sim.statuswords import SW
 
 AID = bytes.fromhex("F0535750415901")
 

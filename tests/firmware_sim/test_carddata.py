@@ -8,14 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_sim.carddata import (
+from swipepay.firmware_sim.carddata import (
     CardData,
     is_expired,
     luhn_check_digit,
     luhn_valid,
     mask_pan,
 )
-from firmware_sim.errors import DecodeError, SwipepayError
+from swipepay.firmware_sim.errors import DecodeError, SwipepayError
 
 
 def _card(**overrides: object) -> CardData:

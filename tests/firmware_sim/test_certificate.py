@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_sim import ecc
-from firmware_sim.certificate import (
+from swipepay.firmware_sim import ecc
+from swipepay.firmware_sim.certificate import (
     FIXED_LEN,
     MAX_LEN,
     CertificateError,
@@ -20,7 +20,7 @@ from firmware_sim.certificate import (
     parse_certificate,
     verify_certificate,
 )
-from firmware_sim.errors import DecodeError, LocalError, SecurityError
+from swipepay.firmware_sim.errors import DecodeError, LocalError, SecurityError
 
 CA_KEY = ecc.generate_key()
 OTHER_CA_KEY = ecc.generate_key()

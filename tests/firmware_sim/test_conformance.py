@@ -6,13 +6,20 @@ from collections.abc import Callable
 
 import pytest
 
-from firmware_sim import conformance, ecc
-from firmware_sim.certificate import issue_certificate
-from firmware_sim.conformance import CHECKS, Check, CheckResult, Context, run_check, select_checks
-from firmware_sim.dukpt import DukptDevice, derive_initial_key
-from firmware_sim.errors import ConfigError, SecurityError, TransportError
-from firmware_sim.phone import Choice, Phone, ScriptedUser
-from firmware_sim.phonelink.applet import PhoneApplet, PhoneIdentity
+from swipepay.firmware_sim import conformance, ecc
+from swipepay.firmware_sim.certificate import issue_certificate
+from swipepay.firmware_sim.conformance import (
+    CHECKS,
+    Check,
+    CheckResult,
+    Context,
+    run_check,
+    select_checks,
+)
+from swipepay.firmware_sim.dukpt import DukptDevice, derive_initial_key
+from swipepay.firmware_sim.errors import ConfigError, SecurityError, TransportError
+from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
+from swipepay.firmware_sim.phonelink.applet import PhoneApplet, PhoneIdentity
 
 NOW = 1_800_000_000
 PAN = "4761739001010119"
@@ -77,7 +84,7 @@ def test_phone_answering_9000_to_a_wrong_token_fails() -> None:
 
 def test_phone_without_certificate_checks_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        "firmware_sim.phonelink.applet.verify_certificate", lambda *a, **k: None
+        "swipepay.firmware_sim.phonelink.applet.verify_certificate", lambda *a, **k: None
     )
     ctx, phone = setup()
     assert failing(run_all(ctx, phone.process)) == {"foreign-ca", "expired-cert"}

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_sim.dukpt import (
+from swipepay.firmware_sim.dukpt import (
     MAX_COUNTER,
     WORKING_KEY_USAGES,
     DukptDevice,
@@ -34,7 +34,7 @@ from firmware_sim.dukpt import (
     split_ksn,
     usable,
 )
-from firmware_sim.errors import DecodeError, LocalError, SwipepayError
+from swipepay.firmware_sim.errors import DecodeError, LocalError, SwipepayError
 
 BDK = bytes.fromhex("FEDCBA9876543210F1F1F1F1F1F1F1F1")
 IKID = bytes.fromhex("1234567890123456")

@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_sim.apdu import ResponseApdu
-from firmware_sim.cards import EmvCardApplet, EmvCardProfile, UidCard
-from firmware_sim.cards.emv_card import QVSDC_PDOL
-from firmware_sim.errors import LocalError
-from firmware_sim.tlv import find_all, find_tag
-from firmware_sim.tracks import parse_track2_equivalent
+from swipepay.firmware_sim.apdu import ResponseApdu
+from swipepay.firmware_sim.cards import EmvCardApplet, EmvCardProfile, UidCard
+from swipepay.firmware_sim.cards.emv_card import QVSDC_PDOL
+from swipepay.firmware_sim.errors import LocalError
+from swipepay.firmware_sim.tlv import find_all, find_tag
+from swipepay.firmware_sim.tracks import parse_track2_equivalent
 
 PAN = "4111111111111111"
 SELECT_PSE = "00A404000E315041592E5359532E444446303100"

@@ -8,18 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_sim.carddata import CardData
-from firmware_sim.cards import EmvCardApplet, EmvCardProfile
-from firmware_sim.cards.emv_card import QVSDC_PDOL
-from firmware_sim.emv_reader import (
+from swipepay.firmware_sim.carddata import CardData
+from swipepay.firmware_sim.cards import EmvCardApplet, EmvCardProfile
+from swipepay.firmware_sim.cards.emv_card import QVSDC_PDOL
+from swipepay.firmware_sim.emv_reader import (
     MAX_EXCHANGES,
     CardReadError,
     EmvReader,
     Step,
     run_reader,
 )
-from firmware_sim.errors import DecodeError, LocalProtocolError
-from firmware_sim.tlv import encode_tlv
+from swipepay.firmware_sim.errors import DecodeError, LocalProtocolError
+from swipepay.firmware_sim.tlv import encode_tlv
 
 PAN = "4111111111111111"
 VISA = bytes.fromhex("A0000000031010")

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from firmware_sim.errors import ConfigError, LocalProtocolError
-from firmware_sim.isodep import (
+from swipepay.firmware_sim.errors import ConfigError, LocalProtocolError
+from swipepay.firmware_sim.isodep import (
     FRAME_SIZES,
     Activated,
     Apdu,

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_sim.errors import RemoteProtocolError
-from firmware_sim.msr605 import (
+from swipepay.firmware_sim.errors import RemoteProtocolError
+from swipepay.firmware_sim.msr605 import (
     COMMANDS,
     MAX_REPLY,
     STATUS,
@@ -23,7 +23,7 @@ from firmware_sim.msr605 import (
     command,
     status_error,
 )
-from firmware_sim.tracks import SwipeError, card_from_tracks, track1_lrc
+from swipepay.firmware_sim.tracks import SwipeError, card_from_tracks, track1_lrc
 
 T1 = "%B4111111111111111^DOE/JOHN^2812201000000000000?"
 T2 = ";4111111111111111=28122011234567?"

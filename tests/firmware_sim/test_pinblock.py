@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from firmware_sim.errors import DecodeError, LocalError
-from firmware_sim.pinblock import (
+from swipepay.firmware_sim.errors import DecodeError, LocalError
+from swipepay.firmware_sim.pinblock import (
     PinBlockError,
     decode_format0,
     decode_format4,

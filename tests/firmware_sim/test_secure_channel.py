@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_sim import ecc
-from firmware_sim.errors import DecodeError, LocalError, SecurityError
-from firmware_sim.secure_channel import (
+from swipepay.firmware_sim import ecc
+from swipepay.firmware_sim.errors import DecodeError, LocalError, SecurityError
+from swipepay.firmware_sim.secure_channel import (
     FRAME_OVERHEAD,
     MAX_COUNTER,
     SecureChannel,

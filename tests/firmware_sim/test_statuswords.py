@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_sim.errors import DecodeError, LocalError, SecurityError, WrongLength
-from firmware_sim.statuswords import DESCRIPTIONS, SW, describe, tries_left
+from swipepay.firmware_sim.errors import DecodeError, LocalError, SecurityError, WrongLength
+from swipepay.firmware_sim.statuswords import DESCRIPTIONS, SW, describe, tries_left
 
 # Values fixed by /work/shared/DESIGN.md section 4 and /work/shared/notes/payments.md.
 FIXED = {

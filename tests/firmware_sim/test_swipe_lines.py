@@ -8,9 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_sim.errors import DecodeError
-from firmware_sim.swipe_lines import MAX_LINE, Swipe, SwipeSplitter, split_line
-from firmware_sim.tracks import SwipeError, build_track1, build_track2, track1_lrc, track2_lrc
+from swipepay.firmware_sim.errors import DecodeError
+from swipepay.firmware_sim.swipe_lines import MAX_LINE, Swipe, SwipeSplitter, split_line
+from swipepay.firmware_sim.tracks import (
+    SwipeError,
+    build_track1,
+    build_track2,
+    track1_lrc,
+    track2_lrc,
+)
 
 PAN = "4111111111111111"
 T1 = "%B4111111111111111^DOE/JOHN^2812201000000000000?"

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from firmware_sim.carddata import CardData
-from firmware_sim.hostmsg import AuthRequest, AuthResponse
-from firmware_sim.terminal import (
+from swipepay.firmware_sim.carddata import CardData
+from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
+from swipepay.firmware_sim.terminal import (
     CardFailed,
     CardRead,
     DisconnectPhone,
@@ -30,7 +30,7 @@ from firmware_sim.terminal import (
     TimerFired,
     Wait,
 )
-from firmware_sim.transaction import TxnType
+from swipepay.firmware_sim.transaction import TxnType
 
 from .phonelink.conftest import PAN, Pair, make_pair
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_sim.errors import DecodeError, LocalError
-from firmware_sim.tlv import (
+from swipepay.firmware_sim.errors import DecodeError, LocalError
+from swipepay.firmware_sim.tlv import (
     EMV_TAG_NAMES,
     MAX_DEPTH,
     Tlv,

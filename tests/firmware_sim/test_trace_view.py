@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_sim.errors import DecodeError
-from firmware_sim.trace_view import (
+from swipepay.firmware_sim.errors import DecodeError
+from swipepay.firmware_sim.trace_view import (
     instruction_name,
     parse_trace,
     render_mermaid,

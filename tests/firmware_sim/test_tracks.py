@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_sim.carddata import luhn_check_digit
-from firmware_sim.errors import DecodeError, LocalError
-from firmware_sim.tracks import (
+from swipepay.firmware_sim.carddata import luhn_check_digit
+from swipepay.firmware_sim.errors import DecodeError, LocalError
+from swipepay.firmware_sim.tracks import (
     SwipeError,
     Track1,
     Track2,

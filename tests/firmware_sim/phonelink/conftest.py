@@ -7,12 +7,12 @@ from dataclasses import dataclass
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from firmware_sim import ecc
-from firmware_sim.certificate import TerminalCertificate, issue_certificate
-from firmware_sim.dukpt import DukptDevice, derive_initial_key
-from firmware_sim.phonelink.applet import PhoneApplet, PhoneIdentity
-from firmware_sim.phonelink.terminal_link import TerminalLink
-from firmware_sim.transaction import Transaction, TxnType
+from swipepay.firmware_sim import ecc
+from swipepay.firmware_sim.certificate import TerminalCertificate, issue_certificate
+from swipepay.firmware_sim.dukpt import DukptDevice, derive_initial_key
+from swipepay.firmware_sim.phonelink.applet import PhoneApplet, PhoneIdentity
+from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
+from swipepay.firmware_sim.transaction import Transaction, TxnType
 
 NOW = 1_800_000_000
 PAN = "4761739001010119"

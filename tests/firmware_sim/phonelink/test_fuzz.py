@@ -8,9 +8,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from firmware_sim.apdu import ResponseApdu
-from firmware_sim.errors import SwipepayError
-from firmware_sim.phonelink.protocol import ConfirmationBody, PaymentRequestBody, ResultBody
+from swipepay.firmware_sim.apdu import ResponseApdu
+from swipepay.firmware_sim.errors import SwipepayError
+from swipepay.firmware_sim.phonelink.protocol import (
+    ConfirmationBody,
+    PaymentRequestBody,
+    ResultBody,
+)
 
 from .conftest import PAN, make_pair, txn
 

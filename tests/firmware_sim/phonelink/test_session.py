@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from firmware_sim.apdu import CommandApdu, ResponseApdu
-from firmware_sim.confirmation import Decision, confirmation_digest, verify_confirmation
-from firmware_sim.dukpt import derive_initial_key, derive_working_key
-from firmware_sim.errors import SecurityError
-from firmware_sim.phonelink.applet import PaymentShown, ResultShown, State
-from firmware_sim.phonelink.protocol import (
+from swipepay.firmware_sim.apdu import CommandApdu, ResponseApdu
+from swipepay.firmware_sim.confirmation import Decision, confirmation_digest, verify_confirmation
+from swipepay.firmware_sim.dukpt import derive_initial_key, derive_working_key
+from swipepay.firmware_sim.errors import SecurityError
+from swipepay.firmware_sim.phonelink.applet import PaymentShown, ResultShown, State
+from swipepay.firmware_sim.phonelink.protocol import (
     MAX_COMMAND_DATA,
     MAX_RESPONSE_DATA,
     ConfirmationStatus,
 )
-from firmware_sim.phonelink.terminal_link import PhoneNotBound, PhoneRefused
-from firmware_sim.pinblock import decode_format4
+from swipepay.firmware_sim.phonelink.terminal_link import PhoneNotBound, PhoneRefused
+from swipepay.firmware_sim.pinblock import decode_format4
 
 from .conftest import BDK, IKID, NOW, PAN, Pair, make_cert, make_pair, txn
 
@@ -190,7 +190,7 @@ def test_refused_status_is_reported_by_name(pair: Pair) -> None:
 
 
 def test_balance_is_forwarded_to_the_phone_only_in_the_result(pair: Pair) -> None:
-    from firmware_sim.transaction import TxnType
+    from swipepay.firmware_sim.transaction import TxnType
 
     up_to_auth(pair)
     pair.link.handle_payment_request(

@@ -8,16 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from center.core import Center
-from center.lab import Lab, create_lab
-from center.storage import SQLiteStorage
-from drivers.benchmarks import (
+from swipepay.center.core import Center
+from swipepay.center.lab import Lab, create_lab
+from swipepay.center.storage import SQLiteStorage
+from swipepay.cli.harness.benchmarks import (
     _precompute,
     add_bench_terminals,
     commit_baseline,
     percentile,
 )
-from firmware_sim.hostmsg import AuthRequest
+from swipepay.firmware_sim.hostmsg import AuthRequest
 
 
 def test_percentile_nearest_rank() -> None:
@@ -43,7 +43,7 @@ def test_commit_baseline_cleans_up(tmp_path: Path) -> None:
 
 
 def test_bench_terminals_and_running_balances(tmp_path: Path) -> None:
-    from center import iso8583 as codec
+    from swipepay.center import iso8583 as codec
 
     lab = create_lab(tmp_path / "lab")
     terms = add_bench_terminals(lab.root, 2)
@@ -85,7 +85,7 @@ def test_bench_terminals_and_running_balances(tmp_path: Path) -> None:
 
 
 def test_precompute_mix_and_completion_reference(tmp_path: Path) -> None:
-    from center import iso8583 as codec
+    from swipepay.center import iso8583 as codec
 
     lab = create_lab(tmp_path / "lab")
     pos = add_bench_terminals(lab.root, 1)[0]

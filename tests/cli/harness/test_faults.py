@@ -1,5 +1,5 @@
 """Faults: the center and the terminal SIGKILLed, the disk failing a commit, the phone leaving a
-real (tcp:) link at each protocol step.  The loops are drivers.faults' (what ``swipepay bench
+real (tcp:) link at each protocol step.  The loops are cli.harness.faults' (what ``swipepay bench
 faults`` runs 20 times), here at a few iterations."""
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from center.core import Center
-from center.lab import Lab, create_lab
-from center.policy import MessageState
-from center.storage import MessageKey
-from drivers import faults
-from drivers.host_tls import ReversalQueue, TlsHost
-from drivers.local_host import LocalHost
-from drivers.registry import open_card_reader, open_phone_link
-from drivers.runner import run_transaction
-from firmware_sim.phonelink.terminal_link import TerminalLink
-from firmware_sim.terminal import Ending, Order, Terminal
-from firmware_sim.transaction import TxnType
+from swipepay.center.core import Center
+from swipepay.center.lab import Lab, create_lab
+from swipepay.center.policy import MessageState
+from swipepay.center.storage import MessageKey
+from swipepay.cli.harness import faults
+from swipepay.drivers.host_tls import ReversalQueue, TlsHost
+from swipepay.drivers.local_host import LocalHost
+from swipepay.drivers.registry import open_card_reader, open_phone_link
+from swipepay.drivers.runner import run_transaction
+from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
+from swipepay.firmware_sim.terminal import Ending, Order, Terminal
+from swipepay.firmware_sim.transaction import TxnType
 from tests.drivers.test_tcp_link import Served
 
 #: Virtual hardware and killed processes on a loaded 2-core machine: pcscd polls card presence
@@ -31,7 +31,7 @@ from tests.drivers.test_tcp_link import Served
 #: from fresh fixtures; a real fault fails all three runs.
 pytestmark = pytest.mark.flaky(reruns=2, reruns_delay=1)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,9 @@ def test_reversal_journalled_before_a_kill_is_sent_by_the_restarted_terminal(lab
         assert balance(lab, signer.account) == before - 5_00
         log = lab.root / "worker.jsonl"
         worker = subprocess.run(
-            [sys.executable, "-m", "drivers.faults", "terminal", str(lab.root), str(port), "1",
+            [sys.executable, "-m", "swipepay.cli.harness.faults", "terminal", str(lab.root),
+             str(port),
+             "1",
              str(log)],
             cwd=ROOT,
             timeout=60,
@@ -94,7 +96,7 @@ def test_reversal_journalled_before_a_kill_is_sent_by_the_restarted_terminal(lab
         )
         assert worker.returncode == 0
     finally:
-        faults.stop(center)
+        faults.kill(center)
     stored = faults.stored_messages(lab.db_path)
     assert stored[MessageKey(faults.POS, "777001", faults.LOAD_AT)].state == MessageState.REVERSED
     queue = ReversalQueue(lab.root / "terminals" / faults.POS / "reversals.db")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from center.lab import create_lab
-from drivers.inprocess import InProcessBench, PhoneSetup
-from drivers.runner import TxnReport
-from firmware_sim.phone import Choice
-from firmware_sim.terminal import Ending, Order
-from firmware_sim.transaction import TxnType
+from swipepay.center.lab import create_lab
+from swipepay.cli.harness.inprocess import InProcessBench, PhoneSetup
+from swipepay.drivers.runner import TxnReport
+from swipepay.firmware_sim.phone import Choice
+from swipepay.firmware_sim.terminal import Ending, Order
+from swipepay.firmware_sim.transaction import TxnType
 
 
 @pytest.fixture(scope="module")

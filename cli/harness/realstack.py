@@ -17,12 +17,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,54 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
-from firmware_sim.errors import ConfigError
+from swipepay.cli.harness.processes import (
+    child_env,
+    free_port,
+    port_open,
+    stop,
+    swipepay_argv,
+    wait_for,
+)
+from swipepay.firmware_sim.errors import ConfigError
 
 VPCD_DRIVER: Final = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
 CARD_SLOT: Final = ("Virtual PCD 00 00", 35963)
 PHONE_SLOT: Final = ("Virtual PCD 00 01", 35964)
 #: The PIN reaches ``swipepay phone run`` through this environment variable, never argv.
 PIN_ENV: Final = "SWIPEPAY_PHONE_PIN"
-#: How a swipepay subprocess is started: this interpreter, this source tree first on the path.
-SOURCE_ROOT: Final = Path(__file__).resolve().parents[1]
-
-
-def swipepay_argv(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from cli.main import main; main()", *args]
-
-
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), env.get("PYTHONPATH")]))
-    env.update(extra or {})
-    return env
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll every 20 ms up to ``timeout`` s; ConfigError naming ``what`` when it never holds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise ConfigError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        socket.create_connection((host, port), timeout=0.2).close()
-    except OSError:
-        return False
-    return True
-
-
-# -- pcscd ---------------------------------------------------------------------------------------
-
-
 def missing_stack() -> str | None:
     """Why the PC/SC stack cannot run here (None when it can): what to install."""
     if shutil.which("pcscd") is None and not Path("/usr/sbin/pcscd").exists():
@@ -92,7 +55,7 @@ def missing_stack() -> str | None:
 
 
 def slot_state(reader: str) -> bool | None:
-    from drivers.pcsc import card_present
+    from swipepay.drivers.pcsc import card_present
 
     try:
         return card_present(reader)
@@ -101,7 +64,7 @@ def slot_state(reader: str) -> bool | None:
 
 
 def _readers_listed() -> bool:
-    from drivers.pcsc import list_readers
+    from swipepay.drivers.pcsc import list_readers
 
     try:
         names = list_readers()
@@ -176,7 +139,7 @@ class Pcscd:
                 log.close()
                 return cls(process)
             if process.poll() is None:
-                _stop(process)
+                stop(process)
             log.seek(0)
             err = log.read().decode(errors="replace").strip()[-300:]
             log.close()
@@ -190,7 +153,7 @@ class Pcscd:
 
     def stop(self) -> None:
         if self.process is not None:
-            _stop(self.process)
+            stop(self.process)
         if self.lock is not None:
             self.lock.close()
 
@@ -198,16 +161,6 @@ class Pcscd:
 def _pcscd_settled(process: subprocess.Popen[bytes]) -> bool:
     """Done waiting: the daemon died, or it lists both vpcd readers."""
     return process.poll() is not None or _readers_listed()
-
-
-def _stop(process: subprocess.Popen[Any], grace: float = 5.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(grace)
 
 
 # -- swipepay processes -----------------------------------------------------------------------
@@ -232,7 +185,7 @@ class Proc:
         return self.process.poll() is None
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop(self.process)
         if self.stdin is not None:
             with contextlib.suppress(OSError):
                 self.stdin.close()
@@ -282,8 +235,7 @@ class Stack:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                env=_env(env),
-                cwd=SOURCE_ROOT,
+                env=child_env(env),
             )
         proc = Proc(name, process, log_path, process.stdin)
         self.procs.append(proc)
@@ -407,9 +359,9 @@ def run_real_demo(home: Path | None, as_json: bool) -> int:
     """The demo's story (cli.demo.SCENARIOS), each part its own process; same JSON output."""
     import click
 
-    from center.core import Center
-    from center.lab import Lab, create_lab
-    from cli.demo import SCENARIOS
+    from swipepay.center.core import Center
+    from swipepay.center.lab import Lab, create_lab
+    from swipepay.cli.demo import SCENARIOS
 
     echo: Callable[..., None] = (lambda *a, **k: None) if as_json else click.echo
     why = missing_stack()
@@ -450,7 +402,7 @@ def _real_scenario(
     stack: Stack, lab: Any, pins: dict[str, str], n: int, sc: Any, stans: list[str | None],
     echo: Callable[..., None],
 ) -> dict[str, Any]:
-    from firmware_sim.transaction import TXN_TYPES, format_amount
+    from swipepay.firmware_sim.transaction import TXN_TYPES, format_amount
 
     spec = TXN_TYPES[sc.type]
     amount = f" {format_amount(sc.amount)}" if spec.has_amount else ""

@@ -14,16 +14,16 @@ from dataclasses import field as dc_field
 from datetime import datetime
 from pathlib import Path
 
-from center.core import Center
-from center.lab import Lab
-from drivers.local_host import LocalHost
-from drivers.mock_phone import MockField
-from drivers.registry import open_card_reader, open_phone_link
-from drivers.runner import Observer, TxnReport, run_transaction
-from firmware_sim.phone import Choice, Phone, ScriptedUser
-from firmware_sim.phonelink.applet import PhoneApplet
-from firmware_sim.phonelink.terminal_link import TerminalLink
-from firmware_sim.terminal import Order, Terminal
+from swipepay.center.core import Center
+from swipepay.center.lab import Lab
+from swipepay.drivers.local_host import LocalHost
+from swipepay.drivers.mock_phone import MockField
+from swipepay.drivers.registry import open_card_reader, open_phone_link
+from swipepay.drivers.runner import Observer, TxnReport, run_transaction
+from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
+from swipepay.firmware_sim.phonelink.applet import PhoneApplet
+from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
+from swipepay.firmware_sim.terminal import Order, Terminal
 
 
 @dataclass

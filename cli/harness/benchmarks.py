@@ -22,21 +22,19 @@ import multiprocessing as mp
 import os
 import resource
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from swipepay.cli.harness.processes import center_process, free_port, swipepay_command
 
 # -- statistics ----------------------------------------------------------------------------------
 
@@ -115,11 +113,11 @@ def add_bench_terminals(root: Path, count: int) -> list[BenchTerminal]:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    from center.core import Center
-    from center.lab import Lab, _pem_key, _write_public, _x509
-    from center.secretfile import write_private
-    from firmware_sim import ecc
-    from firmware_sim.dukpt import derive_initial_key
+    from swipepay.center.core import Center
+    from swipepay.center.lab import Lab, _pem_key, _write_public, _x509
+    from swipepay.center.secretfile import write_private
+    from swipepay.firmware_sim import ecc
+    from swipepay.firmware_sim.dukpt import derive_initial_key
 
     lab = Lab(root)
     keys = lab.center_keys()
@@ -175,11 +173,11 @@ def _precompute(term: BenchTerminal, count: int, stan0: int) -> list[tuple[str, 
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from center import iso8583 as codec
-    from firmware_sim.confirmation import confirm_transaction
-    from firmware_sim.dukpt import DukptDevice
-    from firmware_sim.hostmsg import AuthRequest
-    from firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
+    from swipepay.center import iso8583 as codec
+    from swipepay.firmware_sim.confirmation import confirm_transaction
+    from swipepay.firmware_sim.dukpt import DukptDevice
+    from swipepay.firmware_sim.hostmsg import AuthRequest
+    from swipepay.firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
 
     key = serialization.load_pem_private_key(term.signing_key_pem, password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
@@ -239,8 +237,8 @@ async def _drive(
     stop_at: float,
     result: LoadResult,
 ) -> None:
-    from center import iso8583 as codec
-    from drivers.host_tls import client_context
+    from swipepay.center import iso8583 as codec
+    from swipepay.drivers.host_tls import client_context
 
     async def one(term: BenchTerminal, frames: list[tuple[str, bytes]]) -> None:
         base = root / "terminals" / term.terminal_id
@@ -318,57 +316,6 @@ def commit_baseline(directory: Path, seconds: float) -> float:
                 Path(str(path) + suffix).unlink()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def center_process(
-    root: Path, port: int, timeout: float = 15.0
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``swipepay center serve`` for the lab at ``root`` as a subprocess, stopped on exit."""
-    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-        [
-            sys.executable,
-            "-c",
-            "from cli.main import main; main()",
-            "center",
-            "serve",
-            "--home",
-            str(root),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--max-connections",
-            "256",
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("center did not start") from None
-                time.sleep(0.05)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
 @dataclass
 class CenterBench:
     terminals: int
@@ -410,9 +357,9 @@ def bench_center(
     workdir: Path | None = None,
 ) -> CenterBench:
     """Run the center benchmark; ``rate_cap`` sizes the precomputed requests (approvals/s)."""
-    from center.core import Center
-    from center.lab import Lab, create_lab
-    from center.storage import SQLiteStorage
+    from swipepay.center.core import Center
+    from swipepay.center.lab import Lab, create_lab
+    from swipepay.center.storage import SQLiteStorage
 
     tmp = Path(tempfile.mkdtemp(prefix="swipepay-bench-", dir=workdir))
     try:
@@ -421,11 +368,11 @@ def bench_center(
         baseline = commit_baseline(tmp, baseline_seconds)
         per_terminal = math.ceil(seconds * rate_cap / max(1, terminals)) + 10
         procs = max(1, min(load_processes, terminals))
-        port = _free_port()
+        port = free_port()
         ctx = mp.get_context("spawn")
         ready, go, out = ctx.Queue(), ctx.Queue(), ctx.Queue()
         results: list[LoadResult] = []
-        with center_process(root, port) as server:
+        with center_process(root, port, "--max-connections", "256") as server:
             workers = [
                 ctx.Process(
                     target=_load_process,
@@ -525,7 +472,7 @@ def _flow_figures(
     mode: str, runs: Sequence[tuple[bool, Sequence[tuple[Any, float]], float]]
 ) -> FlowBench:
     """Figures from (approved, [(step, ms)], total ms) per transaction."""
-    from firmware_sim.terminal import Step
+    from swipepay.firmware_sim.terminal import Step
 
     per_step: dict[Step, list[float]] = {}
     for _, steps, _ in runs:
@@ -552,10 +499,10 @@ def _flow_figures(
 def inprocess_reports(transactions: int, workdir: Path | None = None) -> list[Any]:
     """Run ``transactions`` whole transactions (purchases at the POS, withdrawals at the ATM,
     alternating; the phone's user confirms at once) on a fresh lab with mock drivers."""
-    from center.lab import create_lab
-    from drivers.inprocess import InProcessBench, PhoneSetup
-    from firmware_sim.terminal import Order
-    from firmware_sim.transaction import TxnType
+    from swipepay.center.lab import create_lab
+    from swipepay.cli.harness.inprocess import InProcessBench, PhoneSetup
+    from swipepay.firmware_sim.terminal import Order
+    from swipepay.firmware_sim.transaction import TxnType
 
     plan = (
         ("POS00001", TxnType.PURCHASE, "mock:alice-visa"),
@@ -590,9 +537,9 @@ def bench_flow_processes(transactions: int = 20, workdir: Path | None = None) ->
     and ``swipepay phone run --auto-confirm`` on pcscd's vpcd slots, and one
     ``swipepay terminal run --json`` per transaction (its own step timings; the terminal
     process's start-up is not part of the transaction)."""
-    from center.lab import create_lab
-    from drivers.realstack import Stack, missing_stack
-    from firmware_sim.errors import ConfigError
+    from swipepay.center.lab import create_lab
+    from swipepay.cli.harness.realstack import Stack, missing_stack
+    from swipepay.firmware_sim.errors import ConfigError
 
     why = missing_stack()
     if why is not None:
@@ -643,7 +590,7 @@ class LinkBench:
 
 def bench_link(workdir: Path | None = None) -> LinkBench:
     """The exchanges of one approved purchase (user confirms at once) and their air time."""
-    from firmware_sim.airtime import EMVCO, ISO_106, air_time
+    from swipepay.firmware_sim.airtime import EMVCO, ISO_106, air_time
 
     report = next(r for r in inprocess_reports(1, workdir) if r.outcome.approved)
     pairs = [(e.sent, e.received) for e in report.exchanges]
@@ -677,14 +624,6 @@ class StartupBench:
     command: list[str]
 
 
-def swipepay_command() -> list[str]:
-    """The installed ``swipepay`` script beside this interpreter, else ``python -m``-style."""
-    script = Path(sys.executable).parent / "swipepay"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from cli.main import main; main()"]
-
-
 def bench_startup(runs: int = 5) -> StartupBench:
     """Wall time of ``swipepay --help`` (a fresh interpreter each run)."""
     command = [*swipepay_command(), "--help"]
@@ -692,7 +631,7 @@ def bench_startup(runs: int = 5) -> StartupBench:
     for _ in range(max(1, runs)):
         t0 = time.perf_counter()
         subprocess.run(  # noqa: S603 - the installed swipepay script
-            command, check=True, stdout=subprocess.DEVNULL, cwd=REPO, timeout=60
+            command, check=True, stdout=subprocess.DEVNULL, timeout=60
         )
         times.append((time.perf_counter() - t0) * 1000)
     return StartupBench(runs, statistics.median(times), max(times), command)

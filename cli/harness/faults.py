@@ -24,8 +24,6 @@ import functools
 import json
 import os
 import random
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,74 +34,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from center.core import Center
-from center.lab import Lab
-from center.policy import MessageState
-from center.storage import MessageKey, MessageRecord, SQLiteStorage
-from drivers.host_tls import ReversalQueue, TlsHost
-from firmware_sim.confirmation import confirm_transaction
-from firmware_sim.hostmsg import AuthRequest
-from firmware_sim.transaction import Transaction, TxnType
+from swipepay.center.core import Center
+from swipepay.center.lab import Lab
+from swipepay.center.policy import MessageState
+from swipepay.center.storage import MessageKey, MessageRecord, SQLiteStorage
+from swipepay.cli.harness.processes import child_env, free_port, kill, start_center
+from swipepay.drivers.host_tls import ReversalQueue, TlsHost
+from swipepay.firmware_sim.confirmation import confirm_transaction
+from swipepay.firmware_sim.hostmsg import AuthRequest
+from swipepay.firmware_sim.transaction import Transaction, TxnType
 
-ROOT = Path(__file__).resolve().parents[1]
 POS = "POS00001"
 MERCHANT = "MERCH0000000001"
 #: Transmission time used by the load generators (field 7); the STAN keeps messages apart.
 LOAD_AT = "1126120000"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-def start_center(home: Path, port: int, timeout: float = 15.0) -> subprocess.Popen[bytes]:
-    """``swipepay center serve`` on 127.0.0.1:``port`` as a child process; returns once it
-    accepts connections (bounded wait)."""
-    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-        [
-            sys.executable,
-            "-c",
-            "from cli.main import main; main()",
-            "center",
-            "serve",
-            "--home",
-            str(home),
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_env(),
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"center exited with {proc.returncode} before listening"
-                ) from None
-            time.sleep(0.05)
-    proc.kill()
-    proc.wait(5)
-    raise RuntimeError("center did not start listening in time")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL a child we started and reap it."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
 
 
 class LabSigner:
@@ -238,7 +182,7 @@ def center_kill_loop(
             deadline = time.monotonic() + 30
             while answered[0] < kill_after and time.monotonic() < deadline:
                 time.sleep(0.002)
-            stop(proc)
+            kill(proc)
             report.kills += 1
             proc = start_center(home, port)
             for t in threads:
@@ -247,7 +191,7 @@ def center_kill_loop(
             if progress is not None:
                 progress(round_no + 1, report)
     finally:
-        stop(proc)
+        kill(proc)
     report.seconds = time.monotonic() - t0
     return report
 
@@ -281,14 +225,14 @@ def _pin(lab: Lab, card: str) -> str:
 def terminal_worker(home: Path, port: int, count: int, log_path: Path) -> None:
     """A terminal process: ``count`` purchases through the full firmware (mock card reader,
     in-process phone, TLS host), one JSON line per finished transaction in ``log_path``
-    (fsynced).  Meant to be killed at any moment (``python -m drivers.faults terminal ...``)."""
-    from drivers.mock_phone import MockField
-    from drivers.registry import open_card_reader, open_phone_link
-    from drivers.runner import run_transaction
-    from firmware_sim.phone import Choice, Phone, ScriptedUser
-    from firmware_sim.phonelink.applet import PhoneApplet
-    from firmware_sim.phonelink.terminal_link import TerminalLink
-    from firmware_sim.terminal import Order, Terminal
+    (fsynced).  Meant to be killed at any moment (``python -m cli.harness.faults terminal ...``)."""
+    from swipepay.drivers.mock_phone import MockField
+    from swipepay.drivers.registry import open_card_reader, open_phone_link
+    from swipepay.drivers.runner import run_transaction
+    from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
+    from swipepay.firmware_sim.phonelink.applet import PhoneApplet
+    from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
+    from swipepay.firmware_sim.terminal import Order, Terminal
 
     lab = Lab(home)
     cert, key = lab.terminal_link_identity(POS)
@@ -359,12 +303,12 @@ class TerminalKillReport:
 
 def _terminal_proc(home: Path, port: int, count: int, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-        [sys.executable, "-m", "drivers.faults", "terminal", str(home), str(port), str(count),
+        [sys.executable, "-m", "swipepay.cli.harness.faults", "terminal", str(home), str(port),
+             str(count),
          str(log)],
-        cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=_env(),
+        env=child_env(),
     )
 
 
@@ -391,7 +335,7 @@ def terminal_kill_loop(
             report.reversals_sent += len(_pending(queue_path))
             proc = _terminal_proc(home, port, 10_000, log)
             time.sleep(rng.uniform(*window))
-            stop(proc)
+            kill(proc)
             report.kills += 1
             if progress is not None:
                 progress(n + 1, report)
@@ -400,7 +344,7 @@ def terminal_kill_loop(
         final.wait(60)
         report.left_in_queue = len(_pending(queue_path))
     finally:
-        stop(center)
+        kill(center)
     lines = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if x.strip()]
     logged = {x["stan"] for x in lines if x["approved"]}
     stored = stored_messages(lab.db_path)
@@ -478,7 +422,7 @@ class DiskFaultReport:
 @contextlib.contextmanager
 def _server_thread(home: Path, faulty: list[FailingCommits]) -> Iterator[int]:
     """The real TLS server in a thread of this process, its storage wrapped by FailingCommits."""
-    from center.server import CenterServer, server_context
+    from swipepay.center.server import CenterServer, server_context
 
     lab = Lab(home)
     keys = lab.center_keys()
@@ -558,11 +502,11 @@ def disk_fault_check(home: Path, failures: int = 3) -> DiskFaultReport:
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m drivers.faults terminal HOME PORT COUNT LOG``: the killable terminal."""
+    """``python -m cli.harness.faults terminal HOME PORT COUNT LOG``: the killable terminal."""
     if len(argv) == 5 and argv[0] == "terminal":
         terminal_worker(Path(argv[1]), int(argv[2]), int(argv[3]), Path(argv[4]))
         return 0
-    print("usage: python -m drivers.faults terminal HOME PORT COUNT LOG", file=sys.stderr)
+    print("usage: python -m cli.harness.faults terminal HOME PORT COUNT LOG", file=sys.stderr)
     return 2
 
 
