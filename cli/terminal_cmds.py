@@ -259,7 +259,7 @@ def _open_bench(home: Path, settings: dict[str, Any]) -> Bench:
 def _open_host(lab: Lab, terminal_id: str, center: str, host_timeout: float) -> Any:
     if center == "local":
         from swipepay.center.core import Center
-        from swipepay.drivers.local_host import LocalHost
+        from swipepay.center.local_host import LocalHost
 
         core = Center.open(lab.db_path, lab.center_keys())
         local = LocalHost(core)

@@ -130,7 +130,7 @@ def test_relay_adding_latency_is_measured_but_not_refused(lab: Lab, latency: flo
     link = RelayLink(MockPhoneLink("mock:", rf), clock, latency)
     cert, key = lab.terminal_link_identity(faults.POS)
     terminal = Terminal(lab.terminal_config(faults.POS), TerminalLink(cert, key), 1)
-    from swipepay.drivers.local_host import LocalHost
+    from swipepay.center.local_host import LocalHost
 
     with Center.open(lab.db_path, lab.center_keys()) as center:
         report = run_transaction(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from swipepay.center.core import Center
 from swipepay.center.lab import Lab
-from swipepay.drivers.local_host import LocalHost
+from swipepay.center.local_host import LocalHost
 from swipepay.drivers.mock_phone import MockField
 from swipepay.drivers.registry import open_card_reader, open_phone_link
 from swipepay.drivers.runner import Observer, TxnReport, run_transaction

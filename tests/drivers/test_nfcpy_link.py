@@ -21,7 +21,7 @@ import pytest
 
 from swipepay.center.core import Center
 from swipepay.center.lab import create_lab
-from swipepay.drivers.local_host import LocalHost
+from swipepay.center.local_host import LocalHost
 from swipepay.drivers.nfcpy_cards import NfcpyCardServer
 from swipepay.drivers.nfcpy_link import (
     CardEmulator,

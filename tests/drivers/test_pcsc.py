@@ -15,7 +15,7 @@ import pytest
 
 from swipepay.center.core import Center
 from swipepay.center.lab import Lab, create_lab
-from swipepay.drivers.local_host import LocalHost
+from swipepay.center.local_host import LocalHost
 from swipepay.drivers.pcsc import PcscCardReader, PcscPhoneLink, is_contactless, is_storage_card
 from swipepay.drivers.registry import open_card_reader, open_phone_link
 from swipepay.drivers.runner import TxnReport, run_transaction

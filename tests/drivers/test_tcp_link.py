@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from swipepay.center.core import Center
 from swipepay.center.lab import Lab, create_lab
-from swipepay.drivers.local_host import LocalHost
+from swipepay.center.local_host import LocalHost
 from swipepay.drivers.registry import open_card_reader, open_phone_link, open_phone_server
 from swipepay.drivers.runner import TxnReport, run_transaction
 from swipepay.drivers.tcp_link import (

@@ -14,11 +14,11 @@ import pytest
 
 from swipepay.center.core import Center
 from swipepay.center.lab import Lab, create_lab
+from swipepay.center.local_host import LocalHost
 from swipepay.center.policy import MessageState
 from swipepay.center.storage import MessageKey
 from swipepay.cli.harness import faults
 from swipepay.drivers.host_tls import ReversalQueue, TlsHost
-from swipepay.drivers.local_host import LocalHost
 from swipepay.drivers.registry import open_card_reader, open_phone_link
 from swipepay.drivers.runner import run_transaction
 from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
