@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from swipepay.cli.main import fail
+from swipepay.drivers.runner import Observer, RunEvent, StepBegan, Waiting
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
 if TYPE_CHECKING:
@@ -177,26 +178,27 @@ class Console:
         self._last_at = 0.0
         self._open_line = False
 
-    def __call__(self, kind: str, payload: object) -> None:
-        from swipepay.firmware_sim.terminal import STEP_TEXT, Step
+    def __call__(self, event: RunEvent) -> None:
+        from swipepay.firmware_sim.terminal import STEP_TEXT
 
-        if kind == "step" and isinstance(payload, Step):
-            self._close_line()
-            self.echo(f"  [{int(payload)}] {STEP_TEXT[payload]}")
-            _log.debug("step %d %s", int(payload), payload.name.lower())
-            self._last_reason = ""
-        elif kind == "wait":
-            text = str(payload)
-            reason = text.partition(" (")[0]
-            now = time.monotonic()
-            if self.tty and reason == self._last_reason:
-                click.echo(f"\r      waiting for {text}   ", nl=False)
-                self._open_line = True
-            elif reason != self._last_reason or now - self._last_at >= 5.0:
+        match event:
+            case StepBegan(step=step):
                 self._close_line()
-                self.echo(f"      waiting for {text}")
-                self._last_at = now
-            self._last_reason = reason
+                self.echo(f"  [{int(step)}] {STEP_TEXT[step]}")
+                _log.debug("step %d %s", int(step), step.name.lower())
+                self._last_reason = ""
+            case Waiting(what=reason, remaining_s=remaining):
+                left = "" if remaining is None else f" ({remaining:.1f} s left)"
+                text = f"{reason}{left}"
+                now = time.monotonic()
+                if self.tty and reason == self._last_reason:
+                    click.echo(f"\r      waiting for {text}   ", nl=False)
+                    self._open_line = True
+                elif reason != self._last_reason or now - self._last_at >= 5.0:
+                    self._close_line()
+                    self.echo(f"      waiting for {text}")
+                    self._last_at = now
+                self._last_reason = reason
 
     def _close_line(self) -> None:
         if self._open_line:
@@ -204,7 +206,7 @@ class Console:
             self._open_line = False
 
 
-def _quiet(kind: str, payload: object) -> None:
+def _quiet(event: RunEvent) -> None:
     return None
 
 
@@ -382,7 +384,7 @@ def run_one(
     bench: Bench,
     order: Order,
     reader: Any,
-    observe: Callable[[str, object], None],
+    observe: Observer,
 ) -> dict[str, Any]:
     """Run one transaction; return the JSON result (the demo's per-transaction fields+)."""
     from swipepay.drivers.logsetup import transaction, txn_id

@@ -69,10 +69,28 @@ class TxnReport:
         return sum(e.received for e in self.exchanges)
 
 
-Observer = Callable[[str, object], None]
+@dataclass(frozen=True)
+class StepBegan:
+    """The transaction entered a step of the method."""
+
+    step: Step
 
 
-def _quiet(kind: str, payload: object) -> None:
+@dataclass(frozen=True)
+class Waiting:
+    """The terminal waits for ``what``; ``remaining_s`` is the time left (None: no deadline
+    known to the runner, e.g. the phone's connect timeout is the link's own)."""
+
+    what: str
+    remaining_s: float | None = None
+
+
+#: What :func:`run_transaction` reports to its observer while it runs.
+RunEvent = StepBegan | Waiting
+Observer = Callable[[RunEvent], None]
+
+
+def _quiet(event: RunEvent) -> None:
     return None
 
 
@@ -107,7 +125,7 @@ def run_transaction(
         match action:
             case StepStarted(step=step):
                 marks.append((step, clock()))
-                observe("step", step)
+                observe(StepBegan(step))
             case ReadCard():
                 if reader is None:
                     event = CardFailed("no card reader configured")
@@ -121,7 +139,7 @@ def run_transaction(
                     if link is None:
                         raise TransportError("no phone link configured")
                     if not connected:
-                        observe("wait", f"phone in the field (up to {phone_timeout:.0f} s)")
+                        observe(Waiting("phone in the field", phone_timeout))
                         link.connect(phone_timeout)
                         connected = True
                     started = clock()
@@ -140,7 +158,7 @@ def run_transaction(
                 except TransportError as exc:
                     event = PhoneGone(str(exc))
             case Wait(ms=ms, reason=reason, remaining_ms=remaining):
-                observe("wait", f"{reason} ({remaining / 1000:.1f} s left)")
+                observe(Waiting(reason, remaining / 1000))
                 sleep(ms / 1000)
                 event = TimerFired()
             case SendToHost(request=request, timeout_ms=timeout_ms):

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from swipepay.drivers.base import Host, PhoneLink
+from swipepay.drivers.runner import Observer, RunEvent, StepBegan
 from swipepay.firmware_sim.errors import SwipepayError
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
 from swipepay.firmware_sim.trace_view import TRACE_VERSION, instruction_name
@@ -41,12 +42,12 @@ class TraceWriter:
         self._out.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._out.flush()
 
-    def observer(self) -> Callable[[str, object], None]:
+    def observer(self) -> Observer:
         """An observer for :func:`drivers.runner.run_transaction` that records method steps."""
 
-        def observe(kind: str, payload: object) -> None:
-            if kind == "step" and isinstance(payload, int):
-                self.write("step", step=int(payload), text=str(getattr(payload, "name", payload)))
+        def observe(event: RunEvent) -> None:
+            if isinstance(event, StepBegan):
+                self.write("step", step=int(event.step), text=event.step.name)
 
         return observe
 

@@ -306,9 +306,7 @@ def _traced_purchase(lab: Lab, port: int, writer: TraceWriter):  # type: ignore[
             link=TracingLink(MockPhoneLink("mock:", rf), writer),
             host=TracingHost(host, writer),
             sleep=lambda s: None,
-            observe=lambda kind, payload: logging.getLogger("terminal").debug(
-                "%s %s", kind, payload
-            ),
+            observe=lambda event: logging.getLogger("terminal").debug("%s", event),
         )
     finally:
         host.close()
