@@ -5,6 +5,8 @@ and gives actions out; a runner in ``drivers`` performs the actions on real or m
 phone links and hosts and feeds the results back as events.  Timeouts are events too: the
 runner reports a silent host as :class:`HostSilent`, a phone that left the field as
 :class:`PhoneGone`, and the confirmation wait is counted in polls, so no clock is read here.
+Every transition is one row of :data:`TRANSITIONS`: (phase, or the phone-link instruction whose
+answer is awaited; event type) -> method.
 
 Rules for endings (documented in hardware_notes/phone-link.md):
 
@@ -17,9 +19,11 @@ Rules for endings (documented in hardware_notes/phone-link.md):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum, IntEnum
+from typing import Any
 
 from swipepay.firmware_sim.carddata import CardData
 from swipepay.firmware_sim.errors import LocalProtocolError, SwipepayError
@@ -275,80 +279,80 @@ class Terminal:
     # -- transitions -----------------------------------------------------------------------
 
     def _handle(self, run: _Run, event: Event) -> None:
-        match (self.phase, event):
-            case (Phase.READING, CardRead(card=card)):
-                run.txn = self._build(run.order, card.pan, card.expiry, card.entry_mode, None)
-                run.actions += [
-                    StepStarted(Step.BUILD_TRANSACTION),
-                    StepStarted(Step.CONNECT_PHONE),
-                ]
-                self.phase = Phase.PHONE
-                run.card_id = card.card_id
-                self._send(run, self.link.select_command())
-            case (Phase.READING, CardFailed(reason=reason)):
-                self._finish(Outcome(Ending.CARD_ERROR, None, message=reason))
-            case (Phase.PHONE | Phase.POLLING, PhoneAnswer(response=response)):
-                self._phone_answer(run, response)
-            case (Phase.POLLING, TimerFired()):
-                self._send(run, self.link.confirmation_command())
-            case (Phase.PHONE | Phase.POLLING, PhoneGone(reason=reason)):
-                self._end_on_phone(
-                    Outcome(Ending.PHONE_GONE, run.txn, message=reason, polls=run.polls)
-                )
-            case (Phase.HOST, HostAnswer(response=response)):
-                self._host_answer(run, response)
-            case (Phase.HOST, HostSilent(reason=reason)):
-                assert run.txn is not None
-                run.actions.append(QueueReversal(run.txn))
-                self._end_on_phone(
-                    Outcome(Ending.HOST_UNAVAILABLE, run.txn, "91", message=reason, polls=run.polls)
-                )
-            case (Phase.RESULT, PhoneAnswer(response=response)):
-                self.link.handle_result(response)
-                assert run.response is not None
-                self._finish_result(run, run.response)
-            case (Phase.RESULT, PhoneGone(reason=reason)):
-                self._result_undelivered(run, reason)
-            case _:
-                raise LocalProtocolError(
-                    f"unexpected {type(event).__name__} while {self.phase.value}"
-                )
+        where: Phase | Ins = self.phase
+        if self.phase in _TALKING_TO_PHONE and run.pending is not None:
+            where = run.pending
+        transition = TRANSITIONS.get((where, type(event)))
+        if transition is None:
+            raise LocalProtocolError(f"unexpected {type(event).__name__} while {self.phase.value}")
+        transition(self, run, event)
 
-    def _phone_answer(self, run: _Run, response: bytes) -> None:
-        ins = run.pending
-        if ins is Ins.SELECT:
-            self.link.handle_select(response)
-            self._send(run, self.link.connect_command(run.card_id))
-        elif ins is Ins.CONNECT:
-            try:
-                self.link.handle_connect(response)
-            except PhoneNotBound:
-                self._end_on_phone(
-                    Outcome(
-                        Ending.NO_PHONE,
-                        run.txn,
-                        message="the phone in the field is not bound to this card",
-                    )
-                )
-                return
-            self._send(run, self.link.authenticate_command())
-        elif ins is Ins.AUTHENTICATE:
-            self.link.handle_authenticate(response)
-            assert run.txn is not None
-            run.actions.append(StepStarted(Step.PAYMENT_REQUEST))
-            self._send(run, self.link.payment_request_command(run.txn))
-        elif ins is Ins.PAYMENT_REQUEST:
-            self.link.handle_payment_request(response)
-            run.actions.append(StepStarted(Step.USER_CONFIRMATION))
-            self.phase = Phase.POLLING
-            self._send(run, self.link.confirmation_command())
-        elif ins is Ins.GET_CONFIRMATION:
-            self._confirmation(run, response)
-        else:  # pragma: no cover - _send only records the instructions above
-            raise LocalProtocolError(f"no handler for {ins}")
+    def _card_read(self, run: _Run, event: CardRead) -> None:
+        card = event.card
+        run.txn = self._build(run.order, card.pan, card.expiry, card.entry_mode, None)
+        run.actions += [StepStarted(Step.BUILD_TRANSACTION), StepStarted(Step.CONNECT_PHONE)]
+        self.phase = Phase.PHONE
+        run.card_id = card.card_id
+        self._send(run, self.link.select_command())
 
-    def _confirmation(self, run: _Run, response: bytes) -> None:
-        answer = self.link.handle_confirmation(response)
+    def _card_failed(self, run: _Run, event: CardFailed) -> None:
+        self._finish(Outcome(Ending.CARD_ERROR, None, message=event.reason))
+
+    def _selected(self, run: _Run, event: PhoneAnswer) -> None:
+        self.link.handle_select(event.response)
+        self._send(run, self.link.connect_command(run.card_id))
+
+    def _connected(self, run: _Run, event: PhoneAnswer) -> None:
+        try:
+            self.link.handle_connect(event.response)
+        except PhoneNotBound:
+            self._end_on_phone(
+                Outcome(
+                    Ending.NO_PHONE,
+                    run.txn,
+                    message="the phone in the field is not bound to this card",
+                )
+            )
+            return
+        self._send(run, self.link.authenticate_command())
+
+    def _authenticated(self, run: _Run, event: PhoneAnswer) -> None:
+        self.link.handle_authenticate(event.response)
+        assert run.txn is not None
+        run.actions.append(StepStarted(Step.PAYMENT_REQUEST))
+        self._send(run, self.link.payment_request_command(run.txn))
+
+    def _payment_requested(self, run: _Run, event: PhoneAnswer) -> None:
+        self.link.handle_payment_request(event.response)
+        run.actions.append(StepStarted(Step.USER_CONFIRMATION))
+        self.phase = Phase.POLLING
+        self._send(run, self.link.confirmation_command())
+
+    def _poll(self, run: _Run, event: TimerFired) -> None:
+        self._send(run, self.link.confirmation_command())
+
+    def _phone_gone(self, run: _Run, event: PhoneGone) -> None:
+        self._end_on_phone(
+            Outcome(Ending.PHONE_GONE, run.txn, message=event.reason, polls=run.polls)
+        )
+
+    def _host_silent(self, run: _Run, event: HostSilent) -> None:
+        assert run.txn is not None
+        run.actions.append(QueueReversal(run.txn))
+        self._end_on_phone(
+            Outcome(Ending.HOST_UNAVAILABLE, run.txn, "91", message=event.reason, polls=run.polls)
+        )
+
+    def _result_delivered(self, run: _Run, event: PhoneAnswer) -> None:
+        self.link.handle_result(event.response)
+        assert run.response is not None
+        self._finish_result(run, run.response)
+
+    def _result_lost(self, run: _Run, event: PhoneGone) -> None:
+        self._result_undelivered(run, event.reason)
+
+    def _confirmation(self, run: _Run, event: PhoneAnswer) -> None:
+        answer = self.link.handle_confirmation(event.response)
         run.polls += 1
         if answer.status is ConfirmationStatus.PENDING:
             waited = run.polls * self.config.poll_interval_ms
@@ -371,7 +375,8 @@ class Terminal:
         assert run.txn is not None
         self._to_host(AuthRequest(run.txn, answer.pin_block, answer.ksn, answer.signature))
 
-    def _host_answer(self, run: _Run, response: AuthResponse) -> None:
+    def _host_answer(self, run: _Run, event: HostAnswer) -> None:
+        response = event.response
         run.response = response
         run.actions.append(StepStarted(Step.HOST_RESULT))
         if run.order.type is TxnType.COMPLETION:
@@ -477,3 +482,30 @@ class Terminal:
         assert self._run is not None
         actions, self._run.actions = self._run.actions, []
         return actions
+
+
+#: While the terminal talks to the phone, where it is in the transaction is the instruction
+#: whose answer it awaits; otherwise it is the phase.
+_TALKING_TO_PHONE = frozenset({Phase.PHONE, Phase.POLLING, Phase.RESULT})
+
+#: Every transition of the terminal: (phase, or the instruction whose answer is awaited; event
+#: type) -> what the terminal does.  Any other pair is a :class:`LocalProtocolError`.
+TRANSITIONS: dict[tuple[Phase | Ins, type[Event]], Callable[[Terminal, _Run, Any], None]] = {
+    (Phase.READING, CardRead): Terminal._card_read,
+    (Phase.READING, CardFailed): Terminal._card_failed,
+    (Ins.SELECT, PhoneAnswer): Terminal._selected,
+    (Ins.SELECT, PhoneGone): Terminal._phone_gone,
+    (Ins.CONNECT, PhoneAnswer): Terminal._connected,
+    (Ins.CONNECT, PhoneGone): Terminal._phone_gone,
+    (Ins.AUTHENTICATE, PhoneAnswer): Terminal._authenticated,
+    (Ins.AUTHENTICATE, PhoneGone): Terminal._phone_gone,
+    (Ins.PAYMENT_REQUEST, PhoneAnswer): Terminal._payment_requested,
+    (Ins.PAYMENT_REQUEST, PhoneGone): Terminal._phone_gone,
+    (Ins.GET_CONFIRMATION, PhoneAnswer): Terminal._confirmation,
+    (Ins.GET_CONFIRMATION, TimerFired): Terminal._poll,
+    (Ins.GET_CONFIRMATION, PhoneGone): Terminal._phone_gone,
+    (Phase.HOST, HostAnswer): Terminal._host_answer,
+    (Phase.HOST, HostSilent): Terminal._host_silent,
+    (Ins.RESULT, PhoneAnswer): Terminal._result_delivered,
+    (Ins.RESULT, PhoneGone): Terminal._result_lost,
+}
