@@ -1,4 +1,4 @@
-"""ISO 8583 for the terminal <-> center link (DESIGN.md §6), as data plus a sans-IO framer.
+"""ISO 8583 for the terminal <-> center link (hardware_notes/design.md §6): data, sans-IO framer.
 
 Everything here is pure: dicts and bytes in, dicts, dataclasses and bytes out.  The TLS server
 (:mod:`center.server`) and the terminal's client (:mod:`drivers.host_tls`) both use it, so the

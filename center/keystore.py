@@ -1,7 +1,7 @@
 """The center's own secret keys: the DUKPT base derivation key and the PIN verification key.
 
-Only the center ever holds the BDK (DESIGN.md §4: the terminal relays PIN blocks it can never
-decrypt), so these bytes must never reach a log, a repr or an exception message: the secret
+Only the center holds the BDK (hardware_notes/design.md §4: a terminal relays PIN blocks it can
+never decrypt), so these bytes must never reach a log, a repr or an exception message: the secret
 fields are ``repr=False`` and every error names the file, never its content.
 
 On disk each key is one hex file in a lab directory, written with mode 0600.

@@ -72,7 +72,7 @@ class PostingRule:
     checks_funds: bool
 
 
-#: Posting rules per transaction type (DESIGN.md §6, the center's part of claims 6-10).
+#: Posting rules per transaction type (hardware_notes/design.md §6; the center's part of step 7).
 POSTING_RULES: dict[TxnType, PostingRule] = {
     TxnType.PURCHASE: PostingRule(Party.CARDHOLDER, Party.TERMINAL, HoldAction.NONE, True),
     TxnType.WITHDRAWAL: PostingRule(Party.CARDHOLDER, Party.TERMINAL, HoldAction.NONE, True),

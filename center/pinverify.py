@@ -1,4 +1,4 @@
-"""PIN verification without storing the PIN (DESIGN.md §5).
+"""PIN verification without storing the PIN (hardware_notes/design.md §5).
 
 The center keeps only *PIN verification data*: HMAC-SHA256 under the center's PIN verification
 key over ``pan || ":" || pin``.  Binding the PAN in means two cards with the same PIN have

@@ -23,7 +23,7 @@ class TerminalKind:
     account_prefix: str
 
 
-#: An ATM handles cash; a POS sells goods (DESIGN.md §6).  Anything else is answered 58.
+#: An ATM handles cash; a POS sells goods (hardware_notes/design.md §6).  Anything else: 58.
 TERMINAL_KINDS: dict[str, TerminalKind] = {
     "pos": TerminalKind(
         frozenset({TxnType.PURCHASE, TxnType.PREAUTH, TxnType.COMPLETION}),

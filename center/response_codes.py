@@ -1,4 +1,4 @@
-"""The field-39 response codes the center answers with (DESIGN.md §6), as one table.
+"""The field-39 response codes the center answers with (hardware_notes/design.md §6), as one table.
 
 Every decision in :mod:`center.core` names a code from :class:`RC`; what the code means, and how a
 terminal should treat it, lives only here so the ISO 8583 server, the terminal display and the
@@ -76,7 +76,7 @@ _A, _C, _R, _S, _Y = (
     DeclineClass.SYSTEM,
 )
 
-#: The table of DESIGN.md §6 (texts after ISO 8583:1987 field 39).
+#: The table of hardware_notes/design.md §6 (texts after ISO 8583:1987 field 39).
 RESPONSE_CODES: dict[str, ResponseCode] = {
     row.code: row
     for row in (

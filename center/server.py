@@ -1,4 +1,4 @@
-"""The payment center as a real server: ISO 8583 over mutual TLS 1.3 (DESIGN.md §6).
+"""The payment center as a real server: ISO 8583 over mutual TLS 1.3 (hardware_notes/design.md §6).
 
 * TLS 1.3 only, client certificate required and issued by the lab CA; the terminal ID is the
   certificate's CN and must equal field 41 (else 63: a terminal cannot speak for another).

@@ -73,7 +73,7 @@ class HoldRecord:
 
 @dataclass(frozen=True)
 class MessageKey:
-    """What identifies one request for retransmission handling (DESIGN.md §6)."""
+    """What identifies one request for retransmission handling (hardware_notes/design.md §6)."""
 
     terminal_id: str
     stan: str

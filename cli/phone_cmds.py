@@ -65,8 +65,8 @@ class PromptUser:
     """The person holding the phone, asked on the terminal this program runs in.
 
     The prompt runs in its own thread so the phone keeps answering "pending" to the reader's
-    polls while the user thinks (DESIGN.md §4); :meth:`poll`, called on each exchange, hands the
-    answer to the applet or expires the payment after ``timeout`` seconds.
+    polls while the user thinks (hardware_notes/design.md §4); :meth:`poll`, called on each
+    exchange, hands the answer to the applet or expires the payment after ``timeout`` seconds.
     """
 
     def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:

@@ -216,7 +216,7 @@ def _check_response(data: bytes, sw: int, error: type[SwipepayError]) -> None:
 def select_by_name(aid: bytes, le: int | None = 256) -> CommandApdu:
     """SELECT by DF name (``00 A4 04 00 Lc AID [Le]``), first or only occurrence.
 
-    With the default Le of 256 this is the ``00 A4 04 00 07 <AID> 00`` the design brief fixes
+    With the default Le of 256 this is the ``00 A4 04 00 07 <AID> 00`` the phone link uses
     for the phone link.
     """
     if len(aid) not in DF_NAME_LEN:

@@ -1,4 +1,4 @@
-"""The compact terminal certificate (DESIGN.md §4): how a phone knows which merchant it pays.
+"""The compact terminal certificate (hardware_notes/design.md §4): which merchant a phone pays.
 
 Before the user types a PIN, the phone must know that the terminal really belongs to the merchant
 it is about to show.  The acquirer CA signs a small certificate binding a terminal ID, a merchant

@@ -1,4 +1,4 @@
-"""The confirmation binding (DESIGN.md §4): what the phone signs and the center verifies.
+"""The confirmation binding (hardware_notes/design.md §4): what the phone signs, the center checks.
 
 The phone signs, with its enrolled P-256 key, a digest over the exact transaction fields, the
 user's decision, the PIN block and the KSN.  The center recomputes the digest from the ISO 8583

@@ -249,7 +249,7 @@ def check_out_of_order(ctx: Context, probe: Probe) -> str:
     return ""
 
 
-#: Malformed length encodings; each must get 6700 (DESIGN.md §4: short APDUs only).
+#: Malformed length encodings; each must get 6700 (hardware_notes/design.md §4: short APDUs only).
 LENGTH_CASES: tuple[tuple[str, bytes], ...] = (
     ("3-byte header", bytes.fromhex("801000")),
     ("Lc longer than the data", bytes.fromhex("80100000050102")),

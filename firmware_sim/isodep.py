@@ -1,7 +1,7 @@
 """ISO/IEC 14443-4 (ISO-DEP) block protocol, card side, without I/O.
 
-The phone is the card (DESIGN.md section 2).  Android builds this layer into the NFC controller;
-an nfcpy device in listen mode (RC-S380, PN53x, the ``udp:`` simulator) hands us raw frames, so
+The phone is the card (hardware_notes/design.md §2).  Android builds this layer into its NFC
+controller; nfcpy in listen mode (RC-S380, PN53x, the ``udp:`` simulator) hands us raw frames, so
 we have to be the PICC ourselves.  Like h11, :class:`IsoDepCard` does no I/O: feed it every
 frame from the field (PCB onward, CRC already stripped) with :meth:`IsoDepCard.receive`; it
 returns a :class:`Reaction` with the frame to send back (``None``: stay silent) and events.

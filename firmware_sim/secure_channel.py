@@ -1,4 +1,4 @@
-"""The phone-link secure channel (DESIGN.md §4): what keeps the payment request and PIN private.
+"""The phone-link secure channel (hardware_notes/design.md §4): keeps the request and PIN private.
 
 The terminal and the phone each make an ephemeral P-256 key for one session, exchange the
 public halves in CONNECT, and hash every handshake message into a :class:`Transcript`.

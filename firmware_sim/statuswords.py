@@ -1,7 +1,7 @@
 """ISO/IEC 7816-4 status words (SW1 SW2) as data.
 
 Every APDU answer ends in a status word, and the phone link promises that every malformed input
-gets one (design brief section 4).  Keeping them in one :class:`SW` enum plus a description
+gets one (hardware_notes/design.md §4).  Keeping them in one :class:`SW` enum plus a description
 table means the applet, the terminal, the conformance runner and ``swipepay trace`` all name the
 same numbers the same way, and a new status word is one table row, not a new ``if``.
 

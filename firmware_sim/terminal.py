@@ -34,7 +34,7 @@ from swipepay.firmware_sim.transaction import Transaction, TxnType
 
 
 class Step(IntEnum):
-    """The steps of the method (DESIGN.md §1), numbered as there."""
+    """The steps of the method (hardware_notes/design.md §1), numbered as there."""
 
     READ_CARD = 1
     BUILD_TRANSACTION = 2

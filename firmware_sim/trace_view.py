@@ -30,7 +30,7 @@ from swipepay.firmware_sim.statuswords import describe
 
 TRACE_VERSION = 1
 
-#: Method step (DESIGN.md §1) each instruction belongs to.
+#: Method step (hardware_notes/design.md §1) each instruction belongs to.
 INS_STEP: dict[str, int] = {
     Ins.SELECT.name: 3,
     Ins.CONNECT.name: 3,

@@ -1,7 +1,7 @@
 """Fault loops shared by the tests and ``swipepay bench faults``: kill, restart, check the ledger.
 
 Each loop drives real processes (``swipepay center serve`` over TLS on 127.0.0.1, or a terminal
-worker process) and checks, after every fault, what DESIGN.md §6 promises:
+worker process) and checks, after every fault, what hardware_notes/design.md §6 promises:
 
 * **center SIGKILLed under load** — the ledger balances; every approval a terminal received is
   stored exactly once as approved; nothing is approved that no terminal saw (the terminal's

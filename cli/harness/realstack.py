@@ -8,8 +8,8 @@ pcscd is one per machine: a running pcscd that lists both vpcd readers is reused
 running); otherwise ``pcscd -f`` is started as our child and stopped at the end.  vpcd slot 0
 (``Virtual PCD 00 00``, port 35963) holds the card, slot 1 (``Virtual PCD 00 01``, port 35964)
 the phone.  A slot is PRESENT while a virtual card's TCP connection is up; after a card leaves,
-:meth:`Stack.wait_slot` waits for EMPTY before the next one goes in (the pcscd 1.9.9 race of
-notes/pcsc-vpcd.md).
+:meth:`Stack.wait_slot` waits for EMPTY before the next one goes in (the pcscd 1.9.9 race in
+hardware_notes/pcsc.md).
 """
 
 from __future__ import annotations

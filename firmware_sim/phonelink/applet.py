@@ -4,7 +4,7 @@ It answers like an Android HCE service (SELECT by AID first, short APDUs only) a
 the driver hands it each command with the current time, and the phone's user interface talks to
 it through :meth:`PhoneApplet.take_events`, :meth:`PhoneApplet.confirm` and
 :meth:`PhoneApplet.decline`.  Every malformed or out-of-order command gets a status word, and
-any failure after CONNECT wipes the session (DESIGN.md §4).
+any failure after CONNECT wipes the session (hardware_notes/design.md §4).
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class PhoneApplet:
         """Handle one command APDU at unix time ``now``; always returns a response APDU."""
         self._now = now
         try:
-            # Phones promise short APDUs only (DESIGN.md §4): extended length gets 6700.
+            # Short APDUs only (hardware_notes/design.md §4): extended length gets 6700.
             command = CommandApdu.parse(apdu, short_only=True)
         except SwipepayError as exc:
             return self._fail(exc)
@@ -309,7 +309,7 @@ class PhoneApplet:
         f = decode_fields(data, (Tag.USER_TOKEN, Tag.TERMINAL_NONCE, Tag.TERMINAL_KEY))
         expected = user_token(f[Tag.TERMINAL_NONCE], self.identity.card_id)
         if not hmac.compare_digest(expected, f[Tag.USER_TOKEN]):
-            # Not our card: stay silent about who we are and keep no state (DESIGN.md §4).
+            # Not our card: reveal nothing, keep no state (hardware_notes/design.md §4).
             raise RemoteProtocolError(
                 "user token does not match the bound card",
                 status_word=SW.REFERENCED_DATA_NOT_FOUND,

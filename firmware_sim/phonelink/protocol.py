@@ -14,7 +14,7 @@ from enum import IntEnum
 from swipepay.firmware_sim.errors import DecodeError
 from swipepay.firmware_sim.tlv import encode_tlv, parse_tlv
 
-#: "F0" + "SWPAY" + 01 (DESIGN.md §4).
+#: "F0" + "SWPAY" + 01 (hardware_notes/design.md §4).
 AID = bytes.fromhex("F0535750415901")
 PROTOCOL_VERSION = 1
 CLA_ISO = 0x00

@@ -1,10 +1,10 @@
-"""The field-39 table matches DESIGN.md §6 and describe() never fails."""
+"""The field-39 table matches hardware_notes/design.md §6 and describe() never fails."""
 
 from __future__ import annotations
 
 from swipepay.center.response_codes import RC, RESPONSE_CODES, DeclineClass, describe
 
-#: DESIGN.md §6, field 39.
+#: hardware_notes/design.md §6, field 39.
 DESIGN_CODES = [
     *("00", "05", "12", "13", "14", "30", "51", "54"),
     *("55", "57", "58", "63", "75", "91", "94", "96"),

@@ -3,9 +3,9 @@
 Byte strings used as examples:
 
 * SELECT of the phone-link AID, ``00 A4 04 00 07 F0 53 57 50 41 59 01 00`` — fixed by the
-  design brief (/work/shared/DESIGN.md section 4).
-* SELECT PPSE ``00A404000E325041592E5359532E444446303100`` — /work/shared/notes/payments.md.
-* GET RESPONSE ``00 C0 00 00 xx`` and READ RECORD ``00 B2 rec (SFI<<3|4) 00`` — same notes.
+  design (hardware_notes/design.md §4).
+* SELECT PPSE ``00A404000E325041592E5359532E444446303100`` — hardware_notes/standards.md.
+* GET RESPONSE ``00 C0 00 00 xx`` and READ RECORD ``00 B2 rec (SFI<<3|4) 00`` — same page.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from swipepay.firmware_sim.statuswords import SW
 AID = bytes.fromhex("F0535750415901")
 
 
-def test_select_phone_link_aid_matches_design_brief() -> None:
+def test_select_phone_link_aid_matches_the_design() -> None:
     apdu = select_by_name(AID)
     assert apdu.encode() == bytes.fromhex("00A4040007F053575041590100")
     assert CommandApdu.parse(apdu.encode()) == apdu

@@ -2,8 +2,8 @@
 
 Vector sources:
 
-* [NOTES] /work/shared/notes/payments.md — the X9.24-3-2017 vectors the project fact sheet
-  quotes (initial key; counters 1 and 2 transaction and PIN keys).
+* [NOTES] hardware_notes/standards.md — the X9.24-3-2017 vectors listed there (initial key;
+  counters 1 and 2 transaction and PIN keys).
 * [OPENEMV] openemv/dukpt (Leon Lynch), test/dukpt_aes128_test.c — transcribes the
   "ANSI X9.24-3:2017 Supplement Test Vectors for AES-128 BDK": transaction keys for counters
   1-8, 0x1FFFE, 0x20000, 0x20001 and the last four usable counters (0xFFFE2000 ..

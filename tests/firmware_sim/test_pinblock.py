@@ -2,7 +2,7 @@
 
 Vector sources:
 
-* [NOTES] /work/shared/notes/payments.md — ANSI X9.24-3-2017 supplement format 4 example:
+* [NOTES] hardware_notes/standards.md — ANSI X9.24-3-2017 supplement format 4 example:
   PIN 1234, PAN 4111111111111111, pad 2F69ADDE2E9E7ACE, PIN field / PAN field / block.
 * [OPENEMV] openemv/dukpt, test/dukpt_aes128_test.c — the same PIN/PAN/pad enciphered under
   the DUKPT PIN keys of counters 1-8 ("ANSI X9.24-3:2017 Supplement ... encrypted PIN blocks;

@@ -1,4 +1,4 @@
-"""ISO/IEC 7816-4 status words: the values the design brief and notes fix, and the families."""
+"""ISO/IEC 7816-4 status words: the values the design and the standards fix, and the families."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from swipepay.firmware_sim.errors import DecodeError, LocalError, SecurityError, WrongLength
 from swipepay.firmware_sim.statuswords import DESCRIPTIONS, SW, describe, tries_left
 
-# Values fixed by /work/shared/DESIGN.md section 4 and /work/shared/notes/payments.md.
+# Values fixed by hardware_notes/design.md §4 and hardware_notes/standards.md.
 FIXED = {
     "OK": 0x9000,
     "WRONG_LENGTH": 0x6700,

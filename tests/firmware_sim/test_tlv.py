@@ -1,7 +1,7 @@
 """BER-TLV (EMV style): tags, lengths, nesting, padding, DOLs, hostile input.
 
 Example data is built in the tests from the rules of EMV Book 3 Annex B / ISO/IEC 7816-4 5.2
-(tag bytes, length forms), with tag numbers from /work/shared/notes/payments.md (PPSE FCI:
+(tag bytes, length forms), with tag numbers from hardware_notes/standards.md (PPSE FCI:
 6F > A5 > BF0C > 61 > 4F/87; PDOL 9F38; AFL 94; track 2 equivalent 57).
 """
 
@@ -180,7 +180,7 @@ def test_tlv_constructor_validates() -> None:
         Tlv(0x9F, b"")
 
 
-def test_names_table_covers_the_brief() -> None:
+def test_names_table_covers_the_emv_read() -> None:
     wanted = [0x4F, 0x50, 0x57, 0x5A, 0x5F20, 0x5F24, 0x5F25, 0x5F28, 0x5F2D, 0x61, 0x6F, 0x70,
               0x77, 0x80, 0x82, 0x84, 0x87, 0x88, 0x8C, 0x8E, 0x94, 0x9F02, 0x9F03, 0x9F10,
               0x9F1A, 0x9F26, 0x9F27, 0x9F36, 0x9F37, 0x9F38, 0x9F66, 0xA5, 0xBF0C, 0x9F4D]
