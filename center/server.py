@@ -19,14 +19,9 @@
   one.  Requests whose answer is not in yet when the batch is cut are decided last in it,
   after waiting for it (the order inside a batch is free: its requests were in flight
   together).
-* What was measured on the way (``bench center``, 16 terminals, 2 cores, interleaved A/B runs of
-  10-15 s; one build's runs spread by 10-20 % on this machine kind): deciding on the loop thread
-  beat a worker thread that decided (both Python-heavy, one GIL); the verifier process added
-  ~8 %, but only once it ran as SCHED_BATCH (before, each wake-up preempted the loop); a verifier
-  *thread* lost ~8 % (its Python parts fight the loop for the GIL at every hand-over);
-  committing on a worker thread helped while the loop also verified, and lost ~7 % once the
-  verifier took that work (GIL hand-overs around every commit); a two-task pipeline (prepare,
-  then decide) halved the batch size and lost ~10 %: fewer, larger batches are what counts.
+* Why one thread decides and commits: deciding is Python-heavy, so a second Python thread
+  only adds GIL hand-overs; what the second core can take is the signature checks, in a
+  process.  Fewer, larger batches make the throughput (CHANGELOG.md has the figures).
 * Bad input (length prefix, truncated/oversize frame, undecodable body, unknown MTI, missing
   fields) gets a field-39 = 30 answer when the MTI is known, else the connection is closed; it is
   logged and never reaches the ledger.  Idle and slow clients are timed out, connections capped.

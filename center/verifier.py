@@ -3,8 +3,8 @@
 Why: the center decides on one event-loop thread (the only user of the SQLite connection), and
 under load that thread is the bottleneck while the second core is mostly idle.  The ECDSA
 verification of the phone's confirmation is the largest piece of its work that needs no
-database state.  A helper *thread* did not help (measured: ~8 % slower; its Python parts fight
-the loop for the GIL at every hand-over), a child *process* shares no GIL.  The server sends each
+database state.  A helper *thread* would fight the loop for the GIL at every hand-over; a child
+*process* shares no GIL (CHANGELOG.md has the figures).  The server sends each
 check as its request arrives and collects the answer when the request's batch is cut, so the
 verification of a batch happens while the batch before it is decided and committed.
 
