@@ -1,6 +1,6 @@
 """Regenerate the annotated transcript in hardware_notes/phone-link.md from a real run.
 
-    .venv/bin/python hardware_notes/make_transcript.py > /tmp/transcript.md
+    .venv/bin/python hardware_notes/make_transcript.py > transcript.md
 
 Creates a throw-away lab, runs one purchase of 12.34 (alice-visa, POS00001) in one process with
 a tracing link and host, and prints every APDU in hex, split into header, Lc, TLV fields or
