@@ -30,6 +30,9 @@
 * Bad input (length prefix, truncated/oversize frame, undecodable body, unknown MTI, missing
   fields) gets a field-39 = 30 answer when the MTI is known, else the connection is closed; it is
   logged and never reaches the ledger.  Idle and slow clients are timed out, connections capped.
+* TCP is accepted plain and each connection runs its own handshake (:mod:`center.tls_stream`),
+  under the handshake timeout and a cap on handshakes in progress, so a connection that never
+  authenticates frees everything it had as soon as it ends.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from typing import Any
 from swipepay.center import iso8583 as codec
 from swipepay.center.core import Center
 from swipepay.center.response_codes import RC
+from swipepay.center.tls_stream import TlsStream
 from swipepay.center.verifier import SignatureCheck, VerifierProcess
 from swipepay.firmware_sim.errors import DecodeError, SwipepayError
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
@@ -62,8 +66,9 @@ _VERIFIER_WAIT = 1.0
 class ServerLimits:
     idle_timeout: float = 30.0  # no byte for this long: close
     frame_timeout: float = 5.0  # a started frame not complete after this long: close
-    handshake_timeout: float = 5.0
-    max_connections: int = 64
+    handshake_timeout: float = 5.0  # TCP connected, TLS handshake not done after this long: close
+    max_connections: int = 64  # authenticated connections; one more is closed after its handshake
+    max_handshakes: int = 256  # handshakes in progress; one more TCP connection is closed at once
 
 
 def server_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
@@ -76,10 +81,8 @@ def server_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
-def peer_terminal_id(writer: asyncio.StreamWriter) -> str | None:
-    cert: Any = writer.get_extra_info("peercert")
-    if not cert:
-        return None
+def peer_terminal_id(cert: dict[str, Any]) -> str | None:
+    """The subject CN of a verified client certificate (``getpeercert()`` form): the terminal ID."""
     for rdn in cert.get("subject", ()):
         for name, value in rdn:
             if name == "commonName":
@@ -117,6 +120,11 @@ class CenterServer:
         self._verifier: VerifierProcess | None = None
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._connections = 0
+        self._handshaking = 0
+        #: TCP connections closed without a completed handshake: failed or timed out / refused
+        #: because :attr:`ServerLimits.max_handshakes` were in progress.
+        self.handshakes_failed = 0
+        self.handshakes_refused = 0
         self._server: asyncio.Server | None = None
         self._batcher: asyncio.Task[None] | None = None
         self.batches = 0
@@ -131,13 +139,8 @@ class CenterServer:
             except OSError as exc:
                 _log.error("cannot start the signature verifier (%s); verifying inline", exc)
         self._batcher = asyncio.create_task(self._run_batches())
-        self._server = await asyncio.start_server(
-            self._handle,
-            host,
-            port,
-            ssl=self._ssl,
-            ssl_handshake_timeout=self.limits.handshake_timeout,
-        )
+        # Plain TCP: the handshake is run per connection by :class:`TlsStream` (see there why).
+        self._server = await asyncio.start_server(self._handle, host, port)
         sock = self._server.sockets[0]
         return int(sock.getsockname()[1])
 
@@ -240,27 +243,57 @@ class CenterServer:
     # -- connections ----------------------------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tls = await self._handshake(reader, writer)
+        if tls is None:
+            return
         peer = writer.get_extra_info("peername")
         if self._connections >= self.limits.max_connections:
             _log.warning("%s: connection cap %d reached; closed", peer, self.limits.max_connections)
-            writer.close()
+            tls.close()
             return
         self._connections += 1
         try:
-            tid = peer_terminal_id(writer)
+            tid = peer_terminal_id(tls.peercert)
             if tid is None:
                 _log.warning("%s: no client certificate CN; closed", peer)
                 return
-            await self._serve(reader, writer, tid)
+            await self._serve(tls, tid)
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             _log.info("%s: connection ended: %s", peer, type(exc).__name__)
         finally:
             self._connections -= 1
-            writer.close()
+            tls.close()
 
-    async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tid: str
-    ) -> None:
+    async def _handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> TlsStream | None:
+        """The mutual TLS 1.3 handshake of a new TCP connection, within the handshake timeout;
+        ``None`` (and the socket closed) if it fails, times out, or too many are in progress.
+
+        Failures are counted, not logged one by one: anyone can open TCP connections.
+        """
+        if self._handshaking >= self.limits.max_handshakes:
+            self.handshakes_refused += 1
+            if self.handshakes_refused % 1000 == 1:
+                _log.warning(
+                    "%d TLS handshakes in progress: new connections closed (%d so far)",
+                    self.limits.max_handshakes,
+                    self.handshakes_refused,
+                )
+            writer.close()
+            return None
+        self._handshaking += 1
+        try:
+            return await TlsStream.accept(reader, writer, self._ssl, self.limits.handshake_timeout)
+        except (ssl.SSLError, OSError) as exc:  # TimeoutError and ConnectionError are OSErrors
+            self.handshakes_failed += 1
+            _log.debug("%s: TLS handshake failed: %s", writer.get_extra_info("peername"), exc)
+            writer.close()
+            return None
+        finally:
+            self._handshaking -= 1
+
+    async def _serve(self, tls: TlsStream, tid: str) -> None:
         loop = asyncio.get_running_loop()
         decoder = codec.FrameDecoder()
         started: float | None = None
@@ -272,7 +305,7 @@ class CenterServer:
                 # asyncio.timeout, not wait_for: wait_for wraps every read in a new Task (3.11),
                 # a measurable cost at one read per request.
                 async with asyncio.timeout(wait):
-                    data = await reader.read(65536)
+                    data = await tls.read(65536)
             except TimeoutError:
                 _log.warning(
                     "%s: %s client timed out; closed",
@@ -296,8 +329,8 @@ class CenterServer:
                 answer = await self._answer(body, tid)
                 if answer is None:
                     return
-                writer.write(codec.frame(answer))
-                await writer.drain()
+                tls.write(codec.frame(answer))
+                await tls.drain()
 
     async def _answer(self, body: bytes, tid: str) -> bytes | None:
         try:
