@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from swipepay.center import iso8583 as codec
-from swipepay.center.core import Center
+from swipepay.center.core import Center, wire_hash
 from swipepay.center.response_codes import RC
 from swipepay.center.tls_stream import TlsStream
 from swipepay.center.verifier import SignatureCheck, VerifierProcess
@@ -92,7 +92,8 @@ def peer_terminal_id(cert: dict[str, Any]) -> str | None:
 
 #: A signature check sent to the verifier process ahead, and its result.
 _Ticket = tuple[SignatureCheck, "asyncio.Future[bool]"]
-_Job = tuple[codec.Request, _Ticket | None, "asyncio.Future[AuthResponse]"]
+#: A request, its wire hash (:func:`center.core.wire_hash`), its ahead check, its answer.
+_Job = tuple[codec.Request, bytes, _Ticket | None, "asyncio.Future[AuthResponse]"]
 
 
 class CenterServer:
@@ -178,7 +179,7 @@ class CenterServer:
             responses = await self._decide(center, jobs)
             self.batches += 1
             self.decided += len(jobs)
-            for (_, _, fut), resp in zip(jobs, responses, strict=True):
+            for (*_, fut), resp in zip(jobs, responses, strict=True):
                 if not fut.done():
                     fut.set_result(resp)
 
@@ -192,7 +193,7 @@ class CenterServer:
         now = self._clock()
         #: Job index -> the verifier answer it still waits for.
         pending = {
-            n: t[1] for n, (_, t, _) in enumerate(jobs) if t is not None and not t[1].done()
+            n: t[1] for n, (_, _, t, _) in enumerate(jobs) if t is not None and not t[1].done()
         }
         out: dict[int, AuthResponse] = {}
         try:
@@ -214,21 +215,21 @@ class CenterServer:
 
     @staticmethod
     def _decide_one(center: Center, job: _Job, now: datetime) -> AuthResponse:
-        req, ticket, _ = job
+        req, content_hash, ticket, _ = job
         if isinstance(req, AuthRequest):
             checked = None
             if ticket is not None:
                 item, fut = ticket
                 if fut.done() and fut.exception() is None:  # else: verified inline
                     checked = (item, fut.result())
-            return center.authorize(req, now, checked)
+            return center.authorize(req, now, checked, content_hash=content_hash)
         if isinstance(req, codec.ReversalRequest):
             return center.reverse(req.terminal_id, req.original_stan, req.original_at, req.amount)
         return AuthResponse(RC.APPROVED.value)
 
-    async def submit(self, req: codec.Request) -> AuthResponse:
-        """Queue ``req`` for the next batch (its phone signature goes to the verifier now);
-        its answer once the batch is committed."""
+    async def submit(self, req: codec.Request, content_hash: bytes) -> AuthResponse:
+        """Queue ``req`` (whose wire message hashes to ``content_hash``) for the next batch (its
+        phone signature goes to the verifier now); its answer once the batch is committed."""
         ticket: _Ticket | None = None
         if isinstance(req, AuthRequest) and self._verifier is not None:
             assert self._center is not None
@@ -237,7 +238,7 @@ class CenterServer:
                 fut = self._verifier.submit(item)
                 ticket = None if fut is None else (item, fut)
         answer: asyncio.Future[AuthResponse] = asyncio.get_running_loop().create_future()
-        await self._queue.put((req, ticket, answer))
+        await self._queue.put((req, content_hash, ticket, answer))
         return await answer
 
     # -- connections ----------------------------------------------------------------------------
@@ -345,7 +346,7 @@ class CenterServer:
             _log.warning("certificate %s sent field 41 %r; refused", tid, req_tid)
             resp = AuthResponse(RC.SECURITY_VIOLATION.value, message="field 41 mismatch")
         else:
-            resp = await self.submit(req)
+            resp = await self.submit(req, wire_hash(fields))
         try:
             return codec.encode(codec.response_fields(fields, resp))
         except SwipepayError as exc:  # an echoed field we cannot re-encode: should not happen

@@ -4,6 +4,7 @@ A real ``swipepay center serve`` on 127.0.0.1 gets a few thousand plain TCP conn
 close at once, reset, send bytes that are not TLS, or stay silent; its resident memory must stay
 where it was, and it must still serve a terminal.  The silent ones are timed out.
 """
+# ruff: noqa: F401, F811  (fixtures imported from tests.center.test_server)
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from swipepay.center.lab import Lab
 from swipepay.center.server import ServerLimits
 from swipepay.cli.harness.processes import free_port, start_center, stop
 from swipepay.drivers.host_tls import client_context
-from tests.center.test_server import POS, ServerThread, lab, lab_template  # noqa: F401
+from tests.center.test_server import POS, ServerThread, lab, lab_template
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/PID/status")
 
@@ -82,7 +83,7 @@ def _flood(port: int, count: int) -> None:
         q.close()
 
 
-def test_handshake_less_connections_do_not_grow_the_center(lab: Lab) -> None:  # noqa: F811
+def test_handshake_less_connections_do_not_grow_the_center(lab: Lab) -> None:
     port = free_port()
     center = start_center(lab.root, port)
     try:
@@ -101,7 +102,7 @@ def test_handshake_less_connections_do_not_grow_the_center(lab: Lab) -> None:  #
         stop(center)
 
 
-def test_a_silent_connection_is_closed_after_the_handshake_timeout(lab: Lab) -> None:  # noqa: F811
+def test_a_silent_connection_is_closed_after_the_handshake_timeout(lab: Lab) -> None:
     server = ServerThread(lab, ServerLimits(handshake_timeout=0.5))
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
@@ -115,7 +116,7 @@ def test_a_silent_connection_is_closed_after_the_handshake_timeout(lab: Lab) -> 
         server.stop()
 
 
-def test_connections_in_handshake_do_not_block_a_terminal(lab: Lab) -> None:  # noqa: F811
+def test_connections_in_handshake_do_not_block_a_terminal(lab: Lab) -> None:
     server = ServerThread(lab, ServerLimits(handshake_timeout=5.0, max_connections=4))
     try:
         idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(10)]
