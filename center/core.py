@@ -532,17 +532,26 @@ class Center:
     # -- reversal -----------------------------------------------------------------------------
 
     def reverse(
-        self, terminal_id: str, stan: str, transmitted_at: str, amount: int | None = None
+        self,
+        terminal_id: str,
+        stan: str,
+        transmitted_at: str,
+        amount: int | None = None,
+        *,
+        original_amount: int | None = None,
     ) -> AuthResponse:
         """Undo the approved transaction (terminal, STAN, transmission time) of a request.
 
         ``amount`` is how much to give back (``None``: all of it); the rest stays posted.  A
-        pre-authorization's hold shrinks by ``amount`` (released when nothing is left).  Answers
-        and their ``message``:
+        pre-authorization's hold shrinks by ``amount`` (released when nothing is left).
+        ``original_amount`` is the amount the reversal says the original had (0400 field 4):
+        when given, it must be the stored one.  Answers and their ``message``:
 
         * "00" "reversed N of M" — the money moved back (or the hold shrank);
         * "00" "unknown transaction; nothing to reverse" — never seen (lost on the way, or the
           terminal timed out before we answered a request we never got);
+        * "13" "reversal amount mismatch" — ``original_amount`` is not the original's amount:
+          the reversal is refused whatever the original's state, nothing changes;
         * "00" "declined transaction; nothing to reverse";
         * "00" "already reversed; nothing changed" — any earlier reversal, full or partial, makes
           the reversal final, so a terminal that retries a reversal can never reverse twice;
@@ -556,7 +565,7 @@ class Center:
         key = MessageKey(terminal_id, stan, transmitted_at)
         try:
             with self._storage.transaction():
-                response = self._reverse(key, amount)
+                response = self._reverse(key, amount, original_amount)
         except Exception:
             _log.exception("reversal %s failed; rolled back", key)
             return AuthResponse(
@@ -565,12 +574,22 @@ class Center:
         _log.info("reversal %s: %s %s", key, response.response_code, response.message)
         return response
 
-    def _reverse(self, key: MessageKey, amount: int | None) -> AuthResponse:
+    def _reverse(
+        self, key: MessageKey, amount: int | None, original_amount: int | None
+    ) -> AuthResponse:
         original = self._storage.get_message(key)
         if original is None:
             return AuthResponse(
                 RC.APPROVED.value, message="unknown transaction; nothing to reverse"
             )
+        if original_amount is not None and original_amount != original.amount:
+            _log.warning(
+                "reversal %s names amount %d, the original is %d; refused",
+                key,
+                original_amount,
+                original.amount,
+            )
+            return AuthResponse(RC.INVALID_AMOUNT.value, message="reversal amount mismatch")
         done: dict[str, str] = {
             MessageState.DECLINED: "declined transaction; nothing to reverse",
             MessageState.REVERSED: "already reversed; nothing changed",

@@ -163,6 +163,7 @@ class ReversalRequest:
     original_stan: str
     original_at: str
     amount: int | None  # None: all of it
+    original_amount: int | None = None  # field 4: must be the amount of what it reverses
 
 
 Request = NetworkRequest | ReversalRequest | AuthRequest
@@ -218,7 +219,7 @@ def parse_request(fields: dict[str, Any]) -> Request:
             if remaining >= amount:
                 raise DecodeError("field 95 actual amount must be below field 4")
             give_back = amount - remaining
-        return ReversalRequest(tid, stan, at, give_back)
+        return ReversalRequest(tid, stan, at, give_back, amount)
     txn_type = TYPE_OF.get((mti, _text(fields, "3")[:2]))
     if txn_type is None:
         raise DecodeError(f"processing code {_text(fields, '3')!r} not valid with MTI {mti}")

@@ -224,7 +224,13 @@ class CenterServer:
                     checked = (item, fut.result())
             return center.authorize(req, now, checked, content_hash=content_hash)
         if isinstance(req, codec.ReversalRequest):
-            return center.reverse(req.terminal_id, req.original_stan, req.original_at, req.amount)
+            return center.reverse(
+                req.terminal_id,
+                req.original_stan,
+                req.original_at,
+                req.amount,
+                original_amount=req.original_amount,
+            )
         return AuthResponse(RC.APPROVED.value)
 
     async def submit(self, req: codec.Request, content_hash: bytes) -> AuthResponse:
