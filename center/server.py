@@ -28,8 +28,9 @@
   verifier took that work (GIL hand-overs around every commit); a two-task pipeline (prepare,
   then decide) halved the batch size and lost ~10 %: fewer, larger batches are what counts.
 * Bad input (length prefix, truncated/oversize frame, undecodable body, unknown MTI, missing
-  fields) gets a field-39 = 30 answer when the MTI is known, else the connection is closed; it is
-  logged and never reaches the ledger.  Idle and slow clients are timed out, connections capped.
+  fields) gets a field-39 = 30 answer when ISO 8583:1987 answers its MTI (``codec.response_mti``),
+  else the connection is closed; it is logged and never reaches the ledger.  Idle and slow
+  clients are timed out, connections capped.
 * TCP is accepted plain and each connection runs its own handshake (:mod:`center.tls_stream`),
   under the handshake timeout and a cap on handshakes in progress, so a connection that never
   authenticates frees everything it had as soon as it ends.
