@@ -86,6 +86,7 @@ _log = logging.getLogger(__name__)
 _APPROVED = RC.APPROVED.value
 
 _REQUEST_DOMAIN = b"swipepay/center/request/v1\x00"
+_WIRE_DOMAIN = b"swipepay/center/iso8583-request/v1\x00"
 
 
 class _Declined(Exception):
@@ -119,7 +120,8 @@ _TXN_FIELDS = tuple(f.name for f in fields(Transaction) if f.name != "extra")
 
 
 def request_hash(req: AuthRequest) -> bytes:
-    """SHA-256 over every field of the request, to tell a retransmission from a different message.
+    """SHA-256 over every field of a typed request, to tell a retransmission from a different
+    message when the request has no wire form (the in-process host).
 
     A retransmission is byte-for-byte the same message, so *all* fields count, including the
     PIN block (ciphertext under a one-time key; its hash reveals nothing) and the confirmation.
@@ -134,6 +136,18 @@ def request_hash(req: AuthRequest) -> bytes:
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(_REQUEST_DOMAIN + text.encode("utf-8")).digest()
+
+
+def wire_hash(fields: Mapping[str, object]) -> bytes:
+    """SHA-256 over every field of a request as it came off the wire (decoded ISO 8583: field
+    number or ``t``/``p`` -> value), to tell a retransmission from a different message.
+
+    The typed request keeps only what a decision reads (the first two digits of field 3, of
+    field 22, no unknown field), so the server hashes what the terminal sent: any field changed,
+    added or dropped makes another message.
+    """
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(_WIRE_DOMAIN + text.encode("utf-8")).digest()
 
 
 def _signature_check(req: AuthRequest, phone_key: bytes) -> SignatureCheck | None:
@@ -304,18 +318,25 @@ class Center:
         keys[card.pan] = card.phone_key
 
     def authorize(
-        self, req: AuthRequest, now: datetime, checked: tuple[SignatureCheck, bool] | None = None
+        self,
+        req: AuthRequest,
+        now: datetime,
+        checked: tuple[SignatureCheck, bool] | None = None,
+        *,
+        content_hash: bytes | None = None,
     ) -> AuthResponse:
         """Decide one request (checks in the module docstring's order); record it durably.
 
         ``checked`` is ``(item, verifies?)`` for :meth:`signature_check`'s item if the caller had
         it verified ahead.  It counts only if the item is exactly the check this decision needs
         (the card's enrolled key, this request's digest and signature); the checks still run in
-        the documented order.
+        the documented order.  ``content_hash`` is the request's :func:`wire_hash` when it came
+        over the wire (default: :func:`request_hash` of ``req``): what a retransmission of the
+        same key must match.
         """
         txn = req.txn
         key = MessageKey(txn.terminal_id, txn.stan, txn.transmitted_at)
-        digest = request_hash(req)
+        digest = request_hash(req) if content_hash is None else content_hash
         try:
             with self._storage.transaction():
                 stored = self._storage.get_message(key)
@@ -511,17 +532,26 @@ class Center:
     # -- reversal -----------------------------------------------------------------------------
 
     def reverse(
-        self, terminal_id: str, stan: str, transmitted_at: str, amount: int | None = None
+        self,
+        terminal_id: str,
+        stan: str,
+        transmitted_at: str,
+        amount: int | None = None,
+        *,
+        original_amount: int | None = None,
     ) -> AuthResponse:
         """Undo the approved transaction (terminal, STAN, transmission time) of a request.
 
         ``amount`` is how much to give back (``None``: all of it); the rest stays posted.  A
-        pre-authorization's hold shrinks by ``amount`` (released when nothing is left).  Answers
-        and their ``message``:
+        pre-authorization's hold shrinks by ``amount`` (released when nothing is left).
+        ``original_amount`` is the amount the reversal says the original had (0400 field 4):
+        when given, it must be the stored one.  Answers and their ``message``:
 
         * "00" "reversed N of M" — the money moved back (or the hold shrank);
         * "00" "unknown transaction; nothing to reverse" — never seen (lost on the way, or the
           terminal timed out before we answered a request we never got);
+        * "13" "reversal amount mismatch" — ``original_amount`` is not the original's amount:
+          the reversal is refused whatever the original's state, nothing changes;
         * "00" "declined transaction; nothing to reverse";
         * "00" "already reversed; nothing changed" — any earlier reversal, full or partial, makes
           the reversal final, so a terminal that retries a reversal can never reverse twice;
@@ -535,7 +565,7 @@ class Center:
         key = MessageKey(terminal_id, stan, transmitted_at)
         try:
             with self._storage.transaction():
-                response = self._reverse(key, amount)
+                response = self._reverse(key, amount, original_amount)
         except Exception:
             _log.exception("reversal %s failed; rolled back", key)
             return AuthResponse(
@@ -544,12 +574,22 @@ class Center:
         _log.info("reversal %s: %s %s", key, response.response_code, response.message)
         return response
 
-    def _reverse(self, key: MessageKey, amount: int | None) -> AuthResponse:
+    def _reverse(
+        self, key: MessageKey, amount: int | None, original_amount: int | None
+    ) -> AuthResponse:
         original = self._storage.get_message(key)
         if original is None:
             return AuthResponse(
                 RC.APPROVED.value, message="unknown transaction; nothing to reverse"
             )
+        if original_amount is not None and original_amount != original.amount:
+            _log.warning(
+                "reversal %s names amount %d, the original is %d; refused",
+                key,
+                original_amount,
+                original.amount,
+            )
+            return AuthResponse(RC.INVALID_AMOUNT.value, message="reversal amount mismatch")
         done: dict[str, str] = {
             MessageState.DECLINED: "declined transaction; nothing to reverse",
             MessageState.REVERSED: "already reversed; nothing changed",

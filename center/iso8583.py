@@ -70,14 +70,22 @@ MANDATORY: dict[str, frozenset[str]] = {
     "0400": frozenset({"2", "3", "4", "7", "11", "41", "42", "49", "90"}),
 }
 
-#: Response MTI of each request MTI.
-RESPONSE_MTI: dict[str, str] = {
-    "0800": "0810",
-    "0100": "0110",
-    "0200": "0210",
-    "0220": "0230",
-    "0400": "0410",
-}
+
+def response_mti(mti: str) -> str | None:
+    """The MTI that answers ``mti`` under ISO 8583:1987, or ``None`` if nothing answers it.
+
+    Version digit 0, message class 1-8, function 0 (request) or 2 (advice), origin 0-5: the
+    answer is the function + 1 (MTI + 10) from the first transmission's origin (a repeat,
+    origin 1, 3 or 5, is answered like origin 0, 2 or 4: 0221 -> 0230).  Anything else (another
+    version, class 0 or 9, a response, a notification, a reserved digit) gets no answer.
+    """
+    if len(mti) != 4 or not mti.isascii() or not mti.isdigit():
+        return None
+    version, cls, function, origin = mti[0], mti[1], mti[2], mti[3]
+    if version != "0" or cls in "09" or function not in "02" or origin not in "012345":
+        return None
+    return f"0{cls}{int(function) + 1}{int(origin) & ~1}"
+
 
 #: (MTI, first two digits of the processing code) -> transaction type.
 TYPE_OF: dict[tuple[str, str], TxnType] = {
@@ -163,6 +171,7 @@ class ReversalRequest:
     original_stan: str
     original_at: str
     amount: int | None  # None: all of it
+    original_amount: int | None = None  # field 4: must be the amount of what it reverses
 
 
 Request = NetworkRequest | ReversalRequest | AuthRequest
@@ -218,7 +227,7 @@ def parse_request(fields: dict[str, Any]) -> Request:
             if remaining >= amount:
                 raise DecodeError("field 95 actual amount must be below field 4")
             give_back = amount - remaining
-        return ReversalRequest(tid, stan, at, give_back)
+        return ReversalRequest(tid, stan, at, give_back, amount)
     txn_type = TYPE_OF.get((mti, _text(fields, "3")[:2]))
     if txn_type is None:
         raise DecodeError(f"processing code {_text(fields, '3')!r} not valid with MTI {mti}")
@@ -323,7 +332,10 @@ def _balance_field(balance: int, currency: str) -> str:
 def response_fields(request: dict[str, Any], response: AuthResponse) -> dict[str, Any]:
     """The response to a decoded request: its MTI +10, echoed fields, 38, 39 and 54."""
     mti = _text(request, "t")
-    out: dict[str, Any] = {"t": RESPONSE_MTI.get(mti, "0810" if mti.startswith("08") else "0210")}
+    answer = response_mti(mti)
+    if answer is None:
+        raise DecodeError(f"MTI {mti!r} is never answered")
+    out: dict[str, Any] = {"t": answer}
     for key in ECHOED:
         value = request.get(key)
         if isinstance(value, str):
@@ -341,17 +353,14 @@ def response_fields(request: dict[str, Any], response: AuthResponse) -> dict[str
 
 
 def format_error_fields(raw: bytes, reason: str) -> dict[str, Any] | None:
-    """A field-39 = 30 answer to a body we could not use, or None when we cannot even tell the
-    MTI (then the only safe answer is to close the connection)."""
+    """A field-39 = 30 answer (MTI + 10) to a body we could not use, or None when its MTI has no
+    answer (:func:`response_mti`; then the only safe answer is to close the connection)."""
     try:
         fields = decode(raw)
     except DecodeError:
-        mti = raw[:4].decode("ascii", "replace")
-        if mti not in RESPONSE_MTI:
-            return None
-        fields = {"t": mti}
-    if _text(fields, "t") not in RESPONSE_MTI:
-        fields = {**fields, "t": "0800" if _text(fields, "t").startswith("08") else "0200"}
+        fields = {"t": raw[:4].decode("ascii", "replace")}
+    if response_mti(_text(fields, "t")) is None:
+        return None
     return response_fields(fields, AuthResponse("30", message=reason[:25]))
 
 

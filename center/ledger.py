@@ -85,6 +85,23 @@ POSTING_RULES: dict[TxnType, PostingRule] = {
 }
 
 
+def balance_effect(txn_type: TxnType, party: Party, kind: AccountKind) -> int:
+    """How an amount of ``txn_type`` moves the balance of ``party``'s account (an account of
+    ``kind``): +1, -1, or 0 when the type posts nothing to that party (a hold, an inquiry).
+
+    Read off :data:`POSTING_RULES` and :data:`NORMAL_SIDE`, so a report that totals amounts per
+    type can be checked against the ledger without a second table of signs.
+    """
+    rule = POSTING_RULES[txn_type]
+    if rule.debit is party:
+        side = Side.DEBIT
+    elif rule.credit is party:
+        side = Side.CREDIT
+    else:
+        return 0
+    return 1 if side is NORMAL_SIDE[kind] else -1
+
+
 def equity_account_id(currency: str) -> str:
     """The opening-balance account of one currency (created on first use)."""
     return f"equity-{currency}"

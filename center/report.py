@@ -12,7 +12,7 @@ import io
 import json
 from dataclasses import asdict, dataclass
 
-from swipepay.center.ledger import Ledger
+from swipepay.center.ledger import AccountKind, Ledger, Party, balance_effect
 from swipepay.center.policy import MessageState
 from swipepay.center.storage import Storage
 from swipepay.firmware_sim.transaction import TxnType
@@ -26,15 +26,6 @@ _APPROVED_STATES = frozenset(
         MessageState.COMPLETED,
     }
 )
-
-#: Sign of each type's net amount on the terminal's account balance (0: no money moves).
-TERMINAL_SIGN: dict[str, int] = {
-    TxnType.PURCHASE: 1,
-    TxnType.COMPLETION: 1,
-    TxnType.PREAUTH: 0,
-    TxnType.WITHDRAWAL: -1,
-    TxnType.DEPOSIT: 1,
-}
 
 
 @dataclass(frozen=True)
@@ -72,17 +63,23 @@ def settlement(storage: Storage, day: str | None = None) -> list[ReportRow]:
 def reconcile(storage: Storage, rows: list[ReportRow]) -> dict[str, tuple[int, int]]:
     """Terminals whose report total differs from the ledger: id -> (report, ledger).
 
-    Only meaningful for a report over all days (``day=None``).
+    Each row's net counts with the sign its type's posting rule gives the terminal's account
+    (:func:`center.ledger.balance_effect`; 0 for types that move no money).  Only meaningful
+    for a report over all days (``day=None``).
     """
-    expected: dict[str, int] = {}
+    by_terminal: dict[str, list[ReportRow]] = {}
     for r in rows:
-        expected[r.terminal_id] = expected.get(r.terminal_id, 0) + TERMINAL_SIGN[r.txn_type] * r.net
+        by_terminal.setdefault(r.terminal_id, []).append(r)
     ledger = Ledger(storage)
     out: dict[str, tuple[int, int]] = {}
     with storage.transaction():
         for t in storage.list_terminals():
+            kind = AccountKind(ledger.account(t.account_id).kind)
+            want = sum(
+                balance_effect(TxnType(r.txn_type), Party.TERMINAL, kind) * r.net
+                for r in by_terminal.get(t.terminal_id, ())
+            )
             balance = ledger.balance(t.account_id)
-            want = expected.get(t.terminal_id, 0)
             if balance != want:
                 out[t.terminal_id] = (want, balance)
     return out

@@ -23,8 +23,12 @@
   only adds GIL hand-overs; what the second core can take is the signature checks, in a
   process.  Fewer, larger batches make the throughput (CHANGELOG.md has the figures).
 * Bad input (length prefix, truncated/oversize frame, undecodable body, unknown MTI, missing
-  fields) gets a field-39 = 30 answer when the MTI is known, else the connection is closed; it is
-  logged and never reaches the ledger.  Idle and slow clients are timed out, connections capped.
+  fields) gets a field-39 = 30 answer when ISO 8583:1987 answers its MTI (``codec.response_mti``),
+  else the connection is closed; it is logged and never reaches the ledger.  Idle and slow
+  clients are timed out, connections capped.
+* TCP is accepted plain and each connection runs its own handshake (:mod:`center.tls_stream`),
+  under the handshake timeout and a cap on handshakes in progress, so a connection that never
+  authenticates frees everything it had as soon as it ends.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from swipepay.center import iso8583 as codec
-from swipepay.center.core import Center
+from swipepay.center.core import Center, wire_hash
 from swipepay.center.response_codes import RC
+from swipepay.center.tls_stream import TlsStream
 from swipepay.center.verifier import SignatureCheck, VerifierProcess
 from swipepay.firmware_sim.errors import DecodeError, SwipepayError
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
@@ -57,8 +62,9 @@ _VERIFIER_WAIT = 1.0
 class ServerLimits:
     idle_timeout: float = 30.0  # no byte for this long: close
     frame_timeout: float = 5.0  # a started frame not complete after this long: close
-    handshake_timeout: float = 5.0
-    max_connections: int = 64
+    handshake_timeout: float = 5.0  # TCP connected, TLS handshake not done after this long: close
+    max_connections: int = 64  # authenticated connections; one more is closed after its handshake
+    max_handshakes: int = 256  # handshakes in progress; one more TCP connection is closed at once
 
 
 def server_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
@@ -71,10 +77,8 @@ def server_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
-def peer_terminal_id(writer: asyncio.StreamWriter) -> str | None:
-    cert: Any = writer.get_extra_info("peercert")
-    if not cert:
-        return None
+def peer_terminal_id(cert: dict[str, Any]) -> str | None:
+    """The subject CN of a verified client certificate (``getpeercert()`` form): the terminal ID."""
     for rdn in cert.get("subject", ()):
         for name, value in rdn:
             if name == "commonName":
@@ -84,7 +88,8 @@ def peer_terminal_id(writer: asyncio.StreamWriter) -> str | None:
 
 #: A signature check sent to the verifier process ahead, and its result.
 _Ticket = tuple[SignatureCheck, "asyncio.Future[bool]"]
-_Job = tuple[codec.Request, _Ticket | None, "asyncio.Future[AuthResponse]"]
+#: A request, its wire hash (:func:`center.core.wire_hash`), its ahead check, its answer.
+_Job = tuple[codec.Request, bytes, _Ticket | None, "asyncio.Future[AuthResponse]"]
 
 
 class CenterServer:
@@ -112,6 +117,11 @@ class CenterServer:
         self._verifier: VerifierProcess | None = None
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._connections = 0
+        self._handshaking = 0
+        #: TCP connections closed without a completed handshake: failed or timed out / refused
+        #: because :attr:`ServerLimits.max_handshakes` were in progress.
+        self.handshakes_failed = 0
+        self.handshakes_refused = 0
         self._server: asyncio.Server | None = None
         self._batcher: asyncio.Task[None] | None = None
         self.batches = 0
@@ -126,13 +136,8 @@ class CenterServer:
             except OSError as exc:
                 _log.error("cannot start the signature verifier (%s); verifying inline", exc)
         self._batcher = asyncio.create_task(self._run_batches())
-        self._server = await asyncio.start_server(
-            self._handle,
-            host,
-            port,
-            ssl=self._ssl,
-            ssl_handshake_timeout=self.limits.handshake_timeout,
-        )
+        # Plain TCP: the handshake is run per connection by :class:`TlsStream` (see there why).
+        self._server = await asyncio.start_server(self._handle, host, port)
         sock = self._server.sockets[0]
         return int(sock.getsockname()[1])
 
@@ -170,7 +175,7 @@ class CenterServer:
             responses = await self._decide(center, jobs)
             self.batches += 1
             self.decided += len(jobs)
-            for (_, _, fut), resp in zip(jobs, responses, strict=True):
+            for (*_, fut), resp in zip(jobs, responses, strict=True):
                 if not fut.done():
                     fut.set_result(resp)
 
@@ -184,7 +189,7 @@ class CenterServer:
         now = self._clock()
         #: Job index -> the verifier answer it still waits for.
         pending = {
-            n: t[1] for n, (_, t, _) in enumerate(jobs) if t is not None and not t[1].done()
+            n: t[1] for n, (_, _, t, _) in enumerate(jobs) if t is not None and not t[1].done()
         }
         out: dict[int, AuthResponse] = {}
         try:
@@ -206,21 +211,27 @@ class CenterServer:
 
     @staticmethod
     def _decide_one(center: Center, job: _Job, now: datetime) -> AuthResponse:
-        req, ticket, _ = job
+        req, content_hash, ticket, _ = job
         if isinstance(req, AuthRequest):
             checked = None
             if ticket is not None:
                 item, fut = ticket
                 if fut.done() and fut.exception() is None:  # else: verified inline
                     checked = (item, fut.result())
-            return center.authorize(req, now, checked)
+            return center.authorize(req, now, checked, content_hash=content_hash)
         if isinstance(req, codec.ReversalRequest):
-            return center.reverse(req.terminal_id, req.original_stan, req.original_at, req.amount)
+            return center.reverse(
+                req.terminal_id,
+                req.original_stan,
+                req.original_at,
+                req.amount,
+                original_amount=req.original_amount,
+            )
         return AuthResponse(RC.APPROVED.value)
 
-    async def submit(self, req: codec.Request) -> AuthResponse:
-        """Queue ``req`` for the next batch (its phone signature goes to the verifier now);
-        its answer once the batch is committed."""
+    async def submit(self, req: codec.Request, content_hash: bytes) -> AuthResponse:
+        """Queue ``req`` (whose wire message hashes to ``content_hash``) for the next batch (its
+        phone signature goes to the verifier now); its answer once the batch is committed."""
         ticket: _Ticket | None = None
         if isinstance(req, AuthRequest) and self._verifier is not None:
             assert self._center is not None
@@ -229,33 +240,63 @@ class CenterServer:
                 fut = self._verifier.submit(item)
                 ticket = None if fut is None else (item, fut)
         answer: asyncio.Future[AuthResponse] = asyncio.get_running_loop().create_future()
-        await self._queue.put((req, ticket, answer))
+        await self._queue.put((req, content_hash, ticket, answer))
         return await answer
 
     # -- connections ----------------------------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tls = await self._handshake(reader, writer)
+        if tls is None:
+            return
         peer = writer.get_extra_info("peername")
         if self._connections >= self.limits.max_connections:
             _log.warning("%s: connection cap %d reached; closed", peer, self.limits.max_connections)
-            writer.close()
+            tls.close()
             return
         self._connections += 1
         try:
-            tid = peer_terminal_id(writer)
+            tid = peer_terminal_id(tls.peercert)
             if tid is None:
                 _log.warning("%s: no client certificate CN; closed", peer)
                 return
-            await self._serve(reader, writer, tid)
+            await self._serve(tls, tid)
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             _log.info("%s: connection ended: %s", peer, type(exc).__name__)
         finally:
             self._connections -= 1
-            writer.close()
+            tls.close()
 
-    async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tid: str
-    ) -> None:
+    async def _handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> TlsStream | None:
+        """The mutual TLS 1.3 handshake of a new TCP connection, within the handshake timeout;
+        ``None`` (and the socket closed) if it fails, times out, or too many are in progress.
+
+        Failures are counted, not logged one by one: anyone can open TCP connections.
+        """
+        if self._handshaking >= self.limits.max_handshakes:
+            self.handshakes_refused += 1
+            if self.handshakes_refused % 1000 == 1:
+                _log.warning(
+                    "%d TLS handshakes in progress: new connections closed (%d so far)",
+                    self.limits.max_handshakes,
+                    self.handshakes_refused,
+                )
+            writer.close()
+            return None
+        self._handshaking += 1
+        try:
+            return await TlsStream.accept(reader, writer, self._ssl, self.limits.handshake_timeout)
+        except (ssl.SSLError, OSError) as exc:  # TimeoutError and ConnectionError are OSErrors
+            self.handshakes_failed += 1
+            _log.debug("%s: TLS handshake failed: %s", writer.get_extra_info("peername"), exc)
+            writer.close()
+            return None
+        finally:
+            self._handshaking -= 1
+
+    async def _serve(self, tls: TlsStream, tid: str) -> None:
         loop = asyncio.get_running_loop()
         decoder = codec.FrameDecoder()
         started: float | None = None
@@ -267,7 +308,7 @@ class CenterServer:
                 # asyncio.timeout, not wait_for: wait_for wraps every read in a new Task (3.11),
                 # a measurable cost at one read per request.
                 async with asyncio.timeout(wait):
-                    data = await reader.read(65536)
+                    data = await tls.read(65536)
             except TimeoutError:
                 _log.warning(
                     "%s: %s client timed out; closed",
@@ -291,8 +332,8 @@ class CenterServer:
                 answer = await self._answer(body, tid)
                 if answer is None:
                     return
-                writer.write(codec.frame(answer))
-                await writer.drain()
+                tls.write(codec.frame(answer))
+                await tls.drain()
 
     async def _answer(self, body: bytes, tid: str) -> bytes | None:
         try:
@@ -307,7 +348,7 @@ class CenterServer:
             _log.warning("certificate %s sent field 41 %r; refused", tid, req_tid)
             resp = AuthResponse(RC.SECURITY_VIOLATION.value, message="field 41 mismatch")
         else:
-            resp = await self.submit(req)
+            resp = await self.submit(req, wire_hash(fields))
         try:
             return codec.encode(codec.response_fields(fields, resp))
         except SwipepayError as exc:  # an echoed field we cannot re-encode: should not happen

@@ -72,7 +72,7 @@ def test_purchase_bytes_are_the_documented_example() -> None:
 
 def test_reversal_full_and_partial() -> None:
     full = codec.parse_request(codec.decode(codec.encode(codec.reversal_fields(REQ.txn))))
-    assert full == codec.ReversalRequest("POS00001", "000042", "1126120000", None)
+    assert full == codec.ReversalRequest("POS00001", "000042", "1126120000", None, 12_34)
     part = codec.reversal_fields(REQ.txn, 2_34)
     assert part["95"].startswith("000000001000")  # 10.00 stays posted
     assert codec.parse_request(codec.decode(codec.encode(part))).amount == 2_34  # type: ignore[union-attr]

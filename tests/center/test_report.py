@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from datetime import UTC, datetime
 
@@ -52,8 +54,11 @@ def _load(lab: Lab) -> None:
         assert c.authorize(AuthRequest(comp), NOW).approved
         assert c.authorize(signed(alice, TxnType.WITHDRAWAL, 20_00, "000006"), NOW).approved
         assert c.authorize(signed(alice, TxnType.DEPOSIT, 50_00, "000007"), NOW).approved
+        inquiry = c.authorize(signed(alice, TxnType.BALANCE, 0, "000008"), NOW)
+        assert inquiry.approved and inquiry.available_balance is not None
         assert c.reverse(POS, "000002", "1126120000").approved  # full
         assert c.reverse(ATM, "000007", "1126120000", 20_00).approved  # partial
+        assert c.reverse(ATM, "000008", "1126120000").approved  # an inquiry: nothing moves
 
 
 def test_totals_net_reversals_and_reconcile(lab: Lab) -> None:
@@ -75,6 +80,33 @@ def test_totals_net_reversals_and_reconcile(lab: Lab) -> None:
     assert by[(ATM, "withdrawal")].net == 20_00
     assert by[(ATM, "deposit")] == report.ReportRow(BANK, ATM, "deposit", 1, 50_00, 20_00, 30_00)
     assert all(r.txn_type != "purchase" or r.count == 2 for r in rows)  # the 51 is not counted
+    assert by[(ATM, "balance")] == report.ReportRow(BANK, ATM, "balance", 1, 0, 0, 0)
+
+
+def test_every_transaction_type_goes_through_the_report(lab: Lab) -> None:
+    """A lab that ran every type: the report has a row for each, reconciles to the ledger, and
+    renders as table, CSV and JSON (``center report`` exits 0, no MISMATCH line)."""
+    _load(lab)
+    storage = SQLiteStorage(lab.db_path)
+    try:
+        rows = report.settlement(storage)
+        assert report.reconcile(storage, rows) == {}
+    finally:
+        storage.close()
+    assert {r.txn_type for r in rows} == {t.value for t in TxnType}
+    runner = CliRunner()
+    home = ["--home", str(lab.root)]
+    outputs = {}
+    for fmt in ("table", "csv", "json"):
+        out = runner.invoke(main, ["center", "report", *home, "--format", fmt])
+        assert out.exit_code == 0, out.output
+        assert "MISMATCH" not in out.output
+        outputs[fmt] = out.output
+    assert {d["txn_type"] for d in json.loads(outputs["json"])} == {t.value for t in TxnType}
+    csv_types = {row["txn_type"] for row in csv.DictReader(io.StringIO(outputs["csv"]))}
+    assert csv_types == {t.value for t in TxnType}
+    table_types = {line.split()[2] for line in outputs["table"].splitlines()[1:]}
+    assert table_types == {t.value for t in TxnType}
 
 
 def test_cli_report_formats(lab: Lab) -> None:
