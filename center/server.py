@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from swipepay.center import iso8583 as codec
+from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.center.core import Center
 from swipepay.center.response_codes import RC
 from swipepay.center.verifier import SignatureCheck, VerifierProcess
