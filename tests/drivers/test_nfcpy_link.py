@@ -22,6 +22,7 @@ import pytest
 from swipepay.center.core import Center
 from swipepay.center.lab import create_lab
 from swipepay.center.local_host import LocalHost
+from swipepay.drivers.base import DriverContext
 from swipepay.drivers.nfcpy_cards import NfcpyCardServer
 from swipepay.drivers.nfcpy_link import (
     CardEmulator,
@@ -134,8 +135,7 @@ def test_whole_transaction_over_udp_is_approved(udp_path: str, tmp_path: Path) -
     server = NfcpyPhoneServer.from_url(f"nfcpy:{udp_path}")
     cert, key = lab.terminal_link_identity("POS00001")
     terminal = Terminal(lab.terminal_config("POS00001"), TerminalLink(cert, key))
-    reader = open_card_reader("mock:alice-visa", cards=lab.cards())
-    reader.amount = 12_34
+    reader = open_card_reader("mock:alice-visa", DriverContext(cards=lab.cards(), amount=12_34))
     link = open_phone_link(f"nfcpy:{udp_path}")
     try:
         with serving(lambda stop: server.serve(phone, stop), server.close):
