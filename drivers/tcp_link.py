@@ -133,17 +133,14 @@ class TcpPhoneServer:
         """Serve one terminal; whatever ends the connection, the phone sees the field drop."""
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.settimeout(POLL_INTERVAL)
-        decoder = FrameDecoder(COMMAND_FRAMES)
-        #: When the frame we wait for began (the connection itself for the first frame), or
-        #: None while idle between frames; ``answered``: when the last answer went out.
-        answered = time.monotonic()
-        began: float | None = answered
+        answered = time.monotonic()  # when the last answer went out (here: connected)
+        decoder = FrameDecoder(COMMAND_FRAMES, began=answered)  # the first frame is due now
         try:
             while not stop.is_set():
                 try:
                     data = conn.recv(_CHUNK)
                 except TimeoutError:
-                    if self._overdue(began, answered):
+                    if self._overdue(decoder, answered):
                         return
                     continue
                 except OSError:
@@ -151,7 +148,7 @@ class TcpPhoneServer:
                 if not data:
                     return
                 try:
-                    commands = decoder.feed(data)
+                    commands = decoder.feed(data, time.monotonic())
                 except FrameError as exc:
                     log.warning("tcp: %s from %s; dropped", exc, self.peer)
                     return  # oversize frame: drop the terminal, never guess
@@ -161,18 +158,14 @@ class TcpPhoneServer:
                     except OSError:
                         return
                     answered = time.monotonic()
-                if not decoder.pending:
-                    began = None
-                elif commands or began is None:
-                    began = time.monotonic()  # a new frame has begun
         finally:
             phone.deactivate()
 
-    def _overdue(self, began: float | None, answered: float) -> bool:
+    def _overdue(self, decoder: FrameDecoder, answered: float) -> bool:
         """Whether the session has waited longer than :class:`SessionLimits` allow."""
         now, limits = time.monotonic(), self.limits
-        if began is not None:
-            if now - began < limits.frame_timeout:
+        if decoder.began is not None:
+            if not decoder.overdue(now, limits.frame_timeout):
                 return False
             log.warning("tcp: %s sent no complete frame in time; dropped", self.peer)
             return True

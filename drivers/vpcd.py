@@ -213,13 +213,12 @@ class VpcdClient:
         sock = self._sock
         assert sock is not None
         decoder = FrameDecoder()
-        began: float | None = None  # when the incomplete frame in ``decoder`` began
         while not stop.is_set():
             _quickack(sock)
             try:
                 data = sock.recv(4096)
             except TimeoutError:
-                if began is not None and time.monotonic() - began >= self.frame_timeout:
+                if decoder.overdue(time.monotonic(), self.frame_timeout):
                     log.warning("vpcd at %s: frame incomplete; card taken out", self.address)
                     return
                 continue
@@ -227,7 +226,7 @@ class VpcdClient:
                 return
             if not data:
                 return
-            payloads = decoder.feed(data)
+            payloads = decoder.feed(data, time.monotonic())
             for payload in payloads:
                 reply = self.card.respond(payload)
                 if reply is None:
@@ -236,10 +235,6 @@ class VpcdClient:
                     sock.sendall(encode(reply))
                 except OSError:
                     return
-            if not decoder.pending:
-                began = None
-            elif payloads or began is None:
-                began = time.monotonic()
 
     def _drop(self) -> None:
         sock, self._sock = self._sock, None

@@ -10,6 +10,10 @@ allows, given as :class:`FrameLimits`.
 back the complete messages, keeping a partial one until the rest comes.  A length prefix
 outside the limits raises :class:`FrameError` at once: the stream cannot be trusted any more
 and a bigger frame is never buffered.
+
+A peer that stops inside a frame must not hold a link forever, so the decoder also keeps when
+the incomplete frame began (:attr:`FrameDecoder.began`, on whatever clock the caller passes as
+``now``): the I/O layer only compares it with its frame timeout.
 """
 
 from __future__ import annotations
@@ -61,17 +65,34 @@ def encode(payload: bytes, limits: FrameLimits = ANY_LENGTH) -> bytes:
 class FrameDecoder:
     """Splits a byte stream into messages: ``feed(data)`` returns the ones now complete."""
 
-    def __init__(self, limits: FrameLimits = ANY_LENGTH) -> None:
+    def __init__(self, limits: FrameLimits = ANY_LENGTH, began: float | None = None) -> None:
+        """``began``: count the stream as inside a frame from then on (a link whose peer must
+        speak first: its first frame is due from the moment it connected)."""
         self.limits = limits
         self._buffer = bytearray()
+        #: When the incomplete frame began (``now`` of the ``feed`` that brought its first
+        #: byte), or None between frames.
+        self.began = began
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add received bytes; return every message now complete, in order.
+    def feed(self, data: bytes, now: float = 0.0) -> list[bytes]:
+        """Add bytes received at ``now``; return every message now complete, in order.
 
         :class:`FrameError` as soon as a prefix is outside the limits (the messages completed
         before it in the same ``data`` are lost with the stream: a peer that breaks the framing
         is dropped, never answered).
         """
+        frames = self._split(data)
+        if not self._buffer:
+            self.began = None
+        elif frames or self.began is None:
+            self.began = now  # a new frame has begun
+        return frames
+
+    def overdue(self, now: float, timeout: float) -> bool:
+        """Whether a frame has been incomplete for ``timeout`` or longer at ``now``."""
+        return self.began is not None and now - self.began >= timeout
+
+    def _split(self, data: bytes) -> list[bytes]:
         self._buffer += data
         frames: list[bytes] = []
         while len(self._buffer) >= PREFIX:

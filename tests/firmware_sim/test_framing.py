@@ -97,3 +97,21 @@ def test_without_limits_garbage_is_frames_plus_a_rest(stream: bytes) -> None:
     decoder = FrameDecoder()
     frames = decoder.feed(stream)
     assert sum(2 + len(f) for f in frames) + decoder.pending == len(stream)
+
+
+def test_the_decoder_knows_when_the_incomplete_frame_began() -> None:
+    d = FrameDecoder()
+    assert d.began is None and not d.overdue(100.0, 1.0)
+    d.feed(b"\x00", now=10.0)
+    d.feed(b"\x02a", now=11.0)  # the same frame: still began at 10
+    assert d.began == 10.0 and d.overdue(12.0, 2.0) and not d.overdue(11.9, 2.0)
+    d.feed(b"b\x00\x01", now=13.0)  # that frame done, the next one begun
+    assert d.began == 13.0
+    d.feed(b"c", now=14.0)
+    assert d.began is None
+
+
+def test_a_link_whose_peer_speaks_first_is_inside_a_frame_from_the_start() -> None:
+    d = FrameDecoder(began=5.0)
+    assert d.overdue(8.0, 3.0)
+    assert d.feed(b"\x00\x00", now=6.0) == [b""] and d.began is None
