@@ -249,3 +249,24 @@ def test_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "nfc", None)
     with pytest.raises(ConfigError, match=r"pip install swipepay\[nfc\]"):
         load_nfc()
+
+
+def test_a_silent_reader_holds_the_phone_only_until_the_idle_timeout(udp_path: str) -> None:
+    """A reader that activates the phone and then says nothing is dropped after
+    ``idle_timeout``; the next reader is then served (RF frames come whole, so there is no
+    half frame to wait for on this link)."""
+    pair = make_pair()
+    phone = Phone(pair.applet, ScriptedUser(), lambda: float(NOW))
+    server = NfcpyPhoneServer(f"nfcpy:{udp_path}", udp_path, idle_timeout=0.5)
+    silent = NfcpyPhoneLink.from_url(f"nfcpy:{udp_path}")
+    second = NfcpyPhoneLink.from_url(f"nfcpy:{udp_path}")
+    with serving(lambda stop: server.serve(phone, stop), server.close):
+        try:
+            silent.connect(WAIT)
+            second.connect(WAIT)
+            answer = second.transmit(pair.link.select_command().apdu)
+        finally:
+            second.disconnect()
+            silent.disconnect()
+    assert answer[-2:] == b"\x90\x00"
+    assert server.emulator.sessions >= 1
