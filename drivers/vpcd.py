@@ -170,6 +170,7 @@ class VpcdClient:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.error: BaseException | None = None
+        #: Seconds a begun frame may stay incomplete before the card is taken out.
         self.frame_timeout = FRAME_TIMEOUT
 
     @property
