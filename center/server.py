@@ -43,12 +43,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from swipepay.center import iso8583 as codec
 from swipepay.center.core import Center, wire_hash
 from swipepay.center.response_codes import RC
 from swipepay.center.tls_stream import TlsStream
 from swipepay.center.verifier import SignatureCheck, VerifierProcess
 from swipepay.firmware_sim.errors import DecodeError, SwipepayError
+from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
 
 _log = logging.getLogger(__name__)

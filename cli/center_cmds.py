@@ -34,11 +34,10 @@ def serve(home: Path, listen: str, max_connections: int, idle_timeout: float) ->
     import logging
 
     from swipepay.center.server import ServerLimits, lab_server, serve_forever
+    from swipepay.firmware_sim.address import parse_address
 
-    host, _, port_text = listen.rpartition(":")
     try:
-        if not host or not port_text.isdigit():
-            raise ConfigError(f"--listen must be HOST:PORT, not {listen!r}")
+        host, port = parse_address(listen, "--listen", any_port=True)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         server = lab_server(
             home, ServerLimits(idle_timeout=idle_timeout, max_connections=max_connections)
@@ -49,7 +48,7 @@ def serve(home: Path, listen: str, max_connections: int, idle_timeout: float) ->
                 f"center listening on {host}:{port} (TLS 1.3, client cert required)", err=True
             )
 
-        asyncio.run(serve_forever(server, host, int(port_text), ready))
+        asyncio.run(serve_forever(server, host, port, ready))
     except SwipepayError as exc:
         fail(exc)
     except OSError as exc:

@@ -14,67 +14,19 @@ from swipepay.cli.main import fail
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
 
-def _pcsc_section() -> list[str]:
-    from swipepay.drivers.pcsc import card_present, list_readers
-
-    names = list_readers()
-    if not names:
-        return ["  (pcscd is running but lists no readers)"]
-    lines = []
-    for name in names:
-        present = card_present(name)
-        state = {True: "card present", False: "no card", None: "state unknown"}[present]
-        lines.append(f"  pcsc:{name}  ({state})")
-    return lines
-
-
-def _serial_section() -> list[str]:
-    try:
-        from serial.tools import list_ports
-    except ImportError:
-        return ["  pyserial is not installed: pip install pyserial"]
-    ports = sorted(list_ports.comports(), key=lambda p: p.device)
-    if not ports:
-        return ["  (no serial ports)"]
-    return [f"  serial:{p.device}  ({p.description})" for p in ports]
-
-
-def _nfcpy_section() -> list[str]:
-    try:
-        from nfc.clf import device as nfc_device
-        from nfc.clf import transport
-    except ImportError:
-        return ["  nfcpy is not installed: pip install swipepay[nfc]"]
-    try:
-        found = transport.USB.find("usb") or []
-    except Exception as exc:  # libusb missing or no permission
-        return [f"  cannot list USB devices ({type(exc).__name__}: {exc})"]
-    lines = []
-    for vid, pid, bus, dev in found:
-        chip = nfc_device.usb_device_map.get((vid, pid), "?")
-        lines.append(f"  nfcpy:usb:{bus:03d}:{dev:03d}  ({vid:04x}:{pid:04x} {chip})")
-    return lines or ["  (no nfcpy USB devices; nfcpy's udp: simulator is always available)"]
-
-
-#: Section title -> lister (specs as data; each says itself when its stack is missing).
-SECTIONS = {
-    "PC/SC readers (pcsc:)": _pcsc_section,
-    "Serial ports (serial:)": _serial_section,
-    "nfcpy devices (nfcpy:)": _nfcpy_section,
-}
-
-
 @click.command()
 def readers() -> None:
     """List PC/SC readers (card present or not), serial ports and nfcpy devices."""
-    for title, lister in SECTIONS.items():
-        click.echo(click.style(title, bold=True))
-        try:
-            lines = lister()
-        except SwipepayError as exc:
-            lines = [f"  unavailable: {exc}"]
-        for line in lines:
-            click.echo(line)
+    from swipepay.drivers.discovery import discover
+
+    for family in discover():
+        click.echo(click.style(family.title, bold=True))
+        if family.problem is not None:
+            click.echo(f"  {family.problem}")
+        elif not family.devices:
+            click.echo(f"  ({family.empty})")
+        for device in family.devices:
+            click.echo(f"  {device.url}  ({device.detail})")
 
 
 @click.group()
@@ -115,16 +67,17 @@ def card_read(
 def _card_read(
     url: str, as_json: bool, show_pan: bool, trace: bool, home: Path | None, timeout: float
 ) -> None:
+    from swipepay.drivers.base import DriverContext
     from swipepay.drivers.registry import open_card_reader
 
-    context: dict[str, Any] = {}
+    context = DriverContext()
     if home is not None:
         from swipepay.center.lab import Lab
 
-        context["cards"] = Lab(home).cards()
+        context = DriverContext(cards=Lab(home).cards())
     elif url.startswith("mock:"):
         raise ConfigError("mock: card URLs need --home LAB (the lab's cards)")
-    reader = open_card_reader(url, **context)
+    reader = open_card_reader(url, context)
     if not as_json:
         click.echo(f"waiting for a card on {url} (up to {timeout:.0f} s)...", err=True)
     try:

@@ -268,18 +268,18 @@ def _open_host(lab: Lab, terminal_id: str, center: str, host_timeout: float) -> 
         local.close = core.close  # type: ignore[attr-defined]
         return local
     from swipepay.drivers.host_tls import TlsHost
+    from swipepay.firmware_sim.address import parse_address
 
-    host, _, port = center.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--center must be HOST:PORT or 'local', not {center!r}")
+    host, port = parse_address(center, "--center", alternative=" or 'local'")
     return TlsHost.for_lab(
-        lab.root, terminal_id, host, int(port), reversal_timeout=min(5.0, host_timeout)
+        lab.root, terminal_id, host, port, reversal_timeout=min(5.0, host_timeout)
     )
 
 
 def _mock_phone_link(lab: Lab, url: str) -> Any:
     """``mock:<phone>``: the lab's phone in this process, its user confirming with the lab PIN
     (a bench without NFC hardware; the PIN comes from the lab's secrets, never a command line)."""
+    from swipepay.drivers.base import DriverContext
     from swipepay.drivers.mock_phone import MockField
     from swipepay.drivers.registry import open_phone_link
     from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
@@ -310,7 +310,7 @@ def _mock_phone_link(lab: Lab, url: str) -> Any:
                 return response
 
         field.place(PersistingPhone(applet, ScriptedUser(choice, pin), time.time))
-    return open_phone_link("mock:", field=field)
+    return open_phone_link("mock:", DriverContext(field=field))
 
 
 def _preauth_path(lab: Lab, terminal_id: str) -> Path:
@@ -470,6 +470,7 @@ def _order(
 
 
 def _reader(bench: Bench, card_url: str, card_data: str | None, order: Order) -> Any:
+    from swipepay.drivers.base import DriverContext
     from swipepay.drivers.registry import open_card_reader
     from swipepay.firmware_sim.transaction import TxnType
 
@@ -482,7 +483,7 @@ def _reader(bench: Bench, card_url: str, card_data: str | None, order: Order) ->
         raise ConfigError(
             "with a mock: reader, name the card (mock:alice-visa?via=tap) or give --card-data"
         )
-    reader = open_card_reader(card_url, cards=cards)
+    reader = open_card_reader(card_url, DriverContext(cards=cards))
     if hasattr(reader, "amount"):
         reader.amount = order.amount
     return reader
@@ -663,6 +664,7 @@ def _interactive_one(bench: Bench, name: str) -> int:
 
 def _ask_card(bench: Bench) -> Any:
     """The mock reader's menu: swipe / insert / tap a lab card, or paste tracks or a PAN."""
+    from swipepay.drivers.base import DriverContext
     from swipepay.drivers.registry import open_card_reader
 
     cards = bench.lab.cards()
@@ -676,7 +678,7 @@ def _ask_card(bench: Bench) -> Any:
             click.echo(f"  {exc}")
             continue
         if url is not None:
-            return open_card_reader(url, cards=cards)
+            return open_card_reader(url, DriverContext(cards=cards))
         return GivenCardReader(data)
 
 
@@ -698,13 +700,13 @@ def card_serve(home: Path, name: str, via: str | None, address: str) -> None:
 
     from swipepay.center.lab import Lab
     from swipepay.drivers.virtual_cards import serve_card
-    from swipepay.drivers.vpcd import parse_address
+    from swipepay.drivers.vpcd import slot_address
 
     try:
         cards = Lab(home).cards()
         if name not in cards:
             raise ConfigError(f"no card named {name!r} (lab cards: {', '.join(cards)})")
-        host, port = parse_address(address)
+        host, port = slot_address(address)
         interface = {"insert": "contact", "tap": "contactless", None: None}[via]
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

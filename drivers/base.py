@@ -1,14 +1,56 @@
-"""What every driver offers, whatever carries the bytes (mock, PC/SC, nfcpy, serial, TCP)."""
+"""What every driver offers, whatever carries the bytes (mock, PC/SC, nfcpy, serial, TCP).
+
+Two layers of Protocols:
+
+* what the terminal and the phone programs use — :class:`CardReader`, :class:`PhoneLink`,
+  :class:`PhoneServer`, :class:`Host` — which any object may satisfy (a tracing wrapper, a
+  reader built from given card data, a test double);
+* what a *driver* in :mod:`drivers.registry` is — :class:`CardReaderDriver`,
+  :class:`PhoneLinkDriver`, :class:`PhoneServerDriver` — the same plus
+  ``from_url(url, context)``, the one way a URL becomes an open driver.
+
+:class:`DriverContext` is everything a driver may need beyond its URL: the lab's cards for
+``mock:`` readers, the in-process field for the ``mock:`` phone link, the amount for a card
+read's PDOL, and so on.  Each driver reads the fields it needs and ignores the others.
+"""
 
 from __future__ import annotations
 
 import threading
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field as default
+from typing import IO, TYPE_CHECKING, Protocol, Self
 
 from swipepay.firmware_sim.carddata import CardData
+from swipepay.firmware_sim.cards.spec import CardSpec
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
 from swipepay.firmware_sim.phone import Phone
 from swipepay.firmware_sim.transaction import Transaction
+
+if TYPE_CHECKING:
+    from swipepay.drivers.mock_phone import MockField
+
+
+@dataclass(frozen=True)
+class DriverContext:
+    """What opening a driver may use besides its URL (every field has a neutral default)."""
+
+    #: The lab's cards by name (``mock:<card>`` readers).
+    cards: Mapping[str, CardSpec] = default(default_factory=dict)
+    #: Amount of the transaction in minor units: the card read's PDOL 9F02 (EMV readers:
+    #: ``mock:``, ``pcsc:``, ``nfcpy:``; magstripe readers have no use for it).
+    amount: int = 0
+    #: The in-process RF field (``mock:`` phone link: demo, benches and tests).
+    field: MockField | None = None
+    #: Where a ``keyboard:`` wedge types (None: the process's stdin).
+    stdin: IO[str] | IO[bytes] | None = None
+    #: Seconds to wait for each phone answer (``tcp:`` phone link; None: the driver's default).
+    response_timeout: float | None = None
+
+
+#: The context of a driver that needs nothing beyond its URL.
+NO_CONTEXT = DriverContext()
 
 
 class CardReader(Protocol):
@@ -67,3 +109,26 @@ class PhoneServer(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class CardReaderDriver(CardReader, Protocol):
+    """A card reader the registry can open from a URL."""
+
+    @classmethod
+    def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> Self:
+        """Open the reader ``url`` names; ConfigError for a malformed URL or a missing stack."""
+        ...
+
+
+class PhoneLinkDriver(PhoneLink, Protocol):
+    """A terminal-side phone link the registry can open from a URL."""
+
+    @classmethod
+    def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> Self: ...
+
+
+class PhoneServerDriver(PhoneServer, Protocol):
+    """A phone-side link the registry can open from a URL."""
+
+    @classmethod
+    def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> Self: ...

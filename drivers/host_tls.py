@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from swipepay.center import iso8583 as codec
 from swipepay.firmware_sim.errors import DecodeError, LinkTimeout, TransportError
+from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
 from swipepay.firmware_sim.transaction import Transaction
 

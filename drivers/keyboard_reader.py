@@ -17,6 +17,7 @@ import time
 from collections import deque
 from typing import IO, Any
 
+from swipepay.drivers.base import NO_CONTEXT, DriverContext
 from swipepay.drivers.registry import split_url
 from swipepay.firmware_sim.carddata import CardData
 from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
@@ -26,7 +27,7 @@ _CHUNK = 4096
 
 
 class KeyboardCardReader:
-    def __init__(self, url: str, stream: IO[Any]) -> None:
+    def __init__(self, url: str, stream: IO[str] | IO[bytes]) -> None:
         self.url = url
         try:
             self._fd = stream.fileno()
@@ -37,11 +38,11 @@ class KeyboardCardReader:
         self._eof = False
 
     @classmethod
-    def from_url(cls, url: str, stdin: IO[Any] | None = None, **context: object) -> Any:
+    def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> KeyboardCardReader:
         _scheme, rest = split_url(url)
         if rest:
             raise ConfigError(f"{url!r}: keyboard: takes no parameters")
-        return cls(url, stdin if stdin is not None else sys.stdin)
+        return cls(url, context.stdin if context.stdin is not None else sys.stdin)
 
     def read_card(self, timeout: float) -> CardData:
         with _EchoOff(self._fd):

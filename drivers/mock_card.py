@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from urllib.parse import parse_qs
 
+from swipepay.drivers.base import NO_CONTEXT, DriverContext
 from swipepay.drivers.registry import split_url
 from swipepay.firmware_sim.carddata import CardData
 from swipepay.firmware_sim.cards.spec import CardSpec, present
@@ -19,21 +20,27 @@ from swipepay.firmware_sim.tracks import card_from_tracks
 
 
 class MockCardReader:
-    def __init__(self, url: str, cards: Mapping[str, CardSpec], card: str, via: str | None) -> None:
+    def __init__(
+        self,
+        url: str,
+        cards: Mapping[str, CardSpec],
+        card: str,
+        via: str | None,
+        amount: int = 0,
+    ) -> None:
         self.url = url
         self._cards = cards
         self.card = card
         self.via = via
-        self.amount = 0
+        #: Amount (minor units) for the PDOL's 9F02.
+        self.amount = amount
 
     @classmethod
-    def from_url(
-        cls, url: str, cards: Mapping[str, CardSpec] | None = None, **context: object
-    ) -> MockCardReader:
+    def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> MockCardReader:
         _scheme, rest = split_url(url)
         name, _sep, query = rest.partition("?")
         via = parse_qs(query).get("via", [None])[0]
-        return cls(url, cards or {}, name, via)
+        return cls(url, context.cards, name, via, context.amount)
 
     def read_card(self, timeout: float) -> CardData:
         if self.card in ("", "none"):

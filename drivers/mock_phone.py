@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from swipepay.drivers.base import NO_CONTEXT, DriverContext
 from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
 from swipepay.firmware_sim.phone import Phone
 
@@ -32,10 +33,10 @@ class MockPhoneLink:
         self._phone: Phone | None = None
 
     @classmethod
-    def from_url(cls, url: str, field: MockField | None = None, **_: object) -> MockPhoneLink:
-        if field is None:
+    def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> MockPhoneLink:
+        if context.field is None:
             raise ConfigError("mock: phone link needs an in-process field (demo and tests only)")
-        return cls(url, field)
+        return cls(url, context.field)
 
     def connect(self, timeout: float) -> None:
         if self.field.phone is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from swipepay.drivers.base import NO_CONTEXT, DriverContext
 from swipepay.drivers.nfcpy_link import CardEmulator, nfcpy_path
 from swipepay.firmware_sim.cards.emv_card import EmvCardApplet
 from swipepay.firmware_sim.cards.spec import CardSpec
@@ -25,7 +26,7 @@ class NfcpyCardServer:
         self.emulator = CardEmulator(url, path, **options)
 
     @classmethod
-    def from_url(cls, url: str, **_: object) -> NfcpyCardServer:
+    def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> NfcpyCardServer:
         return cls(url, nfcpy_path(url))
 
     def serve(

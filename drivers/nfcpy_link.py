@@ -37,6 +37,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from types import ModuleType
 from typing import Any, Final
 
+from swipepay.drivers.base import NO_CONTEXT, DriverContext
+from swipepay.drivers.discovery import Device
 from swipepay.drivers.registry import split_url
 from swipepay.firmware_sim.carddata import CardData
 from swipepay.firmware_sim.emv_reader import EmvReader, run_reader
@@ -208,7 +210,7 @@ class NfcpyPhoneLink:
         self._tag: Any = None
 
     @classmethod
-    def from_url(cls, url: str, **_: object) -> NfcpyPhoneLink:
+    def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> NfcpyPhoneLink:
         return cls(url, nfcpy_path(url))
 
     def connect(self, timeout: float) -> None:
@@ -440,7 +442,7 @@ class NfcpyPhoneServer:
         self.emulator = CardEmulator(url, path, **options)
 
     @classmethod
-    def from_url(cls, url: str, **_: object) -> NfcpyPhoneServer:
+    def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> NfcpyPhoneServer:
         return cls(url, nfcpy_path(url))
 
     def serve(self, phone: Phone, stop: threading.Event | None = None, once: bool = False) -> None:
@@ -456,16 +458,18 @@ class NfcpyPhoneServer:
 class NfcpyCardReader:
     """Reads a contactless EMV card (PPSE, EMV Contactless Book B) through nfcpy."""
 
-    def __init__(self, url: str, path: str, targets: list[str] | None = None) -> None:
+    def __init__(
+        self, url: str, path: str, targets: list[str] | None = None, amount: int = 0
+    ) -> None:
         self.url = url
         self.path = path
         self.targets = targets or ["106A", "106B"]
-        #: Amount (minor units) for the PDOL's 9F02, set by the terminal before the read.
-        self.amount = 0
+        #: Amount (minor units) for the PDOL's 9F02.
+        self.amount = amount
 
     @classmethod
-    def from_url(cls, url: str, **_: object) -> NfcpyCardReader:
-        return cls(url, nfcpy_path(url))
+    def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> NfcpyCardReader:
+        return cls(url, nfcpy_path(url), amount=context.amount)
 
     def read_card(self, timeout: float) -> CardData:
         clf = open_frontend(self.path)
@@ -479,3 +483,25 @@ class NfcpyCardReader:
 
     def close(self) -> None:
         pass
+
+
+# -- discovery ---------------------------------------------------------------------------------
+
+
+def list_devices() -> list[Device]:
+    """The USB devices nfcpy knows how to drive (``swipepay readers``); udp: is not listed."""
+    load_nfc()
+    from nfc.clf import device as nfc_device
+    from nfc.clf import transport
+
+    try:
+        found = transport.USB.find("usb") or []
+    except Exception as exc:  # libusb missing or no permission: pyusb raises various classes
+        raise ConfigError(f"cannot list USB devices ({type(exc).__name__}: {exc})") from None
+    return [
+        Device(
+            f"nfcpy:usb:{bus:03d}:{dev:03d}",
+            f"{vid:04x}:{pid:04x} {nfc_device.usb_device_map.get((vid, pid), '?')}",
+        )
+        for vid, pid, bus, dev in found
+    ]

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs
 
+from swipepay.drivers.base import NO_CONTEXT, DriverContext
+from swipepay.drivers.discovery import Device
 from swipepay.drivers.registry import split_url
 from swipepay.firmware_sim.carddata import CardData
 from swipepay.firmware_sim.emv_reader import CardReadError, EmvReader, Step, run_reader
@@ -233,7 +235,7 @@ class ReadResult:
 class PcscCardReader:
     """A PC/SC card reader (contact slot or contactless reader such as the ACR122U)."""
 
-    def __init__(self, url: str, name_part: str, mode: str = "auto") -> None:
+    def __init__(self, url: str, name_part: str, mode: str = "auto", amount: int = 0) -> None:
         if mode not in MODES:
             raise ConfigError(f"pcsc: mode must be one of {', '.join(MODES)}, not {mode!r}")
         if not name_part:
@@ -241,16 +243,16 @@ class PcscCardReader:
         self.url = url
         self.name_part = name_part
         self.mode = mode
-        #: Amount for the PDOL (9F02), set by the terminal before the read as with mock:.
-        self.amount = 0
+        #: Amount (minor units) for the PDOL's 9F02.
+        self.amount = amount
         self.last: ReadResult | None = None
 
     @classmethod
-    def from_url(cls, url: str, **context: object) -> PcscCardReader:
+    def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> PcscCardReader:
         _scheme, rest = split_url(url)
         name, _sep, query = rest.partition("?")
         mode = parse_qs(query).get("mode", ["auto"])[0]
-        return cls(url, name, mode)
+        return cls(url, name, mode, context.amount)
 
     def read_card(self, timeout: float) -> CardData:
         return self.read(timeout).card
@@ -345,7 +347,7 @@ class PcscPhoneLink:
         self._transmit: Callable[[bytes], bytes] | None = None
 
     @classmethod
-    def from_url(cls, url: str, **context: object) -> PcscPhoneLink:
+    def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> PcscPhoneLink:
         _scheme, rest = split_url(url)
         return cls(url, rest.partition("?")[0])
 
@@ -367,3 +369,9 @@ class PcscPhoneLink:
         connection, self._connection, self._transmit = self._connection, None, None
         if connection is not None:
             release(connection)
+
+
+def list_devices() -> list[Device]:
+    """Every reader pcscd lists, with whether a card is in it (``swipepay readers``)."""
+    states = {True: "card present", False: "no card", None: "state unknown"}
+    return [Device(f"pcsc:{name}", states[card_present(name)]) for name in list_readers()]

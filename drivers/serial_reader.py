@@ -29,6 +29,8 @@ from urllib.parse import parse_qsl
 
 import serial
 
+from swipepay.drivers.base import NO_CONTEXT, DriverContext
+from swipepay.drivers.discovery import Device
 from swipepay.drivers.registry import split_url
 from swipepay.firmware_sim import msr605
 from swipepay.firmware_sim.carddata import CardData
@@ -88,7 +90,7 @@ class SerialCardReader:
         self._parser = msr605.Msr605Parser()
 
     @classmethod
-    def from_url(cls, url: str, **context: object) -> SerialCardReader:
+    def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> SerialCardReader:
         target, own = split_serial_url(url)
         proto = own.get("proto", "raw") or "raw"
         if proto not in PROTOCOLS:
@@ -199,3 +201,11 @@ def open_port(target: str, baud: int) -> Any:
         code = getattr(exc, "errno", None)
         kind, what = _OPEN_ERRORS.get(code or 0, (TransportError, "cannot open"))
         raise kind(f"serial port {target!r}: {what} ({exc})") from None
+
+
+def list_devices() -> list[Device]:
+    """Every serial port pyserial finds, with its description (``swipepay readers``)."""
+    from serial.tools import list_ports
+
+    ports = sorted(list_ports.comports(), key=lambda p: p.device)
+    return [Device(f"serial:{p.device}", str(p.description)) for p in ports]

@@ -20,7 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from swipepay.drivers.vpcd import DEFAULT_HOST, VirtualCard, VpcdClient, pcsc_contactless_atr
+from swipepay.drivers.vpcd import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    VirtualCard,
+    VpcdClient,
+    pcsc_contactless_atr,
+)
 from swipepay.firmware_sim.cards.emv_card import EmvCardApplet, EmvCardProfile, Interface
 from swipepay.firmware_sim.cards.spec import CardSpec
 from swipepay.firmware_sim.cards.uid_card import UidCard
@@ -88,7 +94,7 @@ def card_on_slot(card: CardLike, interface: str | None = None) -> CardOnSlot:
 def serve_card(
     card: CardLike,
     host: str = DEFAULT_HOST,
-    port: int = 35963,
+    port: int = DEFAULT_PORT,
     stop: threading.Event | None = None,
     *,
     interface: str | None = None,
@@ -100,7 +106,11 @@ def serve_card(
 
 
 def insert_card(
-    card: CardLike, host: str = DEFAULT_HOST, port: int = 35963, *, interface: str | None = None
+    card: CardLike,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    interface: str | None = None,
 ) -> VpcdClient:
     """Insert ``card`` into a vpcd slot now; serve in the background until ``.remove()``."""
     client = VpcdClient(card_on_slot(card, interface).virtual_card(), host, port)

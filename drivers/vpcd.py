@@ -4,17 +4,20 @@ vpcd makes pcscd show readers ``Virtual PCD 00 00`` (TCP 35963) and ``Virtual PC
 (TCP 35964); the *card* is the TCP client: connected = inserted, closed = removed.  Every
 message both ways is a 2-byte big-endian length + payload.  From vpcd a 1-byte payload is a
 control message (:data:`CONTROL`), anything longer a command APDU answered with exactly one
-framed response.  So real pyscard code against a real pcscd can talk to the lab's simulated
-cards and phones, with no hardware.
+framed response (the framing of :mod:`firmware_sim.framing`).  So real pyscard code against a
+real pcscd can talk to the lab's simulated cards and phones, with no hardware.
 
 Layers, as in the rest of the project:
 
-* :class:`FrameDecoder` / :func:`encode_frame` — the framing, sans-IO (hypothesis-tested).
 * :class:`VirtualCard` — one card's reaction to a payload (control or APDU), sans-IO.
 * :class:`VpcdClient` — the socket: connect, serve until a :class:`threading.Event`, reconnect
   (or report) when vpcd goes away.  It sets ``TCP_NODELAY`` and re-arms ``TCP_QUICKACK`` before
   every ``recv``: Debian's vpcd writes length and payload in two ``send`` calls without
   ``TCP_NODELAY``, and Nagle + delayed ACK would otherwise stall each APDU by ~44 ms.
+  Those two writes follow each other at once, so a frame still incomplete after
+  :data:`FRAME_TIMEOUT` means a broken stream: the card is taken out (and comes back with
+  ``reconnect``) rather than stuck on half a frame.  Silence between frames is normal (an idle
+  reader); pcscd is the only peer, and nothing else can connect to the phone on this side.
 * :class:`VpcdPhoneServer` — the ``phone-serve`` driver: a :class:`~firmware_sim.phone.Phone`
   as an HCE-like ISO 14443-4 card.
 
@@ -39,8 +42,11 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from swipepay.drivers.base import NO_CONTEXT, DriverContext
 from swipepay.drivers.registry import split_url
-from swipepay.firmware_sim.errors import ConfigError, DecodeError, LinkTimeout, TransportError
+from swipepay.firmware_sim.address import Address, parse_address
+from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
+from swipepay.firmware_sim.framing import FrameDecoder, encode
 from swipepay.firmware_sim.phone import Phone
 from swipepay.firmware_sim.statuswords import SW
 
@@ -49,7 +55,9 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST: Final = "127.0.0.1"
 #: vpcd's slots: TCP port -> reader name pcscd shows.
 SLOTS: Final[dict[int, str]] = {35963: "Virtual PCD 00 00", 35964: "Virtual PCD 00 01"}
-MAX_PAYLOAD: Final = 0xFFFF
+DEFAULT_PORT: Final = 35963
+#: A frame begun but not complete after this long (seconds) ends the connection.
+FRAME_TIMEOUT: Final = 5.0
 
 POWER_OFF: Final = 0x00
 POWER_ON: Final = 0x01
@@ -62,37 +70,6 @@ CONTROL: Final[dict[int, str]] = {
     RESET: "reset",
     GET_ATR: "get ATR",
 }
-
-
-def encode_frame(payload: bytes) -> bytes:
-    """Length-prefix ``payload`` (2 bytes, big-endian)."""
-    if len(payload) > MAX_PAYLOAD:
-        raise DecodeError(f"vpcd payload of {len(payload)} bytes does not fit a 2-byte length")
-    return len(payload).to_bytes(2, "big") + payload
-
-
-class FrameDecoder:
-    """Splits a byte stream into vpcd payloads; keeps partial frames until the rest arrives."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add received bytes; return every payload now complete, in order."""
-        self._buffer += data
-        frames: list[bytes] = []
-        while len(self._buffer) >= 2:
-            length = int.from_bytes(self._buffer[:2], "big")
-            if len(self._buffer) < 2 + length:
-                break
-            frames.append(bytes(self._buffer[2 : 2 + length]))
-            del self._buffer[: 2 + length]
-        return frames
-
-    @property
-    def pending(self) -> int:
-        """Bytes held back waiting for the rest of a frame."""
-        return len(self._buffer)
 
 
 def pcsc_contactless_atr(historical: bytes) -> bytes:
@@ -183,7 +160,9 @@ class VpcdClient:
     #: How often blocking calls look at the stop event.
     POLL: Final = 0.2
 
-    def __init__(self, card: VirtualCard, host: str = DEFAULT_HOST, port: int = 35963) -> None:
+    def __init__(
+        self, card: VirtualCard, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
+    ) -> None:
         self.card = card
         self.host = host
         self.port = port
@@ -191,10 +170,12 @@ class VpcdClient:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.error: BaseException | None = None
+        #: Seconds a begun frame may stay incomplete before the card is taken out.
+        self.frame_timeout = FRAME_TIMEOUT
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return str(Address(self.host, self.port))
 
     def connect(self, timeout: float = 2.0) -> None:
         try:
@@ -238,17 +219,21 @@ class VpcdClient:
             try:
                 data = sock.recv(4096)
             except TimeoutError:
+                if decoder.overdue(time.monotonic(), self.frame_timeout):
+                    log.warning("vpcd at %s: frame incomplete; card taken out", self.address)
+                    return
                 continue
             except OSError:
                 return
             if not data:
                 return
-            for payload in decoder.feed(data):
+            payloads = decoder.feed(data, time.monotonic())
+            for payload in payloads:
                 reply = self.card.respond(payload)
                 if reply is None:
                     continue
                 try:
-                    sock.sendall(encode_frame(reply))
+                    sock.sendall(encode(reply))
                 except OSError:
                     return
 
@@ -296,18 +281,10 @@ class VpcdClient:
         return self._sock is not None
 
 
-def parse_address(rest: str, default_port: int = 35963) -> tuple[str, int]:
-    """``host:port`` (either part optional) -> ``(host, port)``; ConfigError when malformed."""
-    rest = rest.split("?", 1)[0].strip("/")
-    host, sep, port_text = rest.rpartition(":")
-    if not sep:
-        host, port_text = rest, ""
-    host = host.strip("[]") or DEFAULT_HOST
-    if not port_text:
-        return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"bad vpcd port {port_text!r} (vpcd slots: 35963, 35964)")
-    return host, int(port_text)
+def slot_address(text: str) -> Address:
+    """A vpcd slot: ``host:port`` (either part optional; ``vpcd://`` and a query ignored)."""
+    text = text.split("?", 1)[0].strip("/")
+    return parse_address(text, "a vpcd slot", default_host=DEFAULT_HOST, default_port=DEFAULT_PORT)
 
 
 class VpcdPhoneServer:
@@ -326,9 +303,9 @@ class VpcdPhoneServer:
         self._client: VpcdClient | None = None
 
     @classmethod
-    def from_url(cls, url: str, **context: object) -> VpcdPhoneServer:
+    def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> VpcdPhoneServer:
         _scheme, rest = split_url(url)
-        host, port = parse_address(rest)
+        host, port = slot_address(rest)
         return cls(url, host, port)
 
     def serve(self, phone: Phone, stop: threading.Event | None = None, once: bool = False) -> None:

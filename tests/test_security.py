@@ -19,7 +19,7 @@ from swipepay.center.lab import Lab, create_lab
 from swipepay.center.pinverify import pin_verification_data
 from swipepay.center.secretfile import write_private
 from swipepay.cli.harness import faults
-from swipepay.drivers.base import PhoneLink
+from swipepay.drivers.base import DriverContext, PhoneLink
 from swipepay.drivers.host_tls import TlsHost
 from swipepay.drivers.mock_phone import MockField, MockPhoneLink
 from swipepay.drivers.registry import open_card_reader
@@ -136,7 +136,7 @@ def test_relay_adding_latency_is_measured_but_not_refused(lab: Lab, latency: flo
         report = run_transaction(
             terminal,
             Order(TxnType.PURCHASE, 1_00),
-            reader=open_card_reader("mock:alice-visa", cards=lab.cards()),
+            reader=open_card_reader("mock:alice-visa", DriverContext(cards=lab.cards())),
             link=link,
             host=LocalHost(center),
             sleep=lambda s: None,
@@ -302,7 +302,7 @@ def _traced_purchase(lab: Lab, port: int, writer: TraceWriter):  # type: ignore[
         report = run_transaction(
             terminal,
             Order(TxnType.PURCHASE, 2_00),
-            reader=open_card_reader("mock:alice-visa", cards=lab.cards()),
+            reader=open_card_reader("mock:alice-visa", DriverContext(cards=lab.cards())),
             link=TracingLink(MockPhoneLink("mock:", rf), writer),
             host=TracingHost(host, writer),
             sleep=lambda s: None,

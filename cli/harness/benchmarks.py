@@ -173,9 +173,9 @@ def _precompute(term: BenchTerminal, count: int, stan0: int) -> list[tuple[str, 
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from swipepay.center import iso8583 as codec
     from swipepay.firmware_sim.confirmation import confirm_transaction
     from swipepay.firmware_sim.dukpt import DukptDevice
+    from swipepay.firmware_sim.hostlink import iso8583 as codec
     from swipepay.firmware_sim.hostmsg import AuthRequest
     from swipepay.firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
 
@@ -237,8 +237,8 @@ async def _drive(
     stop_at: float,
     result: LoadResult,
 ) -> None:
-    from swipepay.center import iso8583 as codec
     from swipepay.drivers.host_tls import client_context
+    from swipepay.firmware_sim.hostlink import iso8583 as codec
 
     async def one(term: BenchTerminal, frames: list[tuple[str, bytes]]) -> None:
         base = root / "terminals" / term.terminal_id

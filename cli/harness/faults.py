@@ -226,6 +226,7 @@ def terminal_worker(home: Path, port: int, count: int, log_path: Path) -> None:
     """A terminal process: ``count`` purchases through the full firmware (mock card reader,
     in-process phone, TLS host), one JSON line per finished transaction in ``log_path``
     (fsynced).  Meant to be killed at any moment (``python -m cli.harness.faults terminal ...``)."""
+    from swipepay.drivers.base import DriverContext
     from swipepay.drivers.mock_phone import MockField
     from swipepay.drivers.registry import open_card_reader, open_phone_link
     from swipepay.drivers.runner import run_transaction
@@ -250,12 +251,12 @@ def terminal_worker(home: Path, port: int, count: int, log_path: Path) -> None:
             stan = lab.next_stan(POS)
             lab.save_next_stan(POS, stan + 1)  # a STAN is never reused, even after a kill
             terminal = Terminal(lab.terminal_config(POS), TerminalLink(cert, key), stan)
-            reader = open_card_reader("mock:alice-visa", cards=lab.cards())
+            reader = open_card_reader("mock:alice-visa", DriverContext(cards=lab.cards()))
             report = run_transaction(
                 terminal,
                 Order(TxnType.PURCHASE, 1),
                 reader=reader,
-                link=open_phone_link("mock:", field=rf),
+                link=open_phone_link("mock:", DriverContext(field=rf)),
                 host=host,
                 sleep=lambda s: None,
             )

@@ -17,6 +17,7 @@ from pathlib import Path
 from swipepay.center.core import Center
 from swipepay.center.lab import Lab
 from swipepay.center.local_host import LocalHost
+from swipepay.drivers.base import DriverContext
 from swipepay.drivers.mock_phone import MockField
 from swipepay.drivers.registry import open_card_reader, open_phone_link
 from swipepay.drivers.runner import Observer, TxnReport, run_transaction
@@ -92,7 +93,8 @@ class InProcessBench:
         config = self.lab.terminal_config(terminal_id)
         cert, key = self.lab.terminal_link_identity(terminal_id)
         terminal = Terminal(config, TerminalLink(cert, key), self.lab.next_stan(terminal_id))
-        reader = open_card_reader(card_url, cards=self.lab.cards()) if card_url else None
+        context = DriverContext(cards=self.lab.cards())
+        reader = open_card_reader(card_url, context) if card_url else None
         if reader is not None and hasattr(reader, "amount"):
             reader.amount = order.amount
         save: Callable[[], None] = lambda: None  # noqa: E731
@@ -102,7 +104,7 @@ class InProcessBench:
         else:
             self.last_user = None
             self.rf.place(None)
-        link = open_phone_link("mock:", field=self.rf)
+        link = open_phone_link("mock:", DriverContext(field=self.rf))
         try:
             report = run_transaction(
                 terminal,

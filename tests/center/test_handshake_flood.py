@@ -17,11 +17,11 @@ from pathlib import Path
 import iso8583
 import pytest
 
-from swipepay.center import iso8583 as codec
 from swipepay.center.lab import Lab
 from swipepay.center.server import ServerLimits
 from swipepay.cli.harness.processes import free_port, start_center, stop
 from swipepay.drivers.host_tls import client_context
+from swipepay.firmware_sim.hostlink import iso8583 as codec
 from tests.center.test_server import POS, ServerThread, lab, lab_template
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/PID/status")

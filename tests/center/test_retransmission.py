@@ -14,8 +14,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from swipepay.center import iso8583 as codec
 from swipepay.center.lab import Lab
+from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.transaction import TxnType
 from tests.center.test_server import (
     POS,

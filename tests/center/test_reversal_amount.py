@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from swipepay.center import iso8583 as codec
+from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.transaction import Transaction, TxnType
 from tests.center.test_server import (
     POS,

@@ -15,11 +15,11 @@ from typing import Any
 import iso8583
 import pytest
 
-from swipepay.center import iso8583 as codec
 from swipepay.center.core import Center
 from swipepay.center.lab import Lab, create_lab
 from swipepay.center.server import CenterServer, ServerLimits, lab_server
 from swipepay.drivers.host_tls import TlsHost, client_context
+from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.hostmsg import AuthRequest
 from swipepay.firmware_sim.transaction import Transaction, TxnType
 from tests.center.conftest import Phone as SigningPhone

@@ -10,7 +10,7 @@ from __future__ import annotations
 import iso8583
 import pytest
 
-from swipepay.center import iso8583 as codec
+from swipepay.firmware_sim.hostlink import iso8583 as codec
 from tests.center.test_server import (
     POS,
     RawClient,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from swipepay.center import iso8583 as codec
 from swipepay.center.lab import Lab
 from swipepay.center.server import server_context
 from swipepay.drivers.host_tls import ReversalQueue, TlsHost
 from swipepay.firmware_sim.errors import LinkTimeout
+from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.transaction import TxnType
 from tests.center.test_server import (
     POS,

@@ -10,6 +10,7 @@ from typing import IO, Any
 
 import pytest
 
+from swipepay.drivers.base import DriverContext
 from swipepay.drivers.keyboard_reader import KeyboardCardReader
 from swipepay.drivers.registry import open_card_reader
 from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
@@ -34,7 +35,7 @@ def pipe() -> Iterator[tuple[IO[bytes], int]]:
 
 
 def open_reader(stdin: IO[Any]) -> Any:
-    return open_card_reader("keyboard:", stdin=stdin)
+    return open_card_reader("keyboard:", DriverContext(stdin=stdin))
 
 
 def test_good_swipe_both_tracks(pipe: tuple[IO[bytes], int]) -> None:
@@ -87,7 +88,7 @@ def test_timeout(pipe: tuple[IO[bytes], int]) -> None:
 
 def test_config_errors() -> None:
     with pytest.raises(ConfigError, match="terminal or a pipe"):
-        KeyboardCardReader.from_url("keyboard:", stdin=io.StringIO(""))
+        KeyboardCardReader.from_url("keyboard:", DriverContext(stdin=io.StringIO("")))
     with pytest.raises(ConfigError, match="no parameters"):
         open_card_reader("keyboard:foo")
 

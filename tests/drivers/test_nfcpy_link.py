@@ -22,6 +22,7 @@ import pytest
 from swipepay.center.core import Center
 from swipepay.center.lab import create_lab
 from swipepay.center.local_host import LocalHost
+from swipepay.drivers.base import DriverContext
 from swipepay.drivers.nfcpy_cards import NfcpyCardServer
 from swipepay.drivers.nfcpy_link import (
     CardEmulator,
@@ -134,8 +135,7 @@ def test_whole_transaction_over_udp_is_approved(udp_path: str, tmp_path: Path) -
     server = NfcpyPhoneServer.from_url(f"nfcpy:{udp_path}")
     cert, key = lab.terminal_link_identity("POS00001")
     terminal = Terminal(lab.terminal_config("POS00001"), TerminalLink(cert, key))
-    reader = open_card_reader("mock:alice-visa", cards=lab.cards())
-    reader.amount = 12_34
+    reader = open_card_reader("mock:alice-visa", DriverContext(cards=lab.cards(), amount=12_34))
     link = open_phone_link(f"nfcpy:{udp_path}")
     try:
         with serving(lambda stop: server.serve(phone, stop), server.close):
@@ -249,3 +249,24 @@ def test_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "nfc", None)
     with pytest.raises(ConfigError, match=r"pip install swipepay\[nfc\]"):
         load_nfc()
+
+
+def test_a_silent_reader_holds_the_phone_only_until_the_idle_timeout(udp_path: str) -> None:
+    """A reader that activates the phone and then says nothing is dropped after
+    ``idle_timeout``; the next reader is then served (RF frames come whole, so there is no
+    half frame to wait for on this link)."""
+    pair = make_pair()
+    phone = Phone(pair.applet, ScriptedUser(), lambda: float(NOW))
+    server = NfcpyPhoneServer(f"nfcpy:{udp_path}", udp_path, idle_timeout=0.5)
+    silent = NfcpyPhoneLink.from_url(f"nfcpy:{udp_path}")
+    second = NfcpyPhoneLink.from_url(f"nfcpy:{udp_path}")
+    with serving(lambda stop: server.serve(phone, stop), server.close):
+        try:
+            silent.connect(WAIT)
+            second.connect(WAIT)
+            answer = second.transmit(pair.link.select_command().apdu)
+        finally:
+            second.disconnect()
+            silent.disconnect()
+    assert answer[-2:] == b"\x90\x00"
+    assert server.emulator.sessions >= 1

@@ -16,6 +16,7 @@ import pytest
 from swipepay.center.core import Center
 from swipepay.center.lab import Lab, create_lab
 from swipepay.center.local_host import LocalHost
+from swipepay.drivers.base import DriverContext
 from swipepay.drivers.pcsc import PcscCardReader, PcscPhoneLink, is_contactless, is_storage_card
 from swipepay.drivers.registry import open_card_reader, open_phone_link
 from swipepay.drivers.runner import TxnReport, run_transaction
@@ -47,9 +48,8 @@ def insert(slot: Slot, card: CardOnSlot) -> VpcdClient:
 
 
 def read(url: str = f"pcsc:{READER0}", timeout: float = 5.0) -> PcscCardReader:
-    reader = open_card_reader(url)
+    reader = open_card_reader(url, DriverContext(amount=12_34))
     assert isinstance(reader, PcscCardReader)
-    reader.amount = 12_34
     reader.read(timeout)
     return reader
 
@@ -189,8 +189,7 @@ def transaction(lab: Lab, slot0: Slot, amount: int) -> TxnReport:
     cert, key = lab.terminal_link_identity("POS00001")
     terminal = Terminal(config, TerminalLink(cert, key), 1)
     center = Center.open(lab.db_path, lab.center_keys())
-    reader = open_card_reader(f"pcsc:{READER0}")
-    reader.amount = amount
+    reader = open_card_reader(f"pcsc:{READER0}", DriverContext(amount=amount))
     link = open_phone_link(f"pcsc:{READER1}")
     assert isinstance(link, PcscPhoneLink)
     try:

@@ -2,7 +2,18 @@ from __future__ import annotations
 
 import pytest
 
-from swipepay.drivers.registry import DRIVERS, driver_class, split_url
+from swipepay.drivers.base import DriverContext
+from swipepay.drivers.mock_card import MockCardReader
+from swipepay.drivers.mock_phone import MockField, MockPhoneLink
+from swipepay.drivers.registry import (
+    CARD_READERS,
+    PHONE_LINKS,
+    PHONE_SERVERS,
+    driver_class,
+    open_card_reader,
+    open_phone_link,
+    split_url,
+)
 from swipepay.firmware_sim.errors import ConfigError
 
 
@@ -20,11 +31,21 @@ def test_malformed_urls_are_config_errors(url: str) -> None:
 
 def test_unknown_scheme_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError, match=r"known: .*mock:"):
-        driver_class("card", "bogus:x")
+        driver_class("card", CARD_READERS, "bogus:x")
 
 
 def test_every_registered_driver_imports_and_has_from_url() -> None:
-    for role, table in DRIVERS.items():
+    for table in (CARD_READERS, PHONE_LINKS, PHONE_SERVERS):
         for scheme in table:
-            cls = driver_class(role, f"{scheme}:")
-            assert callable(cls.from_url), (role, scheme)
+            cls = driver_class("any", table, f"{scheme}:")
+            assert callable(cls.from_url), scheme
+
+
+def test_the_context_reaches_the_driver() -> None:
+    field = MockField()
+    link = open_phone_link("mock:", DriverContext(field=field))
+    assert isinstance(link, MockPhoneLink) and link.field is field
+    reader = open_card_reader("mock:alice", DriverContext(amount=12_34))
+    assert isinstance(reader, MockCardReader) and reader.amount == 12_34
+    with pytest.raises(ConfigError, match="in-process field"):
+        open_phone_link("mock:")

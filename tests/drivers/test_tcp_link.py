@@ -6,7 +6,8 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -15,16 +16,18 @@ from hypothesis import strategies as st
 from swipepay.center.core import Center
 from swipepay.center.lab import Lab, create_lab
 from swipepay.center.local_host import LocalHost
+from swipepay.drivers.base import DriverContext
 from swipepay.drivers.registry import open_card_reader, open_phone_link, open_phone_server
 from swipepay.drivers.runner import TxnReport, run_transaction
 from swipepay.drivers.tcp_link import (
     MAX_COMMAND_FRAME,
+    SessionLimits,
     TcpPhoneLink,
     TcpPhoneServer,
-    frame,
-    parse_address,
+    tcp_address,
 )
 from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
+from swipepay.firmware_sim.framing import encode as frame
 from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
 from swipepay.firmware_sim.phonelink.applet import PhoneApplet
 from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
@@ -61,7 +64,13 @@ class CountingPhone(Phone):
 
 
 class Served:
-    def __init__(self, lab: Lab, leave_after: int | None = None, once: bool = False) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        leave_after: int | None = None,
+        once: bool = False,
+        limits: SessionLimits | None = None,
+    ) -> None:
         profile = lab.phone_profile("alice-phone")
         pin = lab.pins()[profile.card]
         self.stop = threading.Event()
@@ -72,7 +81,7 @@ class Served:
             stop=self.stop,
             leave_after=leave_after,
         )
-        self.server = open_phone_server("tcp:127.0.0.1:0")
+        self.server = TcpPhoneServer("tcp:127.0.0.1:0", "127.0.0.1", 0, limits)
         host, port = self.server.address
         self.url = f"tcp:{host}:{port}"
         self.thread = threading.Thread(
@@ -97,15 +106,14 @@ def served(lab: Lab) -> Iterator[Served]:
 def purchase(lab: Lab, url: str, amount: int) -> TxnReport:
     cert, key = lab.terminal_link_identity("POS00001")
     terminal = Terminal(lab.terminal_config("POS00001"), TerminalLink(cert, key), 1)
-    reader = open_card_reader("mock:alice-visa", cards=lab.cards())
-    reader.amount = amount
+    reader = open_card_reader("mock:alice-visa", DriverContext(cards=lab.cards(), amount=amount))
     center = Center.open(lab.db_path, lab.center_keys())
     try:
         return run_transaction(
             terminal,
             Order(TxnType.PURCHASE, amount),
             reader=reader,
-            link=open_phone_link(url, response_timeout=5.0),
+            link=open_phone_link(url, DriverContext(response_timeout=5.0)),
             host=LocalHost(center),
             sleep=lambda s: None,
             phone_timeout=5.0,
@@ -125,8 +133,8 @@ def test_registry_knows_both_sides() -> None:
 
 @pytest.mark.parametrize("url", ["tcp:", "tcp:host", "tcp:host:port", "tcp::7000", "tcp:h:99999"])
 def test_bad_urls_are_config_errors(url: str) -> None:
-    with pytest.raises(ConfigError):
-        parse_address(url)
+    with pytest.raises(ConfigError, match="tcp: URL"):
+        tcp_address(url)
 
 
 def test_full_transaction_over_tcp(lab: Lab, served: Served) -> None:
@@ -189,7 +197,7 @@ def test_transmit_without_connect_is_transport_error() -> None:
 
 
 def raw_client(url: str) -> socket.socket:
-    host, port = parse_address(url)
+    host, port = tcp_address(url)
     sock = socket.create_connection((host, port), timeout=5)
     return sock
 
@@ -244,7 +252,7 @@ def test_frame_cut_short_ends_the_session(served: Served) -> None:
 def test_response_timeout_is_link_timeout() -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    link = TcpPhoneLink.from_url(f"tcp:127.0.0.1:{port}", response_timeout=0.2)
+    link = TcpPhoneLink("tcp:", "127.0.0.1", port, response_timeout=0.2)
     try:
         link.connect(2.0)
         conn, _ = listener.accept()
@@ -258,7 +266,7 @@ def test_response_timeout_is_link_timeout() -> None:
 def test_oversize_response_is_transport_error() -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    link = TcpPhoneLink.from_url(f"tcp:127.0.0.1:{port}", response_timeout=2.0)
+    link = TcpPhoneLink("tcp:", "127.0.0.1", port, response_timeout=2.0)
     try:
         link.connect(2.0)
         conn, _ = listener.accept()
@@ -306,3 +314,101 @@ def test_any_bytes_from_a_terminal_never_break_the_server(echo_url: str, data: b
     with raw_client(echo_url) as sock:
         sock.sendall(frame(SELECT))
         assert read_answer(sock)[-2:] == b"\x90\x00"
+
+
+# -- one peer cannot hold the phone (issue 13, defect 3) -------------------------------------
+
+FAST = SessionLimits(frame_timeout=0.5, idle_timeout=30.0, yield_after=0.5)
+
+
+@pytest.fixture
+def fresh_lab(tmp_path: Path) -> Lab:
+    """A lab of its own: the phone's DUKPT counter starts from the profile in every Served."""
+    return create_lab(tmp_path / "lab")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def occupied_by(served: Served, squatter: socket.socket) -> None:
+    """Return once the server is serving ``squatter`` (so the terminal comes second)."""
+    wait_until(lambda: served.server.peer == squatter.getsockname()[:2])
+
+
+@pytest.mark.parametrize(
+    "opening", [b"", b"\x00", b"\x00\x0d\x00\xa4\x04"], ids=["silent", "half-prefix", "half-frame"]
+)
+def test_a_peer_that_never_completes_a_frame_is_dropped(fresh_lab: Lab, opening: bytes) -> None:
+    s = Served(fresh_lab, limits=FAST)
+    try:
+        with raw_client(s.url) as squatter:
+            squatter.sendall(opening)
+            occupied_by(s, squatter)
+            started = time.monotonic()
+            report = purchase(fresh_lab, s.url, 1_00)
+            assert _closed(squatter)
+    finally:
+        s.close()
+    assert report.outcome.ending is Ending.APPROVED, report.outcome.message
+    assert time.monotonic() - started < 3.0
+
+
+def test_an_idle_session_yields_to_a_waiting_terminal(fresh_lab: Lab) -> None:
+    """A peer that stopped after a SELECT (or a terminal that vanished mid-session)."""
+    s = Served(fresh_lab, limits=FAST)
+    try:
+        with raw_client(s.url) as squatter:
+            squatter.sendall(frame(SELECT))
+            assert read_answer(squatter)[-2:] == b"\x90\x00"
+            report = purchase(fresh_lab, s.url, 1_00)
+            assert _closed(squatter)
+    finally:
+        s.close()
+    assert report.outcome.ending is Ending.APPROVED, report.outcome.message
+
+
+def test_an_idle_session_is_kept_while_nobody_waits(fresh_lab: Lab) -> None:
+    """A terminal waiting for the center is silent between frames: that is not a fault."""
+    s = Served(fresh_lab, limits=FAST)
+    try:
+        with raw_client(s.url) as sock:
+            sock.sendall(frame(SELECT))
+            assert read_answer(sock)[-2:] == b"\x90\x00"
+            time.sleep(3 * FAST.yield_after)  # the silence under test
+            sock.sendall(frame(SELECT))
+            assert read_answer(sock)[-2:] == b"\x90\x00"
+    finally:
+        s.close()
+    assert s.phone.deactivations == 1
+
+
+def test_a_session_silent_past_the_idle_timeout_ends(fresh_lab: Lab) -> None:
+    quick_idle = SessionLimits(frame_timeout=0.5, idle_timeout=0.5, yield_after=0.5)
+    s = Served(fresh_lab, limits=quick_idle)
+    try:
+        with raw_client(s.url) as sock:
+            sock.sendall(frame(SELECT))
+            assert read_answer(sock)[-2:] == b"\x90\x00"
+            assert _closed(sock)
+        wait_until(lambda: s.phone.deactivations == 1)
+    finally:
+        s.close()
+
+
+def test_the_phone_command_drops_a_silent_peer_within_seconds(fresh_lab: Lab) -> None:
+    """``swipepay phone run --link tcp:`` opens the server with the default limits."""
+    assert isinstance(open_phone_server("tcp:127.0.0.1:0"), TcpPhoneServer)
+    s = Served(fresh_lab)
+    try:
+        with raw_client(s.url) as squatter:
+            occupied_by(s, squatter)
+            started = time.monotonic()
+            report = purchase(fresh_lab, s.url, 1_00)
+    finally:
+        s.close()
+    assert report.outcome.ending is Ending.APPROVED, report.outcome.message
+    assert time.monotonic() - started < SessionLimits().frame_timeout + 2.0

@@ -11,6 +11,7 @@ import pytest
 from swipepay.center.core import Center
 from swipepay.center.lab import Lab, create_lab
 from swipepay.center.local_host import LocalHost
+from swipepay.drivers.base import DriverContext
 from swipepay.drivers.mock_phone import MockField
 from swipepay.drivers.registry import open_card_reader, open_phone_link
 from swipepay.drivers.runner import run_transaction
@@ -45,15 +46,14 @@ def traced_purchase(lab: Lab, leave_after: int | None = None) -> tuple[str, Endi
     out = io.StringIO()
     writer = TraceWriter(out)
     cert, key = lab.terminal_link_identity("POS00001")
-    reader = open_card_reader("mock:alice-visa", cards=lab.cards())
-    reader.amount = 4_20
+    reader = open_card_reader("mock:alice-visa", DriverContext(cards=lab.cards(), amount=4_20))
     center = Center.open(lab.db_path, lab.center_keys())
     try:
         report = run_transaction(
             Terminal(lab.terminal_config("POS00001"), TerminalLink(cert, key), next(STANS)),
             Order(TxnType.PURCHASE, 4_20),
             reader=reader,
-            link=TracingLink(open_phone_link("mock:", field=field), writer),
+            link=TracingLink(open_phone_link("mock:", DriverContext(field=field)), writer),
             host=TracingHost(LocalHost(center), writer),
             sleep=lambda s: None,
             observe=writer.observer(),

@@ -1,4 +1,5 @@
-"""vpcd framing and the virtual card's socket loop, against a fake vpcd server in the test."""
+"""The virtual card's socket loop against a fake vpcd server in the test (the framing itself is
+tested in tests/firmware_sim/test_framing.py)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,19 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from swipepay.drivers.registry import open_phone_server
 from swipepay.drivers.vpcd import (
     HCE_PHONE_ATR,
-    FrameDecoder,
     VirtualCard,
     VpcdClient,
     VpcdPhoneServer,
-    encode_frame,
-    parse_address,
     pcsc_contactless_atr,
+    slot_address,
 )
-from swipepay.firmware_sim.errors import ConfigError, DecodeError, TransportError
+from swipepay.firmware_sim.errors import ConfigError, TransportError
+from swipepay.firmware_sim.framing import FrameDecoder
+from swipepay.firmware_sim.framing import encode as encode_frame
 
 
 class FakeVpcd:
@@ -70,43 +69,6 @@ def vpcd() -> Iterator[FakeVpcd]:
     fake = FakeVpcd()
     yield fake
     fake.close()
-
-
-def test_encode_frame() -> None:
-    assert encode_frame(b"\x04") == b"\x00\x01\x04"
-    assert encode_frame(b"") == b"\x00\x00"
-    with pytest.raises(DecodeError):
-        encode_frame(bytes(0x10000))
-
-
-def test_decoder_keeps_partial_frames() -> None:
-    decoder = FrameDecoder()
-    assert decoder.feed(b"\x00") == []
-    assert decoder.feed(b"\x03\xaa\xbb") == []
-    assert decoder.pending == 4
-    assert decoder.feed(b"\xcc\x00\x01\x04\x00") == [b"\xaa\xbb\xcc", b"\x04"]
-    assert decoder.pending == 1
-
-
-@given(st.lists(st.binary(max_size=600), max_size=8), st.data())
-def test_decoder_round_trips_any_split(payloads: list[bytes], data: st.DataObject) -> None:
-    stream = b"".join(encode_frame(p) for p in payloads)
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
-    decoder = FrameDecoder()
-    out: list[bytes] = []
-    last = 0
-    for cut in [*cuts, len(stream)]:
-        out += decoder.feed(stream[last:cut])
-        last = cut
-    assert out == payloads
-    assert decoder.pending == 0
-
-
-@given(st.binary(max_size=2000))
-def test_decoder_never_raises_on_garbage(stream: bytes) -> None:
-    decoder = FrameDecoder()
-    frames = decoder.feed(stream)
-    assert sum(2 + len(f) for f in frames) + decoder.pending == len(stream)
 
 
 def test_virtual_card_controls_and_apdus() -> None:
@@ -194,6 +156,33 @@ def test_client_reconnects_when_vpcd_comes_back(vpcd: FakeVpcd) -> None:
     assert not thread.is_alive()
 
 
+def test_half_a_frame_takes_the_card_out_and_back(vpcd: FakeVpcd) -> None:
+    """A stream stuck inside a frame is broken: the card leaves (power off) and reconnects."""
+    stop = threading.Event()
+    powered_off = threading.Event()
+    card = VirtualCard(lambda a: b"\x90\x00", b"\x3b\x01", powered_off.set)
+    client = VpcdClient(card, "127.0.0.1", vpcd.port)
+    client.frame_timeout = 0.3
+    thread = threading.Thread(
+        target=client.serve, args=(stop,), kwargs={"reconnect": True, "retry": 0.05}
+    )
+    thread.start()
+    try:
+        vpcd.accept()
+        assert vpcd.conn is not None
+        vpcd.conn.sendall(b"\x00\x05\x00")  # 1 of 5 payload bytes, then nothing
+        first = vpcd.conn
+        vpcd.accept()  # the card gave up on that stream and connected again
+        assert first.recv(10) == b""
+        first.close()
+        assert powered_off.is_set()
+        assert vpcd.exchange(b"\x04") == b"\x3b\x01"
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
+
+
 def test_unreachable_vpcd_is_a_clear_error() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -203,13 +192,14 @@ def test_unreachable_vpcd_is_a_clear_error() -> None:
             client.connect()
 
 
-def test_parse_address() -> None:
-    assert parse_address("") == ("127.0.0.1", 35963)
-    assert parse_address("localhost:35964") == ("localhost", 35964)
-    assert parse_address("//10.0.0.2") == ("10.0.0.2", 35963)
+def test_slot_address() -> None:
+    assert slot_address("") == ("127.0.0.1", 35963)
+    assert slot_address("localhost:35964") == ("localhost", 35964)
+    assert slot_address("//10.0.0.2") == ("10.0.0.2", 35963)
+    assert slot_address("[::1]:35964?x=1") == ("::1", 35964)
     for bad in ("host:0", "host:99999", "host:x"):
-        with pytest.raises(ConfigError):
-            parse_address(bad)
+        with pytest.raises(ConfigError, match="a vpcd slot must be"):
+            slot_address(bad)
 
 
 def test_phone_server_from_registry() -> None:

@@ -43,7 +43,7 @@ def test_commit_baseline_cleans_up(tmp_path: Path) -> None:
 
 
 def test_bench_terminals_and_running_balances(tmp_path: Path) -> None:
-    from swipepay.center import iso8583 as codec
+    from swipepay.firmware_sim.hostlink import iso8583 as codec
 
     lab = create_lab(tmp_path / "lab")
     terms = add_bench_terminals(lab.root, 2)
@@ -85,7 +85,7 @@ def test_bench_terminals_and_running_balances(tmp_path: Path) -> None:
 
 
 def test_precompute_mix_and_completion_reference(tmp_path: Path) -> None:
-    from swipepay.center import iso8583 as codec
+    from swipepay.firmware_sim.hostlink import iso8583 as codec
 
     lab = create_lab(tmp_path / "lab")
     pos = add_bench_terminals(lab.root, 1)[0]

@@ -18,6 +18,7 @@ from swipepay.center.local_host import LocalHost
 from swipepay.center.policy import MessageState
 from swipepay.center.storage import MessageKey
 from swipepay.cli.harness import faults
+from swipepay.drivers.base import DriverContext
 from swipepay.drivers.host_tls import ReversalQueue, TlsHost
 from swipepay.drivers.registry import open_card_reader, open_phone_link
 from swipepay.drivers.runner import run_transaction
@@ -140,14 +141,14 @@ def test_phone_leaving_a_tcp_link_at_each_step_moves_no_money(
     served = Served(lab, leave_after=leave_after, once=leave_after is not None)
     cert, key = lab.terminal_link_identity(faults.POS)
     terminal = Terminal(lab.terminal_config(faults.POS), TerminalLink(cert, key), 1)
-    reader = open_card_reader("mock:alice-visa", cards=lab.cards())
+    reader = open_card_reader("mock:alice-visa", DriverContext(cards=lab.cards()))
     center = Center.open(lab.db_path, lab.center_keys())
     try:
         report = run_transaction(
             terminal,
             Order(TxnType.PURCHASE, 3_00),
             reader=reader,
-            link=open_phone_link(served.url, response_timeout=5.0),
+            link=open_phone_link(served.url, DriverContext(response_timeout=5.0)),
             host=LocalHost(center),
             sleep=lambda s: None,
             phone_timeout=5.0,

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swipepay.center import iso8583 as codec
 from swipepay.firmware_sim.errors import DecodeError
+from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
 from swipepay.firmware_sim.transaction import Transaction, TxnType
 

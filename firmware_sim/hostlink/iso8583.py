@@ -1,16 +1,15 @@
-"""ISO 8583 for the terminal <-> center link (hardware_notes/design.md §6): data, sans-IO framer.
+"""ISO 8583 for the terminal <-> center link (hardware_notes/design.md §6), as data plus framing.
 
-Everything here is pure: dicts and bytes in, dicts, dataclasses and bytes out.  The TLS server
-(:mod:`center.server`) and the terminal's client (:mod:`drivers.host_tls`) both use it, so the
-two sides can never disagree about a field.  The field map with worked examples is
+Everything here is pure: dicts and bytes in, dicts, dataclasses and bytes out.  The center's
+TLS server (:mod:`center.server`) and the terminal's client (:mod:`drivers.host_tls`) both use
+it, so the two sides can never disagree about a field.  The field map with worked examples is
 ``hardware_notes/iso8583.md``.
 
 Encoding: pyiso8583's ``default_ascii`` spec with the overrides in :data:`SPEC_OVERRIDES` (binary
 fields for the AES PIN block, the AES-DUKPT KSN and the phone's confirmation signature).
 
-Framing: every message is preceded by a 2-byte big-endian length.  :class:`FrameDecoder` takes
-whatever bytes arrived and gives back complete frames, or raises :class:`FrameError` for a length
-prefix that cannot be right (0, or above :data:`MAX_FRAME`).
+Framing: the shared 2-byte length prefix of :mod:`firmware_sim.framing`, with bodies of 1 to
+:data:`MAX_FRAME` bytes (:data:`FRAMING`): :func:`frame` and :class:`FrameDecoder` apply it.
 """
 
 from __future__ import annotations
@@ -22,12 +21,16 @@ from typing import Any
 import iso8583
 import iso8583.specs
 
-from swipepay.firmware_sim.errors import DecodeError, WrongLength
+from swipepay.firmware_sim import framing
+from swipepay.firmware_sim.errors import DecodeError
+from swipepay.firmware_sim.framing import FrameError as FrameError
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
 from swipepay.firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
 
 #: Largest frame body we accept.  A full 0200 with every field of ours is < 400 bytes.
 MAX_FRAME = 2048
+#: The link's frames: never empty, never above MAX_FRAME.
+FRAMING = framing.FrameLimits(min_length=1, max_length=MAX_FRAME)
 
 #: Field overrides on top of pyiso8583's default_ascii (specs as data).
 SPEC_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -96,40 +99,16 @@ TYPE_OF: dict[tuple[str, str], TxnType] = {
 ECHOED = ("2", "3", "4", "7", "11", "41", "42", "49", "90")
 
 
-class FrameError(WrongLength):
-    """The 2-byte length prefix is 0 or above :data:`MAX_FRAME`: the stream cannot be trusted."""
+class FrameDecoder(framing.FrameDecoder):
+    """The link's sans-IO decoder: ``feed(data)`` returns complete bodies of 1..MAX_FRAME bytes."""
 
-
-class FrameDecoder:
-    """Sans-IO framing: ``feed(data)`` returns the complete frames; the rest stays buffered."""
-
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
-        self._buf = bytearray()
-        self._max = max_frame
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self._buf += data
-        frames: list[bytes] = []
-        while len(self._buf) >= 2:
-            length = int.from_bytes(self._buf[:2], "big")
-            if not 0 < length <= self._max:
-                raise FrameError(f"frame length {length} outside 1..{self._max}")
-            if len(self._buf) < 2 + length:
-                break
-            frames.append(bytes(self._buf[2 : 2 + length]))
-            del self._buf[: 2 + length]
-        return frames
-
-    @property
-    def pending(self) -> int:
-        """Bytes of an incomplete frame (non-zero at end of stream = a truncated frame)."""
-        return len(self._buf)
+    def __init__(self) -> None:
+        super().__init__(FRAMING)
 
 
 def frame(body: bytes) -> bytes:
-    if not 0 < len(body) <= MAX_FRAME:
-        raise WrongLength(f"message of {len(body)} bytes cannot be framed")
-    return len(body).to_bytes(2, "big") + body
+    """``body`` with its length prefix; FrameError for an empty or oversize body."""
+    return framing.encode(body, FRAMING)
 
 
 def encode(fields: dict[str, Any]) -> bytes:

@@ -1,0 +1,1 @@
+"""The terminal <-> center link: the ISO 8583 mapping both sides use."""
