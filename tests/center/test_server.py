@@ -398,7 +398,6 @@ def test_concurrent_requests_are_group_committed(server: ServerThread) -> None:
 # -- SIGKILL mid-load ----------------------------------------------------------------------------
 
 
-@pytest.mark.flaky(reruns=2, reruns_delay=1)  # killed processes on a loaded machine
 def test_sigkill_mid_load_then_restart(lab: Lab) -> None:
     """cli.harness.faults' loop (``swipepay bench faults`` runs it 20 times): load from two
     terminals' TLS hosts, SIGKILL the center mid-load, restart, the hosts retransmit."""

@@ -22,11 +22,6 @@ from swipepay.firmware_sim.conformance import CHECKS
 from tests.drivers.conftest import pcscd, slot1  # noqa: F401  (the private pcscd fixtures)
 from tests.drivers.pcscd import Slot, wait_present
 
-#: Virtual hardware and killed processes on a loaded 2-core machine: pcscd polls card presence
-#: (~400 ms), nfcpy gives an emulated card 30 ms to answer RATS.  A failure is retried twice
-#: from fresh fixtures; a real fault fails all three runs.
-pytestmark = pytest.mark.flaky(reruns=2, reruns_delay=1)
-
 PHONE_READER = "Virtual PCD 00 01"
 #: Bounds for every wait on a child process (the suite itself takes well under a second).
 RUN_TIMEOUT = 60.0

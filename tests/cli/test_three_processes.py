@@ -25,11 +25,6 @@ from swipepay.firmware_sim.terminal import Ending
 from tests.drivers.conftest import pcscd  # noqa: F401  (the module-scoped fixture)
 from tests.drivers.pcscd import Pcscd
 
-#: Virtual hardware and killed processes on a loaded 2-core machine: pcscd polls card presence
-#: (~400 ms), nfcpy gives an emulated card 30 ms to answer RATS.  A failure is retried twice
-#: from fresh fixtures; a real fault fails all three runs.
-pytestmark = pytest.mark.flaky(reruns=2, reruns_delay=1)
-
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

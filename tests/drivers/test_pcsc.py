@@ -31,11 +31,6 @@ from swipepay.firmware_sim.terminal import Ending, Order, Terminal
 from swipepay.firmware_sim.transaction import TxnType
 from tests.drivers.pcscd import Pcscd, Slot, wait_present
 
-#: Virtual hardware and killed processes on a loaded 2-core machine: pcscd polls card presence
-#: (~400 ms), nfcpy gives an emulated card 30 ms to answer RATS.  A failure is retried twice
-#: from fresh fixtures; a real fault fails all three runs.
-pytestmark = pytest.mark.flaky(reruns=2, reruns_delay=1)
-
 READER0 = "Virtual PCD 00 00"
 READER1 = "Virtual PCD 00 01"
 PAN = "4761739001010119"

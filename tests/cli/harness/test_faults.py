@@ -26,11 +26,6 @@ from swipepay.firmware_sim.terminal import Ending, Order, Terminal
 from swipepay.firmware_sim.transaction import TxnType
 from tests.drivers.test_tcp_link import Served
 
-#: Virtual hardware and killed processes on a loaded 2-core machine: pcscd polls card presence
-#: (~400 ms), nfcpy gives an emulated card 30 ms to answer RATS.  A failure is retried twice
-#: from fresh fixtures; a real fault fails all three runs.
-pytestmark = pytest.mark.flaky(reruns=2, reruns_delay=1)
-
 ROOT = Path(__file__).resolve().parents[3]
 
 
