@@ -33,7 +33,7 @@ from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
 from swipepay.firmware_sim.statuswords import SW
 from swipepay.firmware_sim.terminal import Ending, Order, Terminal
 from swipepay.firmware_sim.transaction import TxnType
-from tests.firmware_sim.phonelink.conftest import PAN, make_pair, txn
+from tests.support.phonelink import PAN, make_pair, txn
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A 12-digit PIN (format 4 allows 4-12) that cannot turn up by chance in a file, as a 4-digit

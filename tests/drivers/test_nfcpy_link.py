@@ -40,7 +40,7 @@ from swipepay.firmware_sim.phonelink.protocol import ConfirmationStatus
 from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
 from swipepay.firmware_sim.terminal import Order, Terminal
 from swipepay.firmware_sim.transaction import TxnType
-from tests.firmware_sim.phonelink.conftest import NOW, PAN, make_pair, txn
+from tests.support.phonelink import NOW, PAN, make_pair, txn
 
 if not os.environ.get("CI"):
     pytest.importorskip("nfc")  # in CI a missing nfcpy must fail, not skip
