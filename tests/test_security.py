@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from swipepay.center.core import Center
-from swipepay.center.lab import Lab, create_lab
+from swipepay.center.lab import Lab
 from swipepay.center.pinverify import pin_verification_data
 from swipepay.center.secretfile import write_private
 from swipepay.cli.harness import faults
@@ -39,17 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 #: A 12-digit PIN (format 4 allows 4-12) that cannot turn up by chance in a file, as a 4-digit
 #: one could (timestamps, amounts, hex).
 LONG_PIN = "739251846027"
-
-
-@pytest.fixture(scope="module")
-def lab_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return create_lab(tmp_path_factory.mktemp("template") / "lab").root
-
-
-@pytest.fixture
-def lab(lab_template: Path, tmp_path: Path) -> Lab:
-    shutil.copytree(lab_template, tmp_path / "lab")
-    return Lab(tmp_path / "lab")
 
 
 # -- replayed CONNECT -------------------------------------------------------------------------

@@ -17,19 +17,14 @@ import sys
 
 import pytest
 
-from swipepay.center.lab import Lab, create_lab
+from swipepay.center.lab import Lab
+from swipepay.cli.harness.pcscd import wait_slot
 from swipepay.firmware_sim.conformance import CHECKS
-from tests.drivers.conftest import pcscd, slot1  # noqa: F401  (the private pcscd fixtures)
-from tests.drivers.pcscd import Slot, wait_present
+from tests.support.pcsc import Slot
 
 PHONE_READER = "Virtual PCD 00 01"
 #: Bounds for every wait on a child process (the suite itself takes well under a second).
 RUN_TIMEOUT = 60.0
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    return create_lab(tmp_path_factory.mktemp("lab") / "lab")
 
 
 def swipepay(*args: str) -> list[str]:
@@ -77,12 +72,12 @@ def run_suite(lab: Lab, phone_url: str, terminal_url: str) -> None:
     assert lab.phone_profile("alice-phone").counter > before
 
 
-def test_whole_suite_over_vpcd_through_pcscd(lab: Lab, slot1: Slot) -> None:  # noqa: F811
+def test_whole_suite_over_vpcd_through_pcscd(lab: Lab, slot1: Slot) -> None:
     try:
         run_suite(lab, "vpcd:127.0.0.1:35964", f"pcsc:{PHONE_READER}")
     finally:
         # The phone process was the card: the slot must be empty again for the next test.
-        wait_present(PHONE_READER, False)
+        wait_slot(PHONE_READER, False)
 
 
 def test_whole_suite_over_nfcpy_udp(lab: Lab) -> None:

@@ -16,15 +16,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from swipepay.center.lab import Lab, create_lab
+from swipepay.center.lab import Lab
 from swipepay.cli.main import main
 from swipepay.cli.phone_cmds import pin_from_env, pin_from_file
 from swipepay.firmware_sim.errors import ConfigError
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    return create_lab(tmp_path_factory.mktemp("lab") / "lab")
 
 
 def swipepay(*args: str) -> list[str]:

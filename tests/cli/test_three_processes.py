@@ -2,36 +2,33 @@
 on vpcd slot 1, ``swipepay card serve`` on vpcd slot 0, and ``swipepay terminal run`` reading
 both through pcscd.  Also the nfcpy ``udp:`` phone link with a magstripe card on a pty pair.
 
-One lab and one center process per module; the pcscd fixture (and its slot lock) is the PC/SC
-tests' own.
+One lab and one center process per module; the pcscd fixture (and its slot lock) is the one of
+every PC/SC test (tests/support/pcsc.py).
 """
 
 from __future__ import annotations
 
 import os
-import re
-import select
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from swipepay.center.lab import Lab, create_lab
+from swipepay.center.lab import Lab
+from swipepay.cli.harness.pcscd import Pcscd
 from swipepay.cli.harness.realstack import Stack, free_port, wait_for
 from swipepay.firmware_sim.terminal import Ending
-from tests.drivers.conftest import pcscd  # noqa: F401  (the module-scoped fixture)
-from tests.drivers.pcscd import Pcscd
+from tests.support.labs import copy_lab
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(scope="module")
-def stack(pcscd: Pcscd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # noqa: F811
-    root = tmp_path_factory.mktemp("three") / "lab"
-    create_lab(root)
+def stack(
+    pcscd: Pcscd, lab_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    root = copy_lab(lab_template, tmp_path_factory.mktemp("three")).root
     with Stack.open(root, pcsc=False) as s:
         s.start_center()
         yield s
@@ -135,32 +132,6 @@ def test_center_down_then_reversal_sent_first(stack: Stack) -> None:
 # -- nfcpy udp: phone link + magstripe card on a pseudo-terminal ------------------------------
 
 
-@pytest.fixture
-def pty_pair() -> Iterator[tuple[str, str]]:
-    """Two pseudo-terminals joined by socat: (reader end for the terminal, device end)."""
-    if shutil.which("socat") is None:
-        if CI:
-            pytest.fail("socat is required in CI (scripts/dev test installs it)")
-        pytest.skip("socat not installed")
-    proc = subprocess.Popen(["socat", "-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
-    assert proc.stderr is not None
-    try:
-        text, deadline = b"", time.monotonic() + 10
-        while b"starting data transfer loop" not in text:
-            ready, _, _ = select.select([proc.stderr], [], [], max(deadline - time.monotonic(), 0))
-            chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
-            if not chunk:
-                pytest.fail(f"socat did not start: {text.decode(errors='replace')}")
-            text += chunk
-        paths = re.findall(r"PTY is (\S+)", text.decode())
-        yield paths[0], paths[1]
-    finally:
-        proc.terminate()
-        proc.wait(5)
-
-
 def test_nfcpy_udp_phone_and_magstripe_on_a_pty(
     stack: Stack, pty_pair: tuple[str, str]
 ) -> None:
@@ -199,10 +170,10 @@ def test_real_stack_demo_prints_a_clear_message_without_pcscd(
 ) -> None:
     from click.testing import CliRunner
 
-    import swipepay.cli.harness.realstack as rs
+    import swipepay.cli.harness.pcscd as pcscd
     from swipepay.cli.main import main
 
-    monkeypatch.setattr(rs, "VPCD_DRIVER", tmp_path / "missing.so")
+    monkeypatch.setattr(pcscd, "VPCD_DRIVER", tmp_path / "missing.so")
     result = CliRunner().invoke(main, ["demo", "--real-stack"])
     assert result.exit_code != 0
     assert "vsmartcard-vpcd is not installed" in result.output

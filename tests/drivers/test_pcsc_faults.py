@@ -1,7 +1,7 @@
 """PC/SC faults of the daemon itself (issue 4): pcscd not running, and pcscd stopped or restarted
 under a terminal that is waiting for a card or a phone.
 
-These stop the tests' own pcscd (under the lock of tests/drivers/pcscd.py, so no other test
+These stop the tests' own pcscd (under the slot lock of swipepay.cli.harness.pcscd, so no other test
 session uses it meanwhile) and never touch a pcscd someone else started: with a foreign daemon
 running they skip, except in CI where there is none and a skip would hide a failure.
 """
@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from swipepay.cli.harness.pcscd import Pcscd
 from swipepay.drivers.pcsc import PcscCardReader, PcscPhoneLink, list_readers
 from swipepay.drivers.registry import open_card_reader, open_phone_link
 from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, SwipepayError, TransportError
-from tests.drivers.pcscd import Pcscd
 
 #: How long the waiting side is allowed to wait; it must end with an error well before this.
 WAIT = 5.0

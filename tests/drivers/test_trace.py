@@ -9,7 +9,7 @@ import time
 import pytest
 
 from swipepay.center.core import Center
-from swipepay.center.lab import Lab, create_lab
+from swipepay.center.lab import Lab
 from swipepay.center.local_host import LocalHost
 from swipepay.drivers.mock_phone import MockField
 from swipepay.drivers.registry import open_card_reader, open_phone_link
@@ -22,12 +22,6 @@ from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
 from swipepay.firmware_sim.terminal import Ending, Order, Terminal
 from swipepay.firmware_sim.trace_view import parse_trace, render_mermaid, render_table
 from swipepay.firmware_sim.transaction import TxnType
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    return create_lab(tmp_path_factory.mktemp("lab") / "lab")
-
 
 STANS = iter(range(100, 1000))
 
