@@ -27,8 +27,14 @@ PHONE_READER = "Virtual PCD 00 01"
 RUN_TIMEOUT = 60.0
 
 
+#: ``swipepay ARGS`` as a foreground program: SIGINT interrupts it even when this test runs in a
+#: background job, whose children inherit SIGINT ignored (and Python then keeps it ignored).
+FOREGROUND = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "from swipepay.cli.main import main; main()")
+
+
 def swipepay(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from swipepay.cli.main import main; main()", *args]
+    return [sys.executable, "-c", FOREGROUND, *args]
 
 
 def run_suite(lab: Lab, phone_url: str, terminal_url: str) -> None:

@@ -8,8 +8,9 @@ every PC/SC test (tests/support/pcsc.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import pytest
 
 from swipepay.center.lab import Lab
 from swipepay.cli.harness.pcscd import Pcscd
-from swipepay.cli.harness.realstack import Stack, free_port, wait_for
+from swipepay.cli.harness.processes import free_port, wait_for
+from swipepay.cli.harness.realstack import Stack
+from swipepay.firmware_sim.errors import ConfigError
 from swipepay.firmware_sim.terminal import Ending
 from tests.support.labs import copy_lab
 
@@ -132,6 +135,15 @@ def test_center_down_then_reversal_sent_first(stack: Stack) -> None:
 # -- nfcpy udp: phone link + magstripe card on a pseudo-terminal ------------------------------
 
 
+def holds_open(process: subprocess.Popen[bytes], path: str) -> bool:
+    """Whether ``process`` has ``path`` open."""
+    target = os.path.realpath(path)
+    try:
+        return any(os.readlink(fd) == target for fd in Path(f"/proc/{process.pid}/fd").iterdir())
+    except OSError:  # the process ended, or closed a descriptor while we looked
+        return False
+
+
 def test_nfcpy_udp_phone_and_magstripe_on_a_pty(
     stack: Stack, pty_pair: tuple[str, str]
 ) -> None:
@@ -145,17 +157,22 @@ def test_nfcpy_udp_phone_and_magstripe_on_a_pty(
         term = stack.terminal_start(*amount_args("withdrawal", "10.00", "ATM00001"),
                                     card=f"serial:{reader_end}?proto=raw",
                                     phone=f"nfcpy:{udp}")  # fmt: skip
+        wait_for(lambda: term.process.poll() is not None or holds_open(term.process, reader_end),
+                 20, "the terminal to open its serial port")  # fmt: skip
+
+        def taken() -> bool:
+            return term.process.poll() is not None or "PAY" in phone.output()
+
         fd = os.open(device_end, os.O_WRONLY | os.O_NOCTTY)
         try:
-            # The swipe is "typed" until the terminal has it (it may open its port late).
-            def swiped() -> bool:
-                if term.process.poll() is not None or "PAY" in phone.output():
-                    return True
+            # pyserial empties a port's input while it opens it: a swipe typed in that instant
+            # is lost, and the cardholder swipes again.
+            for _ in range(3):
                 os.write(fd, f"{t1}\r\n{t2}\r\n".encode())
-                time.sleep(0.3)
-                return False
-
-            wait_for(swiped, 20, "the terminal to take the swipe")
+                with contextlib.suppress(ConfigError):
+                    wait_for(taken, 10, "the terminal to take the swipe")
+                if taken():
+                    break
         finally:
             os.close(fd)
         term.process.wait(30)
