@@ -60,19 +60,19 @@ class Slot:
         wait_slot(self.reader, False)
 
 
-@pytest.fixture
-def slot0(pcscd: Pcscd) -> Iterator[Slot]:
-    """``Virtual PCD 00 00`` (the card's slot, vpcd port 35963), empty at the start and end."""
-    slot = Slot(*CARD_SLOT)
+def _emptied(slot: Slot) -> Iterator[Slot]:
     slot.remove()
     yield slot
     slot.remove()
+
+
+@pytest.fixture
+def slot0(pcscd: Pcscd) -> Iterator[Slot]:
+    """``Virtual PCD 00 00`` (the card's slot, vpcd port 35963), empty at the start and end."""
+    yield from _emptied(Slot(*CARD_SLOT))
 
 
 @pytest.fixture
 def slot1(pcscd: Pcscd) -> Iterator[Slot]:
     """``Virtual PCD 00 01`` (the phone's slot, vpcd port 35964), empty at the start and end."""
-    slot = Slot(*PHONE_SLOT)
-    slot.remove()
-    yield slot
-    slot.remove()
+    yield from _emptied(Slot(*PHONE_SLOT))
