@@ -37,6 +37,9 @@ class CountingPhone(Phone):
 
 
 class Served:
+    """The lab's ``alice-phone`` served on a fresh ``tcp:127.0.0.1`` port (``url``) in a thread,
+    confirming with the card's PIN; ``close()`` stops and joins it."""
+
     def __init__(self, lab: Lab, leave_after: int | None = None, once: bool = False) -> None:
         profile = lab.phone_profile("alice-phone")
         pin = lab.pins()[profile.card]
@@ -65,6 +68,7 @@ class Served:
 
 @pytest.fixture
 def served(lab: Lab) -> Iterator[Served]:
+    """The lab's phone served for this test, staying in the field."""
     s = Served(lab)
     yield s
     s.close()
