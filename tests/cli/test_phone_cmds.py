@@ -20,6 +20,7 @@ from swipepay.center.lab import Lab
 from swipepay.cli.main import main
 from swipepay.cli.phone_cmds import pin_from_env, pin_from_file
 from swipepay.firmware_sim.errors import ConfigError
+from tests.support.phonelink import conformance_setup
 
 
 def swipepay(*args: str) -> list[str]:
@@ -180,7 +181,6 @@ def test_prompt_user_confirms_with_a_hidden_pin(monkeypatch: pytest.MonkeyPatch)
     from swipepay.cli.phone_cmds import PromptUser
     from swipepay.firmware_sim.conformance import run_check, select_checks
     from swipepay.firmware_sim.phone import Phone
-    from tests.support.phonelink import conformance_setup
 
     asked: list[dict[str, object]] = []
     monkeypatch.setattr("click.confirm", lambda *a, **k: True)
@@ -203,7 +203,6 @@ def test_prompt_user_expires_after_its_timeout(monkeypatch: pytest.MonkeyPatch) 
     from swipepay.cli.phone_cmds import PromptUser
     from swipepay.firmware_sim.conformance import run_check, select_checks
     from swipepay.firmware_sim.phone import Phone
-    from tests.support.phonelink import conformance_setup
 
     release = threading.Event()
     monkeypatch.setattr("click.confirm", lambda *a, **k: release.wait(5) and False)
