@@ -1,4 +1,5 @@
-"""Root test options: ``--soak`` runs the parsers' property tests at volume.
+"""Root test configuration: the shared fixtures of tests/support, registered once here, and
+``--soak``, which runs the parsers' property tests at volume.
 
 A property test of a parser of outside bytes carries ``@pytest.mark.soak("<parser>")``.  A normal
 run ignores the mark (each test keeps its own, small ``max_examples``).  With ``--soak`` only the
@@ -21,6 +22,19 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+#: Every fixture that more than one test module uses lives in one of these (tests/support/);
+#: a module comes after the ones it imports, so that pytest rewrites the asserts of each.
+pytest_plugins = [
+    "tests.support.ci",
+    "tests.support.world",
+    "tests.support.labs",
+    "tests.support.lab_center",
+    "tests.support.phonelink",
+    "tests.support.phones",
+    "tests.support.pty",
+    "tests.support.pcsc",
+]
 
 SOAK_EXAMPLES = 100_000
 

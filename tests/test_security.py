@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from swipepay.center.core import Center
-from swipepay.center.lab import Lab, create_lab
+from swipepay.center.lab import Lab
 from swipepay.center.pinverify import pin_verification_data
 from swipepay.center.secretfile import write_private
 from swipepay.cli.harness import faults
+from swipepay.cli.harness.processes import port_open, wait_for
 from swipepay.drivers.base import DriverContext, PhoneLink
 from swipepay.drivers.host_tls import TlsHost
 from swipepay.drivers.mock_phone import MockField, MockPhoneLink
@@ -33,23 +33,12 @@ from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
 from swipepay.firmware_sim.statuswords import SW
 from swipepay.firmware_sim.terminal import Ending, Order, Terminal
 from swipepay.firmware_sim.transaction import TxnType
-from tests.firmware_sim.phonelink.conftest import PAN, make_pair, txn
+from tests.support.phonelink import PAN, make_pair, txn
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A 12-digit PIN (format 4 allows 4-12) that cannot turn up by chance in a file, as a 4-digit
 #: one could (timestamps, amounts, hex).
 LONG_PIN = "739251846027"
-
-
-@pytest.fixture(scope="module")
-def lab_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return create_lab(tmp_path_factory.mktemp("template") / "lab").root
-
-
-@pytest.fixture
-def lab(lab_template: Path, tmp_path: Path) -> Lab:
-    shutil.copytree(lab_template, tmp_path / "lab")
-    return Lab(tmp_path / "lab")
 
 
 # -- replayed CONNECT -------------------------------------------------------------------------
@@ -213,7 +202,7 @@ def test_pin_is_in_no_file_a_terminal_run_writes(long_pin_lab: Lab, tmp_path: Pa
         cwd=ROOT, stdout=center_log, stderr=center_log,
     )
     try:
-        _wait_listening(port)
+        wait_for(lambda: port_open(port), 15, f"the center on 127.0.0.1:{port}")
         # 1. the terminal command, one-shot
         cmd = subprocess.run(
             [sys.executable, "-c", "from swipepay.cli.main import main; main()", "terminal", "run",
@@ -272,20 +261,6 @@ def test_pin_is_in_no_file_a_terminal_run_writes(long_pin_lab: Lab, tmp_path: Pa
     assert files_holding(written, LONG_PIN) == []
     # The search is not blind: it finds the PIN where it is meant to be (the simulated user's).
     assert files_holding([lab.root / "secrets" / "pins.json"], LONG_PIN)
-
-
-def _wait_listening(port: int) -> None:
-    import socket
-    import time
-
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("center did not listen")
 
 
 def _traced_purchase(lab: Lab, port: int, writer: TraceWriter):  # type: ignore[no-untyped-def]

@@ -538,7 +538,8 @@ def bench_flow_processes(transactions: int = 20, workdir: Path | None = None) ->
     ``swipepay terminal run --json`` per transaction (its own step timings; the terminal
     process's start-up is not part of the transaction)."""
     from swipepay.center.lab import create_lab
-    from swipepay.cli.harness.realstack import Stack, missing_stack
+    from swipepay.cli.harness.pcscd import missing_stack
+    from swipepay.cli.harness.realstack import Stack
     from swipepay.firmware_sim.errors import ConfigError
 
     why = missing_stack()

@@ -15,17 +15,15 @@ hardware_notes/pcsc.md).
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
+from swipepay.cli.harness.pcscd import CARD_SLOT, PHONE_SLOT, Pcscd, missing_stack, slot_state
 from swipepay.cli.harness.processes import (
     child_env,
     free_port,
@@ -36,131 +34,8 @@ from swipepay.cli.harness.processes import (
 )
 from swipepay.firmware_sim.errors import ConfigError
 
-VPCD_DRIVER: Final = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
-CARD_SLOT: Final = ("Virtual PCD 00 00", 35963)
-PHONE_SLOT: Final = ("Virtual PCD 00 01", 35964)
 #: The PIN reaches ``swipepay phone run`` through this environment variable, never argv.
 PIN_ENV: Final = "SWIPEPAY_PHONE_PIN"
-def missing_stack() -> str | None:
-    """Why the PC/SC stack cannot run here (None when it can): what to install."""
-    if shutil.which("pcscd") is None and not Path("/usr/sbin/pcscd").exists():
-        return "pcscd is not installed (apt-get install pcscd vsmartcard-vpcd)"
-    if not VPCD_DRIVER.exists():
-        return "vsmartcard-vpcd is not installed (apt-get install vsmartcard-vpcd)"
-    try:
-        import smartcard  # noqa: F401
-    except ImportError:
-        return "pyscard is not installed (pip install 'swipepay[pcsc]'; needs libpcsclite-dev)"
-    return None
-
-
-def slot_state(reader: str) -> bool | None:
-    from swipepay.drivers.pcsc import card_present
-
-    try:
-        return card_present(reader)
-    except ConfigError:
-        return None
-
-
-def _readers_listed() -> bool:
-    from swipepay.drivers.pcsc import list_readers
-
-    try:
-        names = list_readers()
-    except ConfigError:
-        return False
-    return CARD_SLOT[0] in names and PHONE_SLOT[0] in names
-
-
-#: The vpcd slots are one pair per machine: the same lock file as the test suite's pcscd helper
-#: (tests/drivers/pcscd.py), so a demo and a test session take turns instead of fighting.
-SLOT_LOCK: Final = Path("/tmp/swipepay-pcscd-tests.lock")  # noqa: S108 (a lock, no data)
-
-
-def _lock_slots(timeout: float) -> IO[str]:
-    import fcntl
-
-    lock = SLOT_LOCK.open("a")
-
-    def take() -> bool:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False
-        return True
-
-    try:
-        wait_for(take, timeout, f"the vpcd slots (another session holds {SLOT_LOCK})")
-    except BaseException:
-        lock.close()
-        raise
-    return lock
-
-
-@dataclass
-class Pcscd:
-    """The pcscd in use; ``process`` is None when an already running one was reused."""
-
-    process: subprocess.Popen[bytes] | None
-    lock: IO[str] | None = None
-
-    @classmethod
-    def ensure(cls, timeout: float = 10.0, lock_wait: float = 120.0) -> Pcscd:
-        why = missing_stack()
-        if why is not None:
-            raise ConfigError(why)
-        lock = _lock_slots(lock_wait)
-        try:
-            daemon = cls._ensure(timeout)
-        except BaseException:
-            lock.close()
-            raise
-        daemon.lock = lock
-        return daemon
-
-    @classmethod
-    def _ensure(cls, timeout: float) -> Pcscd:
-        if _readers_listed():
-            return cls(None)
-        binary = shutil.which("pcscd") or "/usr/sbin/pcscd"
-        deadline = time.monotonic() + timeout
-        while True:
-            log = tempfile.TemporaryFile()  # noqa: SIM115 (closed on every path below)
-            # Our own argv (a fixed binary path), never shell input.
-            process = subprocess.Popen([binary, "-f"], stdout=subprocess.DEVNULL, stderr=log)  # noqa: S603
-            with contextlib.suppress(ConfigError):
-                wait_for(
-                    functools.partial(_pcscd_settled, process),
-                    max(deadline - time.monotonic(), 0.1),
-                    "pcscd",
-                )
-            if process.poll() is None and _readers_listed():
-                log.close()
-                return cls(process)
-            if process.poll() is None:
-                stop(process)
-            log.seek(0)
-            err = log.read().decode(errors="replace").strip()[-300:]
-            log.close()
-            # A pcscd stopped a moment ago may linger as a zombie holding the pid file.
-            if "Another pcscd" not in err or time.monotonic() > deadline:
-                raise ConfigError(
-                    f"pcscd did not come up with the vpcd readers {CARD_SLOT[0]!r}, "
-                    f"{PHONE_SLOT[0]!r}: {err or 'no error output'}"
-                )
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop(self.process)
-        if self.lock is not None:
-            self.lock.close()
-
-
-def _pcscd_settled(process: subprocess.Popen[bytes]) -> bool:
-    """Done waiting: the daemon died, or it lists both vpcd readers."""
-    return process.poll() is not None or _readers_listed()
 
 
 # -- swipepay processes -----------------------------------------------------------------------

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from swipepay.firmware_sim.transaction import TxnType
-
-from .conftest import ACCOUNT, NOW, OPENING, PAN, POS, World
+from tests.support.world import ACCOUNT, NOW, OPENING, PAN, POS, World
 
 B = TxnType.BALANCE
 

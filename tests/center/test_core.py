@@ -19,7 +19,7 @@ from swipepay.firmware_sim.dukpt import DukptDevice, derive_initial_key
 from swipepay.firmware_sim.ecc import encode_point, generate_key
 from swipepay.firmware_sim.errors import LocalError
 from swipepay.firmware_sim.transaction import TxnType
-from tests.center.conftest import (
+from tests.support.world import (
     ACCOUNT,
     ATM,
     BANK,

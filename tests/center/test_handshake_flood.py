@@ -4,7 +4,6 @@ A real ``swipepay center serve`` on 127.0.0.1 gets a few thousand plain TCP conn
 close at once, reset, send bytes that are not TLS, or stay silent; its resident memory must stay
 where it was, and it must still serve a terminal.  The silent ones are timed out.
 """
-# ruff: noqa: F401, F811  (fixtures imported from tests.center.test_server)
 
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ from swipepay.center.server import ServerLimits
 from swipepay.cli.harness.processes import free_port, start_center, stop
 from swipepay.drivers.host_tls import client_context
 from swipepay.firmware_sim.hostlink import iso8583 as codec
-from tests.center.test_server import POS, ServerThread, lab, lab_template
+from tests.support.lab_center import POS, ServerThread
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/PID/status")
 

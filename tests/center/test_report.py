@@ -1,5 +1,4 @@
 """Settlement report: totals per merchant/terminal/type, reversals netted, reconciled."""
-# ruff: noqa: F401, F811  (fixtures imported from tests.center.test_server)
 
 from __future__ import annotations
 
@@ -16,18 +15,7 @@ from swipepay.center.storage import SQLiteStorage
 from swipepay.cli.main import main
 from swipepay.firmware_sim.hostmsg import AuthRequest
 from swipepay.firmware_sim.transaction import TxnType
-from tests.center.test_server import (
-    ATM,
-    BANK,
-    MERCHANT,
-    POS,
-    cardholder,
-    lab,
-    lab_template,
-    ledger,
-    signed,
-    txn,
-)
+from tests.support.lab_center import ATM, BANK, MERCHANT, POS, cardholder, ledger, signed, txn
 
 NOW = datetime.now(UTC)
 

@@ -5,7 +5,6 @@ same key with different content is answered 94 and changes nothing.  These go th
 server over mutual TLS, so the check is made on what the terminal sent, not on what the codec
 kept of it.
 """
-# ruff: noqa: F401, F811  (fixtures imported from tests.center.test_server)
 
 from __future__ import annotations
 
@@ -17,17 +16,7 @@ from hypothesis import strategies as st
 from swipepay.center.lab import Lab
 from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.transaction import TxnType
-from tests.center.test_server import (
-    POS,
-    RawClient,
-    ServerThread,
-    cardholder,
-    lab,
-    lab_template,
-    ledger,
-    server,
-    signed,
-)
+from tests.support.lab_center import RawClient, ServerThread, cardholder, ledger, signed
 
 _DIGITS = "0123456789"
 _PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)

@@ -4,7 +4,6 @@
 posted (a partial reversal gives back field 4 - field 95).  A field 4 other than the original's
 is refused with 13 and reverses nothing, whether the reversal is full or partial.
 """
-# ruff: noqa: F401, F811  (fixtures imported from tests.center.test_server)
 
 from __future__ import annotations
 
@@ -14,20 +13,9 @@ import pytest
 
 from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.transaction import Transaction, TxnType
-from tests.center.test_server import (
-    POS,
-    RawClient,
-    ServerThread,
-    cardholder,
-    lab,
-    lab_template,
-    ledger,
-    server,
-    signed,
-)
-
-from .conftest import NOW, World
-from .conftest import POS as CORE_POS
+from tests.support.lab_center import RawClient, ServerThread, cardholder, ledger, signed
+from tests.support.world import NOW, World
+from tests.support.world import POS as CORE_POS
 
 PRICE = 12_34
 

@@ -3,7 +3,6 @@ defines an answer to them (a request or an advice), else not answered and the co
 
 ``hardware_notes/iso8583.md`` ("Fields per MTI") states the rule; one case per kind of MTI.
 """
-# ruff: noqa: F401, F811  (fixtures imported from tests.center.test_server)
 
 from __future__ import annotations
 
@@ -11,16 +10,7 @@ import iso8583
 import pytest
 
 from swipepay.firmware_sim.hostlink import iso8583 as codec
-from tests.center.test_server import (
-    POS,
-    RawClient,
-    ServerThread,
-    _still_serves,
-    lab,
-    lab_template,
-    ledger,
-    server,
-)
+from tests.support.lab_center import POS, RawClient, ServerThread, ledger, still_serves
 
 #: Fields any of these messages carries: enough to be decoded, never enough to be processed.
 _BODY = {"3": "000000", "4": "000000001000", "7": "1126120000", "11": "000001", "41": POS}
@@ -72,7 +62,7 @@ def test_mti_without_a_1987_answer_closes_the_connection(server: ServerThread, m
         assert c.recv_frame() is None
     finally:
         c.close()
-    _still_serves(server)
+    still_serves(server)
 
 
 @pytest.mark.parametrize(

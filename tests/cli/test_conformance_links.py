@@ -17,28 +17,24 @@ import sys
 
 import pytest
 
-from swipepay.center.lab import Lab, create_lab
+from swipepay.center.lab import Lab
+from swipepay.cli.harness.pcscd import wait_slot
 from swipepay.firmware_sim.conformance import CHECKS
-from tests.drivers.conftest import pcscd, slot1  # noqa: F401  (the private pcscd fixtures)
-from tests.drivers.pcscd import Slot, wait_present
-
-#: Virtual hardware and killed processes on a loaded 2-core machine: pcscd polls card presence
-#: (~400 ms), nfcpy gives an emulated card 30 ms to answer RATS.  A failure is retried twice
-#: from fresh fixtures; a real fault fails all three runs.
-pytestmark = pytest.mark.flaky(reruns=2, reruns_delay=1)
+from tests.support.pcsc import Slot
 
 PHONE_READER = "Virtual PCD 00 01"
 #: Bounds for every wait on a child process (the suite itself takes well under a second).
 RUN_TIMEOUT = 60.0
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    return create_lab(tmp_path_factory.mktemp("lab") / "lab")
+#: ``swipepay ARGS`` as a foreground program: SIGINT interrupts it even when this test runs in a
+#: background job, whose children inherit SIGINT ignored (and Python then keeps it ignored).
+FOREGROUND = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "from swipepay.cli.main import main; main()")
 
 
 def swipepay(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from swipepay.cli.main import main; main()", *args]
+    return [sys.executable, "-c", FOREGROUND, *args]
 
 
 def run_suite(lab: Lab, phone_url: str, terminal_url: str) -> None:
@@ -82,12 +78,12 @@ def run_suite(lab: Lab, phone_url: str, terminal_url: str) -> None:
     assert lab.phone_profile("alice-phone").counter > before
 
 
-def test_whole_suite_over_vpcd_through_pcscd(lab: Lab, slot1: Slot) -> None:  # noqa: F811
+def test_whole_suite_over_vpcd_through_pcscd(lab: Lab, slot1: Slot) -> None:
     try:
         run_suite(lab, "vpcd:127.0.0.1:35964", f"pcsc:{PHONE_READER}")
     finally:
         # The phone process was the card: the slot must be empty again for the next test.
-        wait_present(PHONE_READER, False)
+        wait_slot(PHONE_READER, False)
 
 
 def test_whole_suite_over_nfcpy_udp(lab: Lab) -> None:

@@ -16,15 +16,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from swipepay.center.lab import Lab, create_lab
+from swipepay.center.lab import Lab
 from swipepay.cli.main import main
 from swipepay.cli.phone_cmds import pin_from_env, pin_from_file
 from swipepay.firmware_sim.errors import ConfigError
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    return create_lab(tmp_path_factory.mktemp("lab") / "lab")
+from tests.support.phonelink import conformance_setup
 
 
 def swipepay(*args: str) -> list[str]:
@@ -185,7 +181,6 @@ def test_prompt_user_confirms_with_a_hidden_pin(monkeypatch: pytest.MonkeyPatch)
     from swipepay.cli.phone_cmds import PromptUser
     from swipepay.firmware_sim.conformance import run_check, select_checks
     from swipepay.firmware_sim.phone import Phone
-    from tests.firmware_sim.test_conformance import setup
 
     asked: list[dict[str, object]] = []
     monkeypatch.setattr("click.confirm", lambda *a, **k: True)
@@ -195,7 +190,7 @@ def test_prompt_user_confirms_with_a_hidden_pin(monkeypatch: pytest.MonkeyPatch)
         return "1234"
 
     monkeypatch.setattr("click.prompt", prompt)
-    ctx, scripted = setup()
+    ctx, scripted = conformance_setup()
     phone = Phone(scripted.applet, PromptUser(timeout=30), lambda: ctx.now)
     check = select_checks(["transaction"])[0]
     result = run_check(check, replace(ctx, max_polls=2000), phone.process,
@@ -208,12 +203,11 @@ def test_prompt_user_expires_after_its_timeout(monkeypatch: pytest.MonkeyPatch) 
     from swipepay.cli.phone_cmds import PromptUser
     from swipepay.firmware_sim.conformance import run_check, select_checks
     from swipepay.firmware_sim.phone import Phone
-    from tests.firmware_sim.test_conformance import setup
 
     release = threading.Event()
     monkeypatch.setattr("click.confirm", lambda *a, **k: release.wait(5) and False)
     now = [0.0]
-    ctx, scripted = setup()
+    ctx, scripted = conformance_setup()
     phone = Phone(scripted.applet, PromptUser(timeout=10, clock=lambda: now[0]), lambda: ctx.now)
 
     def pause(seconds: float) -> None:

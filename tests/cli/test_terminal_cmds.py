@@ -10,8 +10,6 @@ import io
 import json
 import logging
 import re
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,26 +17,12 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swipepay.center.lab import Lab, create_lab
+from swipepay.center.lab import Lab
 from swipepay.cli.main import main
 from swipepay.cli.terminal_cmds import card_from_text, load_settings, resolve_card_choice
 from swipepay.drivers.logsetup import redact, setup_logging, transaction
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 from swipepay.firmware_sim.terminal import Ending
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tmpl") / "lab"
-    create_lab(root)
-    return root
-
-
-@pytest.fixture
-def lab(template: Path, tmp_path: Path) -> Lab:
-    root = tmp_path / "lab"
-    shutil.copytree(template, root)
-    return Lab(root)
 
 
 def run(lab: Lab, *args: str, input: str | None = None) -> tuple[int, Any]:

@@ -2,41 +2,36 @@
 on vpcd slot 1, ``swipepay card serve`` on vpcd slot 0, and ``swipepay terminal run`` reading
 both through pcscd.  Also the nfcpy ``udp:`` phone link with a magstripe card on a pty pair.
 
-One lab and one center process per module; the pcscd fixture (and its slot lock) is the PC/SC
-tests' own.
+One lab and one center process per module; the pcscd fixture (and its slot lock) is the one of
+every PC/SC test (tests/support/pcsc.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
-import select
-import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from swipepay.center.lab import Lab, create_lab
-from swipepay.cli.harness.realstack import Stack, free_port, wait_for
+from swipepay.center.lab import Lab
+from swipepay.cli.harness.pcscd import Pcscd
+from swipepay.cli.harness.processes import free_port, wait_for
+from swipepay.cli.harness.realstack import Stack
+from swipepay.firmware_sim.errors import ConfigError
 from swipepay.firmware_sim.terminal import Ending
-from tests.drivers.conftest import pcscd  # noqa: F401  (the module-scoped fixture)
-from tests.drivers.pcscd import Pcscd
-
-#: Virtual hardware and killed processes on a loaded 2-core machine: pcscd polls card presence
-#: (~400 ms), nfcpy gives an emulated card 30 ms to answer RATS.  A failure is retried twice
-#: from fresh fixtures; a real fault fails all three runs.
-pytestmark = pytest.mark.flaky(reruns=2, reruns_delay=1)
+from tests.support.labs import copy_lab
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(scope="module")
-def stack(pcscd: Pcscd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # noqa: F811
-    root = tmp_path_factory.mktemp("three") / "lab"
-    create_lab(root)
+def stack(
+    pcscd: Pcscd, lab_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    root = copy_lab(lab_template, tmp_path_factory.mktemp("three")).root
     with Stack.open(root, pcsc=False) as s:
         s.start_center()
         yield s
@@ -140,30 +135,13 @@ def test_center_down_then_reversal_sent_first(stack: Stack) -> None:
 # -- nfcpy udp: phone link + magstripe card on a pseudo-terminal ------------------------------
 
 
-@pytest.fixture
-def pty_pair() -> Iterator[tuple[str, str]]:
-    """Two pseudo-terminals joined by socat: (reader end for the terminal, device end)."""
-    if shutil.which("socat") is None:
-        if CI:
-            pytest.fail("socat is required in CI (scripts/dev test installs it)")
-        pytest.skip("socat not installed")
-    proc = subprocess.Popen(["socat", "-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
-    assert proc.stderr is not None
+def holds_open(process: subprocess.Popen[bytes], path: str) -> bool:
+    """Whether ``process`` has ``path`` open."""
+    target = os.path.realpath(path)
     try:
-        text, deadline = b"", time.monotonic() + 10
-        while b"starting data transfer loop" not in text:
-            ready, _, _ = select.select([proc.stderr], [], [], max(deadline - time.monotonic(), 0))
-            chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
-            if not chunk:
-                pytest.fail(f"socat did not start: {text.decode(errors='replace')}")
-            text += chunk
-        paths = re.findall(r"PTY is (\S+)", text.decode())
-        yield paths[0], paths[1]
-    finally:
-        proc.terminate()
-        proc.wait(5)
+        return any(os.readlink(fd) == target for fd in Path(f"/proc/{process.pid}/fd").iterdir())
+    except OSError:  # the process ended, or closed a descriptor while we looked
+        return False
 
 
 def test_nfcpy_udp_phone_and_magstripe_on_a_pty(
@@ -179,17 +157,22 @@ def test_nfcpy_udp_phone_and_magstripe_on_a_pty(
         term = stack.terminal_start(*amount_args("withdrawal", "10.00", "ATM00001"),
                                     card=f"serial:{reader_end}?proto=raw",
                                     phone=f"nfcpy:{udp}")  # fmt: skip
+        wait_for(lambda: term.process.poll() is not None or holds_open(term.process, reader_end),
+                 20, "the terminal to open its serial port")  # fmt: skip
+
+        def taken() -> bool:
+            return term.process.poll() is not None or "PAY" in phone.output()
+
         fd = os.open(device_end, os.O_WRONLY | os.O_NOCTTY)
         try:
-            # The swipe is "typed" until the terminal has it (it may open its port late).
-            def swiped() -> bool:
-                if term.process.poll() is not None or "PAY" in phone.output():
-                    return True
+            # pyserial empties a port's input while it opens it: a swipe typed in that instant
+            # is lost, and the cardholder swipes again.
+            for _ in range(3):
                 os.write(fd, f"{t1}\r\n{t2}\r\n".encode())
-                time.sleep(0.3)
-                return False
-
-            wait_for(swiped, 20, "the terminal to take the swipe")
+                with contextlib.suppress(ConfigError):
+                    wait_for(taken, 10, "the terminal to take the swipe")
+                if taken():
+                    break
         finally:
             os.close(fd)
         term.process.wait(30)
@@ -204,10 +187,10 @@ def test_real_stack_demo_prints_a_clear_message_without_pcscd(
 ) -> None:
     from click.testing import CliRunner
 
-    import swipepay.cli.harness.realstack as rs
+    import swipepay.cli.harness.pcscd as pcscd
     from swipepay.cli.main import main
 
-    monkeypatch.setattr(rs, "VPCD_DRIVER", tmp_path / "missing.so")
+    monkeypatch.setattr(pcscd, "VPCD_DRIVER", tmp_path / "missing.so")
     result = CliRunner().invoke(main, ["demo", "--real-stack"])
     assert result.exit_code != 0
     assert "vsmartcard-vpcd is not installed" in result.output

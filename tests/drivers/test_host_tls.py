@@ -1,5 +1,4 @@
 """TlsHost: persistent mutual-TLS client, timeouts, and the reversal queue on disk."""
-# ruff: noqa: F401, F811  (fixtures imported from tests.center.test_server)
 
 from __future__ import annotations
 
@@ -17,18 +16,8 @@ from swipepay.drivers.host_tls import ReversalQueue, TlsHost
 from swipepay.firmware_sim.errors import LinkTimeout
 from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.transaction import TxnType
-from tests.center.test_server import (
-    POS,
-    RawClient,
-    ServerThread,
-    Stan,
-    cardholder,
-    lab,
-    lab_template,
-    ledger,
-    server,
-    signed,
-)
+from tests.support.lab_center import POS, RawClient, ServerThread, cardholder, ledger, signed
+from tests.support.world import Stans
 
 
 class SilentCenter:
@@ -104,7 +93,7 @@ def test_pending_reversal_is_sent_first_on_the_next_connection(
 ) -> None:
     lab = server.lab
     alice = cardholder(lab, "alice-phone")
-    stan = Stan()
+    stan = Stans()
     # The center approved a purchase, but (as far as the terminal knows) the answer was lost.
     lost = signed(alice, TxnType.PURCHASE, 7_00, stan())
     raw = RawClient(lab, server.port)
@@ -156,7 +145,7 @@ def test_write_ahead_reversal_lives_until_settle_and_goes_on_a_decline(
 ) -> None:
     lab = server.lab
     alice = cardholder(lab, "alice-phone")
-    stan = Stan()
+    stan = Stans()
     host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
     try:
         approved = signed(alice, TxnType.PURCHASE, 2_00, stan())
@@ -190,7 +179,7 @@ def test_unsettled_approval_of_a_dead_terminal_is_reversed_by_the_next_one(
 ) -> None:
     lab = server.lab
     alice = cardholder(lab, "alice-phone")
-    stan = Stan()
+    stan = Stans()
     dead = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
     dead._owner = (
         "a process that was killed"  # another process's token (hosts share one per process)

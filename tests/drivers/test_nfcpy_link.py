@@ -41,12 +41,7 @@ from swipepay.firmware_sim.phonelink.protocol import ConfirmationStatus
 from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
 from swipepay.firmware_sim.terminal import Order, Terminal
 from swipepay.firmware_sim.transaction import TxnType
-from tests.firmware_sim.phonelink.conftest import NOW, PAN, make_pair, txn
-
-#: Virtual hardware and killed processes on a loaded 2-core machine: pcscd polls card presence
-#: (~400 ms), nfcpy gives an emulated card 30 ms to answer RATS.  A failure is retried twice
-#: from fresh fixtures; a real fault fails all three runs.
-pytestmark = pytest.mark.flaky(reruns=2, reruns_delay=1)
+from tests.support.phonelink import NOW, PAN, make_pair, txn
 
 if not os.environ.get("CI"):
     pytest.importorskip("nfc")  # in CI a missing nfcpy must fail, not skip

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from swipepay.center.core import Center
-from swipepay.center.lab import Lab, create_lab
+from swipepay.center.lab import Lab
 from swipepay.center.local_host import LocalHost
+from swipepay.cli.harness.pcscd import Pcscd, wait_slot
 from swipepay.drivers.base import DriverContext
 from swipepay.drivers.pcsc import PcscCardReader, PcscPhoneLink, is_contactless, is_storage_card
 from swipepay.drivers.registry import open_card_reader, open_phone_link
@@ -25,17 +26,12 @@ from swipepay.drivers.vpcd import VirtualCard, VpcdClient, VpcdPhoneServer
 from swipepay.firmware_sim.cards.emv_card import EmvCardProfile
 from swipepay.firmware_sim.cards.uid_card import UidCard
 from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
-from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
-from swipepay.firmware_sim.phonelink.applet import PhoneApplet
+from swipepay.firmware_sim.phone import Phone, ScriptedUser
 from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
 from swipepay.firmware_sim.terminal import Ending, Order, Terminal
 from swipepay.firmware_sim.transaction import TxnType
-from tests.drivers.pcscd import Pcscd, Slot, wait_present
-
-#: Virtual hardware and killed processes on a loaded 2-core machine: pcscd polls card presence
-#: (~400 ms), nfcpy gives an emulated card 30 ms to answer RATS.  A failure is retried twice
-#: from fresh fixtures; a real fault fails all three runs.
-pytestmark = pytest.mark.flaky(reruns=2, reruns_delay=1)
+from tests.support.labs import lab_phone
+from tests.support.pcsc import Slot
 
 READER0 = "Virtual PCD 00 00"
 READER1 = "Virtual PCD 00 01"
@@ -146,20 +142,9 @@ def test_unknown_reader_lists_the_readers(pcscd: Pcscd) -> None:
 # -- the phone link: lab phone on slot 1, served by the vpcd phone driver ----------------------
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    root = tmp_path_factory.mktemp("lab") / "lab"
-    return create_lab(root)
-
-
-def lab_phone(lab: Lab, name: str) -> Phone:
-    profile = lab.phone_profile(name)
-    pin = lab.pins()[profile.card]
-    return Phone(
-        PhoneApplet(profile.identity(), profile.dukpt()),
-        ScriptedUser(Choice.CONFIRM, lambda: pin, 1),
-        time.time,
-    )
+def lab_phone_on_slot(lab: Lab, name: str) -> Phone:
+    """The lab phone ``name``, its user confirming after one "pending" poll."""
+    return lab_phone(lab, name, delay_polls=1)
 
 
 @pytest.fixture
@@ -173,14 +158,14 @@ def served_phone(slot1: Slot) -> Iterator[Callable[[Phone], VpcdPhoneServer]]:
         thread = threading.Thread(target=server.serve, args=(phone, stop), daemon=True)
         thread.start()
         threads.append(thread)
-        wait_present(READER1, True)
+        wait_slot(READER1, True)
         return server
 
     yield start
     stop.set()
     for thread in threads:
         thread.join(5)
-    wait_present(READER1, False)
+    wait_slot(READER1, False)
 
 
 def transaction(lab: Lab, slot0: Slot, amount: int) -> TxnReport:
@@ -211,7 +196,7 @@ def transaction(lab: Lab, slot0: Slot, amount: int) -> TxnReport:
 def test_whole_transaction_over_pcsc(
     lab: Lab, slot0: Slot, served_phone: Callable[[Phone], VpcdPhoneServer]
 ) -> None:
-    phone = lab_phone(lab, "alice-phone")
+    phone = lab_phone_on_slot(lab, "alice-phone")
     served_phone(phone)
     report = transaction(lab, slot0, 12_34)
     assert report.outcome.ending is Ending.APPROVED, report.outcome.message
@@ -223,7 +208,7 @@ def test_whole_transaction_over_pcsc(
 def test_phone_leaves_the_field_mid_transaction(
     lab: Lab, slot0: Slot, served_phone: Callable[[Phone], VpcdPhoneServer]
 ) -> None:
-    phone = lab_phone(lab, "alice-phone")
+    phone = lab_phone_on_slot(lab, "alice-phone")
     seen = [0]
     servers: list[VpcdPhoneServer] = []
     real = phone.process

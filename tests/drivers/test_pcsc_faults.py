@@ -1,7 +1,7 @@
 """PC/SC faults of the daemon itself (issue 4): pcscd not running, and pcscd stopped or restarted
 under a terminal that is waiting for a card or a phone.
 
-These stop the tests' own pcscd (under the lock of tests/drivers/pcscd.py, so no other test
+These stop the tests' own pcscd (under the slot lock of swipepay.cli.harness.pcscd, so no other test
 session uses it meanwhile) and never touch a pcscd someone else started: with a foreign daemon
 running they skip, except in CI where there is none and a skip would hide a failure.
 """
@@ -13,15 +13,15 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from swipepay.cli.harness.pcscd import Pcscd
+from swipepay.cli.harness.processes import wait_for
 from swipepay.drivers.pcsc import PcscCardReader, PcscPhoneLink, list_readers
 from swipepay.drivers.registry import open_card_reader, open_phone_link
 from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, SwipepayError, TransportError
-from tests.drivers.pcscd import Pcscd
 
 #: How long the waiting side is allowed to wait; it must end with an error well before this.
 WAIT = 5.0
@@ -53,8 +53,20 @@ def waiting(call: Callable[[], object]) -> tuple[threading.Thread, list[BaseExce
 
     thread = threading.Thread(target=run, name="waiting-terminal", daemon=True)
     thread.start()
-    time.sleep(0.3)  # let it reach the PC/SC wait (finding the reader takes milliseconds)
+    wait_for(lambda: in_pcsc_wait(thread) or not thread.is_alive(), WAIT,
+             "the terminal to wait on pcscd")  # fmt: skip
     return thread, errors
+
+
+def in_pcsc_wait(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is inside pyscard's wait for a card (SCardGetStatusChange on an
+    established context), where a pcscd going away must end it with an error."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == "waitforcard":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def finished(thread: threading.Thread, errors: list[BaseException]) -> SwipepayError:

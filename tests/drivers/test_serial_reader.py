@@ -14,14 +14,8 @@ the sans-IO parsers and the error mapping.
 
 from __future__ import annotations
 
-import os
-import re
-import select
-import shutil
-import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -213,46 +207,6 @@ def test_loop_raw_two_swipes_in_a_row() -> None:
 
 
 # --------------------------------------------------------------------------- socat pty pair
-
-
-@pytest.fixture
-def pty_pair() -> Iterator[tuple[str, str]]:
-    """Two pseudo-terminals joined by socat: (driver end, device end)."""
-    if shutil.which("socat") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("socat is required in CI (scripts/dev test installs it)")
-        pytest.skip("socat not installed")
-    proc = subprocess.Popen(
-        ["socat", "-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    try:
-        paths: list[str] = []
-        text = b""
-        deadline = time.monotonic() + 10
-        while b"starting data transfer loop" not in text:
-            remaining = deadline - time.monotonic()
-            ready, _, _ = select.select([proc.stderr], [], [], max(remaining, 0))
-            if not ready:
-                pytest.fail(f"socat did not start: {text.decode(errors='replace')}")
-            chunk = os.read(proc.stderr.fileno(), 4096)
-            if not chunk:
-                pytest.fail(f"socat exited: {text.decode(errors='replace')}")
-            text += chunk
-        paths = re.findall(r"PTY is (\S+)", text.decode())
-        assert len(paths) == 2, text
-        yield paths[0], paths[1]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        proc.stderr.close()
 
 
 class PtyMsr605(threading.Thread):

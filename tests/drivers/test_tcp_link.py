@@ -28,79 +28,12 @@ from swipepay.drivers.tcp_link import (
 )
 from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
 from swipepay.firmware_sim.framing import encode as frame
-from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
-from swipepay.firmware_sim.phonelink.applet import PhoneApplet
 from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
 from swipepay.firmware_sim.terminal import Ending, Order, Terminal
 from swipepay.firmware_sim.transaction import TxnType
+from tests.support.phones import Served
 
 SELECT = bytes.fromhex("00a4040007f053575041590100")
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    return create_lab(tmp_path_factory.mktemp("lab") / "lab")
-
-
-class CountingPhone(Phone):
-    """A phone that records deactivations and can leave after ``leave_after`` commands."""
-
-    def __init__(self, *args: object, stop: threading.Event, leave_after: int | None) -> None:
-        super().__init__(*args)  # type: ignore[arg-type]
-        self.stop = stop
-        self.leave_after = leave_after
-        self.commands = 0
-        self.deactivations = 0
-
-    def process(self, apdu: bytes) -> bytes:
-        self.commands += 1
-        if self.leave_after is not None and self.commands >= self.leave_after:
-            self.stop.set()  # the server ends the session after this answer: the phone left
-        return super().process(apdu)
-
-    def deactivate(self) -> None:
-        self.deactivations += 1
-        super().deactivate()
-
-
-class Served:
-    def __init__(
-        self,
-        lab: Lab,
-        leave_after: int | None = None,
-        once: bool = False,
-        limits: SessionLimits | None = None,
-    ) -> None:
-        profile = lab.phone_profile("alice-phone")
-        pin = lab.pins()[profile.card]
-        self.stop = threading.Event()
-        self.phone = CountingPhone(
-            PhoneApplet(profile.identity(), profile.dukpt()),
-            ScriptedUser(Choice.CONFIRM, lambda: pin),
-            time.time,
-            stop=self.stop,
-            leave_after=leave_after,
-        )
-        self.server = TcpPhoneServer("tcp:127.0.0.1:0", "127.0.0.1", 0, limits)
-        host, port = self.server.address
-        self.url = f"tcp:{host}:{port}"
-        self.thread = threading.Thread(
-            target=self.server.serve, args=(self.phone, self.stop, once), daemon=True
-        )
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
-        self.server.close()
-        assert not self.thread.is_alive()
-
-
-@pytest.fixture
-def served(lab: Lab) -> Iterator[Served]:
-    s = Served(lab)
-    yield s
-    s.close()
 
 
 def purchase(lab: Lab, url: str, amount: int) -> TxnReport:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from swipepay.center.core import Center
-from swipepay.center.lab import Lab, create_lab
+from swipepay.center.lab import Lab
 from swipepay.center.local_host import LocalHost
 from swipepay.drivers.base import DriverContext
 from swipepay.drivers.mock_phone import MockField
@@ -23,12 +23,6 @@ from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
 from swipepay.firmware_sim.terminal import Ending, Order, Terminal
 from swipepay.firmware_sim.trace_view import parse_trace, render_mermaid, render_table
 from swipepay.firmware_sim.transaction import TxnType
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    return create_lab(tmp_path_factory.mktemp("lab") / "lab")
-
 
 STANS = iter(range(100, 1000))
 

@@ -6,8 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from swipepay.firmware_sim import conformance, ecc
-from swipepay.firmware_sim.certificate import issue_certificate
+from swipepay.firmware_sim import conformance
 from swipepay.firmware_sim.conformance import (
     CHECKS,
     Check,
@@ -16,34 +15,11 @@ from swipepay.firmware_sim.conformance import (
     run_check,
     select_checks,
 )
-from swipepay.firmware_sim.dukpt import DukptDevice, derive_initial_key
 from swipepay.firmware_sim.errors import ConfigError, SecurityError, TransportError
-from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
-from swipepay.firmware_sim.phonelink.applet import PhoneApplet, PhoneIdentity
-
-NOW = 1_800_000_000
-PAN = "4761739001010119"
-BDK = bytes.fromhex("FEDCBA9876543210F1F1F1F1F1F1F1F1")
-IKID = bytes.fromhex("1234567890123456")
+from swipepay.firmware_sim.phone import Choice
+from tests.support.phonelink import conformance_setup
 
 Transmit = Callable[[bytes], bytes]
-
-
-def setup(choice: Choice = Choice.CONFIRM) -> tuple[Context, Phone]:
-    ca_key, terminal_key, phone_key = ecc.generate_key(), ecc.generate_key(), ecc.generate_key()
-    cert = issue_certificate(
-        ca_key, 1, terminal_id="POS00001", merchant_id="MERCH0000000001",
-        merchant_name="Corner Coffee", public_key=ecc.encode_point(terminal_key.public_key()),
-        not_before=NOW - 100, not_after=NOW + 86_400,
-    )
-    identity = PhoneIdentity(PAN.encode(), PAN, phone_key, {1: ca_key.public_key()})
-    applet = PhoneApplet(identity, DukptDevice(derive_initial_key(BDK, IKID), IKID))
-    phone = Phone(applet, ScriptedUser(choice, lambda: "1234", delay_polls=2), lambda: NOW)
-    ctx = Context(
-        certificate=cert, signing_key=terminal_key, ca_key=ca_key, ca_key_index=1, pan=PAN,
-        expiry="2912", now=NOW, phone_key=phone_key.public_key(), max_polls=10,
-    )
-    return ctx, phone
 
 
 def run_all(ctx: Context, transmit: Transmit) -> dict[str, CheckResult]:
@@ -55,7 +31,7 @@ def failing(results: dict[str, CheckResult]) -> set[str]:
 
 
 def test_real_applet_passes_every_check() -> None:
-    ctx, phone = setup()
+    ctx, phone = conformance_setup()
     results = run_all(ctx, phone.process)
     assert failing(results) == set(), {n: r.detail for n, r in results.items() if not r.passed}
     assert "signature verified" in results["transaction"].detail
@@ -73,7 +49,7 @@ def test_checks_are_rows_of_data() -> None:
 
 
 def test_phone_answering_9000_to_a_wrong_token_fails() -> None:
-    ctx, phone = setup()
+    ctx, phone = conformance_setup()
 
     def lenient(apdu: bytes) -> bytes:
         answer = phone.process(apdu)
@@ -86,12 +62,12 @@ def test_phone_without_certificate_checks_fails(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(
         "swipepay.firmware_sim.phonelink.applet.verify_certificate", lambda *a, **k: None
     )
-    ctx, phone = setup()
+    ctx, phone = conformance_setup()
     assert failing(run_all(ctx, phone.process)) == {"foreign-ca", "expired-cert"}
 
 
 def test_phone_caching_answers_fails_replay() -> None:
-    ctx, phone = setup()
+    ctx, phone = conformance_setup()
     last: list[bytes] = [b"", b""]
 
     def caching(apdu: bytes) -> bytes:
@@ -104,7 +80,7 @@ def test_phone_caching_answers_fails_replay() -> None:
 
 
 def test_phone_with_wrong_length_answers_fails() -> None:
-    ctx, phone = setup()
+    ctx, phone = conformance_setup()
 
     def sloppy(apdu: bytes) -> bytes:
         answer = phone.process(apdu)
@@ -114,31 +90,31 @@ def test_phone_with_wrong_length_answers_fails() -> None:
 
 
 def test_phone_answering_6f00_to_everything_fails_everything() -> None:
-    ctx, _ = setup()
+    ctx, _ = conformance_setup()
     assert failing(run_all(ctx, lambda apdu: b"\x6f\x00")) == {c.name for c in CHECKS}
 
 
 def test_garbage_answers_are_failures_not_crashes() -> None:
-    ctx, _ = setup()
+    ctx, _ = conformance_setup()
     results = run_all(ctx, lambda apdu: b"\x01")
     assert all("malformed response" in r.detail for r in results.values())
 
 
 def test_declining_user_fails_only_the_transaction() -> None:
-    ctx, phone = setup(Choice.DECLINE)
+    ctx, phone = conformance_setup(Choice.DECLINE)
     results = run_all(ctx, phone.process)
     assert failing(results) == {"transaction"}
     assert "DECLINED" in results["transaction"].detail
 
 
 def test_silent_user_gives_up_after_max_polls() -> None:
-    ctx, phone = setup(Choice.IGNORE)
+    ctx, phone = conformance_setup(Choice.IGNORE)
     result = run_check(select_checks(["transaction"])[0], ctx, phone.process, lambda s: None)
     assert not result.passed and "10 polls" in result.detail
 
 
 def test_broken_link_is_reported_for_reconnect() -> None:
-    ctx, phone = setup()
+    ctx, phone = conformance_setup()
     calls = [0]
 
     def leaves(apdu: bytes) -> bytes:
@@ -152,7 +128,7 @@ def test_broken_link_is_reported_for_reconnect() -> None:
 
 
 def test_a_check_raising_an_unexpected_remote_error_fails_cleanly() -> None:
-    ctx, phone = setup()
+    ctx, phone = conformance_setup()
 
     def boom(ctx: Context, probe: conformance.Probe) -> str:
         probe.send(bytes.fromhex("00a4040007f053575041590100"))

@@ -31,8 +31,7 @@ from swipepay.firmware_sim.terminal import (
     Wait,
 )
 from swipepay.firmware_sim.transaction import TxnType
-
-from .phonelink.conftest import PAN, Pair, make_pair
+from tests.support.phonelink import PAN, Pair, make_pair
 
 NOW = datetime(2026, 11, 26, 10, 15, 0, tzinfo=UTC)
 CARD = CardData(

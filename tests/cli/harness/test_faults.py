@@ -5,7 +5,6 @@ faults`` runs 20 times), here at a few iterations."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from swipepay.center.core import Center
-from swipepay.center.lab import Lab, create_lab
+from swipepay.center.lab import Lab
 from swipepay.center.local_host import LocalHost
 from swipepay.center.policy import MessageState
 from swipepay.center.storage import MessageKey
@@ -25,25 +24,9 @@ from swipepay.drivers.runner import run_transaction
 from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
 from swipepay.firmware_sim.terminal import Ending, Order, Terminal
 from swipepay.firmware_sim.transaction import TxnType
-from tests.drivers.test_tcp_link import Served
-
-#: Virtual hardware and killed processes on a loaded 2-core machine: pcscd polls card presence
-#: (~400 ms), nfcpy gives an emulated card 30 ms to answer RATS.  A failure is retried twice
-#: from fresh fixtures; a real fault fails all three runs.
-pytestmark = pytest.mark.flaky(reruns=2, reruns_delay=1)
+from tests.support.phones import Served
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="module")
-def lab_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return create_lab(tmp_path_factory.mktemp("template") / "lab").root
-
-
-@pytest.fixture
-def lab(lab_template: Path, tmp_path: Path) -> Lab:
-    shutil.copytree(lab_template, tmp_path / "lab")
-    return Lab(tmp_path / "lab")
 
 
 def balance(lab: Lab, account: str) -> int:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from swipepay.center.lab import create_lab
+from swipepay.center.lab import Lab
 from swipepay.cli.harness.inprocess import InProcessBench, PhoneSetup
 from swipepay.drivers.runner import TxnReport
 from swipepay.firmware_sim.phone import Choice
@@ -15,16 +14,9 @@ from swipepay.firmware_sim.terminal import Ending, Order
 from swipepay.firmware_sim.transaction import TxnType
 
 
-@pytest.fixture(scope="module")
-def lab_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("lab") / "lab"
-    create_lab(root)
-    return root
-
-
 @pytest.fixture
-def bench(lab_root: Path) -> Iterator[InProcessBench]:
-    with InProcessBench.open(lab_root) as b:
+def bench(lab: Lab) -> Iterator[InProcessBench]:
+    with InProcessBench.open(lab.root) as b:
         yield b
 
 

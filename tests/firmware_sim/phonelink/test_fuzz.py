@@ -15,8 +15,7 @@ from swipepay.firmware_sim.phonelink.protocol import (
     PaymentRequestBody,
     ResultBody,
 )
-
-from .conftest import PAN, make_pair, txn
+from tests.support.phonelink import PAN, make_pair, txn
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -16,8 +16,7 @@ from swipepay.firmware_sim.phonelink.protocol import (
 )
 from swipepay.firmware_sim.phonelink.terminal_link import PhoneNotBound, PhoneRefused
 from swipepay.firmware_sim.pinblock import decode_format4
-
-from .conftest import BDK, IKID, NOW, PAN, Pair, make_cert, make_pair, txn
+from tests.support.phonelink import BDK, IKID, NOW, PAN, Pair, make_cert, make_pair, txn
 
 
 def sw(response: bytes) -> int:

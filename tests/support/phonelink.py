@@ -1,4 +1,5 @@
-"""A terminal and a phone joined through an in-memory link, with a lab-like CA and keys."""
+"""A terminal and a phone joined through an in-memory link, with a lab-like CA and keys
+(fixture ``pair``), and the conformance suite's context for that phone."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from swipepay.firmware_sim import ecc
 from swipepay.firmware_sim.certificate import TerminalCertificate, issue_certificate
+from swipepay.firmware_sim.conformance import Context
 from swipepay.firmware_sim.dukpt import DukptDevice, derive_initial_key
+from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
 from swipepay.firmware_sim.phonelink.applet import PhoneApplet, PhoneIdentity
 from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
 from swipepay.firmware_sim.transaction import Transaction, TxnType
@@ -85,3 +88,15 @@ def txn(amount: int = 12_34, type_: TxnType = TxnType.PURCHASE) -> Transaction:
 @pytest.fixture
 def pair() -> Pair:
     return make_pair()
+
+
+def conformance_setup(choice: Choice = Choice.CONFIRM) -> tuple[Context, Phone]:
+    """The conformance context of a fresh pair's terminal, and its phone whose user answers
+    ``choice`` (PIN 1234) after two polls."""
+    pair = make_pair()
+    phone = Phone(pair.applet, ScriptedUser(choice, lambda: "1234", delay_polls=2), lambda: NOW)
+    ctx = Context(
+        certificate=pair.cert, signing_key=pair.terminal_key, ca_key=pair.ca_key, ca_key_index=1,
+        pan=PAN, expiry="2912", now=NOW, phone_key=pair.phone_key.public_key(), max_polls=10,
+    )
+    return ctx, phone

@@ -1,7 +1,9 @@
-"""Shared fixtures: a center with a POS, an ATM, a funded account and an enrolled card + phone."""
+"""An in-memory center world: a center with a POS, an ATM, a funded account and an enrolled card
++ phone (fixtures ``keys``, ``db_path``, ``world``), and the phone that signs its requests."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -71,14 +73,17 @@ class Phone:
 
 
 class Stans:
-    """Fresh STANs, so every test message has its own retransmission key."""
+    """Fresh STANs after ``start``, so every test message has its own retransmission key (safe
+    to call from several threads)."""
 
-    def __init__(self) -> None:
-        self._n = 0
+    def __init__(self, start: int = 0) -> None:
+        self.n = start
+        self._lock = threading.Lock()
 
     def __call__(self) -> str:
-        self._n += 1
-        return f"{self._n:06d}"
+        with self._lock:
+            self.n += 1
+            return f"{self.n:06d}"
 
 
 def make_txn(
