@@ -28,12 +28,19 @@ class MockCardReader:
 
     @classmethod
     def from_url(
-        cls, url: str, cards: Mapping[str, CardSpec] | None = None, **context: object
+        cls,
+        url: str,
+        cards: Mapping[str, CardSpec] | None = None,
+        amount: int = 0,
+        **context: object,
     ) -> MockCardReader:
+        """``amount``: the order's amount, for the EMV read's 9F02."""
         _scheme, rest = split_url(url)
         name, _sep, query = rest.partition("?")
         via = parse_qs(query).get("via", [None])[0]
-        return cls(url, cards or {}, name, via)
+        reader = cls(url, cards or {}, name, via)
+        reader.amount = amount
+        return reader
 
     def read_card(self, timeout: float) -> CardData:
         if self.card in ("", "none"):

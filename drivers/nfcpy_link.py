@@ -460,12 +460,14 @@ class NfcpyCardReader:
         self.url = url
         self.path = path
         self.targets = targets or ["106A", "106B"]
-        #: Amount (minor units) for the PDOL's 9F02, set by the terminal before the read.
+        #: Amount (minor units) for the PDOL's 9F02: the order's, from the opening context.
         self.amount = 0
 
     @classmethod
-    def from_url(cls, url: str, **_: object) -> NfcpyCardReader:
-        return cls(url, nfcpy_path(url))
+    def from_url(cls, url: str, amount: int = 0, **_: object) -> NfcpyCardReader:
+        reader = cls(url, nfcpy_path(url))
+        reader.amount = amount
+        return reader
 
     def read_card(self, timeout: float) -> CardData:
         clf = open_frontend(self.path)

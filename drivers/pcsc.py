@@ -241,16 +241,19 @@ class PcscCardReader:
         self.url = url
         self.name_part = name_part
         self.mode = mode
-        #: Amount for the PDOL (9F02), set by the terminal before the read as with mock:.
+        #: Amount for the PDOL (9F02): the order's, from the context the reader is opened with.
         self.amount = 0
         self.last: ReadResult | None = None
 
     @classmethod
-    def from_url(cls, url: str, **context: object) -> PcscCardReader:
+    def from_url(cls, url: str, amount: int = 0, **context: object) -> PcscCardReader:
+        """``amount``: the order's amount, for the EMV read's 9F02."""
         _scheme, rest = split_url(url)
         name, _sep, query = rest.partition("?")
         mode = parse_qs(query).get("mode", ["auto"])[0]
-        return cls(url, name, mode)
+        reader = cls(url, name, mode)
+        reader.amount = amount
+        return reader
 
     def read_card(self, timeout: float) -> CardData:
         return self.read(timeout).card

@@ -118,7 +118,7 @@ def test_settings_file_is_overridden_by_options(lab: Lab) -> None:
         'terminal_id = "ATM00001"\nphone = "mock:bob-phone"\nhost_timeout = 2\n'
     )
     s = load_settings(lab.root, None, {"phone": "mock:alice-phone", "card": None})
-    assert (s["terminal_id"], s["phone"], s["host_timeout"]) == (
+    assert (s.terminal_id, s.phone, s.host_timeout) == (
         "ATM00001", "mock:alice-phone", 2.0,
     )  # fmt: skip
     (lab.root / "terminal.toml").write_text("pin = 1234\n")
