@@ -4,10 +4,7 @@ faults`` runs 20 times), here at a few iterations."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from swipepay.center.local_host import LocalHost
 from swipepay.center.policy import MessageState
 from swipepay.center.storage import MessageKey
 from swipepay.cli.harness import faults
-from swipepay.drivers.host_tls import ReversalQueue, TlsHost
+from swipepay.drivers.host_tls import TlsHost
 from swipepay.drivers.registry import open_card_reader, open_phone_link
 from swipepay.drivers.runner import run_transaction
 from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
@@ -30,9 +27,6 @@ from tests.drivers.test_tcp_link import Served
 #: (~400 ms), nfcpy gives an emulated card 30 ms to answer RATS.  A failure is retried twice
 #: from fresh fixtures; a real fault fails all three runs.
 pytestmark = pytest.mark.flaky(reruns=2, reruns_delay=1)
-
-ROOT = Path(__file__).resolve().parents[3]
-
 
 @pytest.fixture(scope="module")
 def lab_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -65,13 +59,22 @@ def test_center_sigkilled_under_load_keeps_every_approval_once(lab: Lab) -> None
 
 
 def test_terminal_sigkilled_mid_transaction_ends_consistent(lab: Lab) -> None:
-    report = faults.terminal_kill_loop(lab.root, kills=3, window=(0.5, 1.2))
-    assert report.kills == 3 and report.finished > 0
+    kills: list[int] = []
+    report = faults.terminal_kill_loop(lab.root, kills=3, progress=lambda n, r: kills.append(n))
+    assert report.kills == 3 and kills == [1, 2, 3] and report.finished > 0
     assert report.ok, report
     assert report.left_in_queue == 0 and report.lost == 0 and report.unbalanced == 0
 
 
-def test_reversal_journalled_before_a_kill_is_sent_by_the_restarted_terminal(lab: Lab) -> None:
+def test_the_killed_terminal_is_the_terminal_command(lab: Lab) -> None:
+    """The fault loop kills ``swipepay terminal run`` itself, not a copy of the terminal."""
+    argv = faults.terminal_argv(lab.root, 1234)
+    assert argv[argv.index("terminal"):][:2] == ["terminal", "run"] and "--json" in argv
+
+
+def test_reversal_journalled_before_a_kill_is_sent_by_the_restarted_terminal(
+    lab: Lab, tmp_path: Path
+) -> None:
     """The terminal died right after the center approved (the journal entry still queued): the
     restarted terminal reverses that approval before doing anything else."""
     port = faults.free_port()
@@ -84,31 +87,18 @@ def test_reversal_journalled_before_a_kill_is_sent_by_the_restarted_terminal(lab
         assert host.authorize(req, 10).response_code == "00"
         host.close()  # killed here: never settled
         assert balance(lab, signer.account) == before - 5_00
-        log = lab.root / "worker.jsonl"
-        worker = subprocess.run(
-            [sys.executable, "-m", "swipepay.cli.harness.faults", "terminal", str(lab.root),
-             str(port),
-             "1",
-             str(log)],
-            cwd=ROOT,
-            timeout=60,
-            check=False,
-        )
-        assert worker.returncode == 0
+        assert len(faults.pending_reversals(lab.root)) == 1
+        result = faults.run_terminal(lab.root, port, tmp_path)
     finally:
         faults.kill(center)
     stored = faults.stored_messages(lab.db_path)
     assert stored[MessageKey(faults.POS, "777001", faults.LOAD_AT)].state == MessageState.REVERSED
-    queue = ReversalQueue(lab.root / "terminals" / faults.POS / "reversals.db")
-    try:
-        assert queue.pending() == []
-    finally:
-        queue.close()
-    # The worker's own purchase came after the reversal (declined 63 here: the signer above
-    # spent the phone's next KSN without saving it).
-    lines = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines()]
-    assert len(lines) == 1
-    assert balance(lab, signer.account) == before - (1 if lines[0]["approved"] else 0)
+    assert faults.pending_reversals(lab.root) == set()
+    # The terminal's own purchase came after the reversal (the signer saved the phone's DUKPT
+    # counter it used, so the phone's next KSN is fresh: approved).
+    assert result["reversals_queued_before"] == 1 and result["reversals_queued_after"] == 0
+    assert result["ending"] == "APPROVED", result
+    assert balance(lab, signer.account) == before - 1
     assert faults.ledger_balanced(lab.root)
 
 
@@ -118,10 +108,6 @@ def test_disk_failing_a_commit_answers_96_and_writes_nothing(lab: Lab) -> None:
     assert report.balance_after_fault == report.balance_before
     assert report.retry_code == "00" and report.unbalanced == 0
     assert report.ok
-
-
-def test_worker_usage_error_is_exit_2() -> None:
-    assert faults._main(["nonsense"]) == 2
 
 
 # -- the phone leaving a real link at each step ------------------------------------------------
