@@ -126,9 +126,7 @@ class TerminalStore:
         return None if row is None else int(row[0])
 
     def _set(self, name: str, value: int) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO state (name, value) VALUES (?, ?)", (name, value)
-        )
+        self._db.execute("INSERT OR REPLACE INTO state (name, value) VALUES (?, ?)", (name, value))
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
