@@ -11,15 +11,14 @@ import pytest
 
 from swipepay.center.core import Center
 from swipepay.center.lab import Lab, create_lab
-from swipepay.center.local_host import LocalHost
 from swipepay.center.policy import MessageState
 from swipepay.center.storage import MessageKey
+from swipepay.cli.app.terminal_app import TerminalApp
+from swipepay.cli.app.terminal_settings import TerminalSettings
 from swipepay.cli.harness import faults
 from swipepay.drivers.host_tls import TlsHost
-from swipepay.drivers.registry import open_card_reader, open_phone_link
-from swipepay.drivers.runner import run_transaction
-from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
-from swipepay.firmware_sim.terminal import Ending, Order, Terminal
+from swipepay.drivers.registry import open_phone_link
+from swipepay.firmware_sim.terminal import Ending, Order
 from swipepay.firmware_sim.transaction import TxnType
 from tests.drivers.test_tcp_link import Served
 
@@ -124,24 +123,23 @@ def test_phone_leaving_a_tcp_link_at_each_step_moves_no_money(
 ) -> None:
     before = balance(lab, "alice-checking")
     served = Served(lab, leave_after=leave_after, once=leave_after is not None)
-    cert, key = lab.terminal_link_identity(faults.POS)
-    terminal = Terminal(lab.terminal_config(faults.POS), TerminalLink(cert, key), 1)
-    reader = open_card_reader("mock:alice-visa", cards=lab.cards())
-    center = Center.open(lab.db_path, lab.center_keys())
+    settings = TerminalSettings(terminal_id=faults.POS, center="local", phone_timeout=5.0)
+    app = TerminalApp.open(lab.root, settings)
+    center = app.open_center()
     try:
-        report = run_transaction(
-            terminal,
-            Order(TxnType.PURCHASE, 3_00),
-            reader=reader,
+        order = Order(TxnType.PURCHASE, 3_00)
+        report = app.run(
+            order,
+            reader=app.open_reader("mock:alice-visa", order),
             link=open_phone_link(served.url, response_timeout=5.0),
-            host=LocalHost(center),
+            host=center,
             sleep=lambda s: None,
-            phone_timeout=5.0,
-        )
-        assert center.check_balanced()
+        ).report
     finally:
         center.close()
+        app.close()
         served.close()
+    assert faults.ledger_balanced(lab.root)
     if leave_after is None:
         assert report.outcome.ending is Ending.APPROVED
         assert balance(lab, "alice-checking") == before - 3_00
