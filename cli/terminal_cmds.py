@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from swipepay.firmware_sim.cards.spec import CardSpec
     from swipepay.firmware_sim.terminal import Order
 
-__all__ = ["card_from_text", "load_settings", "resolve_card_choice", "terminal"]
-
 _log = logging.getLogger("swipepay.terminal")
 
 TYPES = ("purchase", "preauth", "completion", "withdrawal", "deposit", "balance")

@@ -20,8 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swipepay.center.lab import Lab, create_lab
+from swipepay.cli.app.terminal_settings import load_settings
 from swipepay.cli.main import main
-from swipepay.cli.terminal_cmds import card_from_text, load_settings, resolve_card_choice
+from swipepay.cli.terminal_cmds import card_from_text, resolve_card_choice
 from swipepay.drivers.logsetup import redact, setup_logging, transaction
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 from swipepay.firmware_sim.terminal import Ending
