@@ -13,7 +13,7 @@ import pytest
 
 from swipepay.center.lab import Lab, create_lab
 from swipepay.cli.app.phone_app import PhoneApp, lab_phone
-from swipepay.cli.app.terminal_app import CenterConnection, TerminalApp
+from swipepay.cli.app.terminal_app import CenterConnection, TerminalApp, TerminalResult
 from swipepay.cli.app.terminal_settings import CONFIG_KEYS, TerminalSettings, load_settings
 from swipepay.cli.harness.processes import free_port
 from swipepay.drivers.mock_phone import MockField
@@ -58,7 +58,10 @@ class Watching:
         self.inner.settle(txn)
 
 
-def purchase(app: TerminalApp, host: object, amount: int = 1_00, kind: str = "purchase") -> Ending:
+def purchase(
+    app: TerminalApp, host: object, amount: int = 1_00, kind: str = "purchase"
+) -> TerminalResult:
+    """One transaction of alice's card and phone (her user confirms at once)."""
     field = MockField()
     lab_phone(app.lab, "alice-phone").enter(field)
     order = app.order(kind, f"{amount / 100:.2f}", None)
@@ -69,14 +72,14 @@ def purchase(app: TerminalApp, host: object, amount: int = 1_00, kind: str = "pu
         host=host,  # type: ignore[arg-type]
         sleep=lambda s: None,
     )
-    return result.outcome.ending
+    return result
 
 
 def test_the_stan_is_on_disk_before_the_request_leaves(app: TerminalApp) -> None:
     center = app.open_center()
     try:
         host = Watching(center, app.store)
-        assert purchase(app, host) is Ending.APPROVED
+        assert purchase(app, host).outcome.ending is Ending.APPROVED
         [(stan, stored)] = host.stored_at_send
         assert stored == int(stan) + 1
         dying = Watching(center, app.store, fail=True)
@@ -92,10 +95,10 @@ def test_the_stan_is_on_disk_before_the_request_leaves(app: TerminalApp) -> None
 def test_preauth_is_remembered_until_its_completion(app: TerminalApp) -> None:
     center = app.open_center()
     try:
-        assert purchase(app, center, 80_00, "preauth") is Ending.APPROVED
+        assert purchase(app, center, 80_00, "preauth").outcome.approved
         [stan] = app.preauths()
         assert app.order("completion", "64.50", None).original == app.preauths()[stan]
-        assert purchase(app, center, 64_50, "completion") is Ending.APPROVED
+        assert purchase(app, center, 64_50, "completion").outcome.approved
     finally:
         center.close()
     assert app.preauths() == {}
@@ -108,13 +111,8 @@ def test_a_silent_center_leaves_a_counted_reversal(template: Path, tmp_path: Pat
     settings = TerminalSettings(center=f"127.0.0.1:{free_port()}", host_timeout=0.3)
     with TerminalApp.open(tmp_path / "lab", settings) as app:
         host = app.open_center()
-        field = MockField()
-        lab_phone(app.lab, "alice-phone").enter(field)
-        order = app.order("purchase", "3.00", None)
         try:
-            result = app.run(order, reader=app.open_reader("mock:alice-visa", order),
-                             link=open_phone_link("mock:", field=field), host=host,
-                             sleep=lambda s: None)  # fmt: skip
+            result = purchase(app, host, 3_00)
         finally:
             host.close()
         assert result.outcome.ending is Ending.HOST_UNAVAILABLE
@@ -161,3 +159,16 @@ def test_the_phone_app_serves_its_phone(template: Path, tmp_path: Path) -> None:
     phone.serve(Server(), once=True)
     assert served == [(phone.phone, None, True)]
     assert phone.profile.card == "bob-debit"
+
+
+def test_an_old_labs_terminal_continues_its_stans(template: Path, tmp_path: Path) -> None:
+    shutil.copytree(template, tmp_path / "lab")
+    (tmp_path / "lab" / "terminals" / "POS00001" / "state.json").write_text('{"next_stan": 42}\n')
+    with TerminalApp.open(tmp_path / "lab", TerminalSettings(center="local")) as app:
+        center = app.open_center()
+        try:
+            result = purchase(app, center)
+        finally:
+            center.close()
+    assert (result.outcome.ending, result.txn_id) == (Ending.APPROVED, "POS00001-000042")
+    assert not (tmp_path / "lab" / "terminals" / "POS00001" / "state.json").exists()
