@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,10 @@ from swipepay.drivers.store.terminal_store import (
     LEGACY_STAN,
     STORE_FILE,
     TerminalStore,
+    following_stan,
 )
 from swipepay.firmware_sim.errors import ConfigError
+from swipepay.firmware_sim.terminal import Order, Terminal, TerminalConfig
 from swipepay.firmware_sim.transaction import Transaction, TxnType
 
 PREAUTH = Transaction(
@@ -59,6 +62,14 @@ def test_stan_wraps_from_999999_to_1(tmp_path: Path) -> None:
     with TerminalStore(tmp_path) as store:
         store._set("next_stan", 999_999)
         assert (store.take_stan(), store.take_stan()) == (999_999, 1)
+
+
+@pytest.mark.parametrize("stan", [1, 41, 999_998, 999_999])
+def test_the_store_counts_stans_as_the_firmware_does(stan: int) -> None:
+    config = TerminalConfig("POS00001", "MERCH0000000001", "Corner Coffee")
+    terminal = Terminal(config, None, stan)  # type: ignore[arg-type]  # a completion: no phone
+    terminal.start(Order(TxnType.COMPLETION, 1_00, PREAUTH), datetime(2026, 11, 26, tzinfo=UTC))
+    assert terminal.next_stan == following_stan(stan)
 
 
 def test_preauths_are_remembered_and_forgotten(tmp_path: Path) -> None:
