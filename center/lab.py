@@ -14,6 +14,8 @@ Layout::
     terminals/<TID>/tls.key .crt terminal TLS client identity (CN = terminal ID)
     terminals/<TID>/link.key     terminal phone-link signing key
     terminals/<TID>/link.cert    compact phone-link certificate
+    terminals/<TID>/terminal.db  the terminal's own state: STAN, pre-auths, reversal queue
+                                 (drivers/store/terminal_store.py)
     phones/<name>.json           phone profile: bound card, signing key, DUKPT key, CA keys
     secrets/pins.json            the lab cardholders' PINs (the simulated users know them)
 """
@@ -34,7 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from swipepay.center.keystore import CenterKeys
-from swipepay.center.secretfile import read_private, write_private
+from swipepay.drivers.store.phone_store import PhoneProfile
+from swipepay.drivers.store.secretfile import read_private, write_private
 from swipepay.firmware_sim import ecc
 from swipepay.firmware_sim.carddata import luhn_check_digit
 from swipepay.firmware_sim.cards.spec import CardSpec
@@ -43,9 +46,8 @@ from swipepay.firmware_sim.certificate import (
     issue_certificate,
     parse_certificate,
 )
-from swipepay.firmware_sim.dukpt import DukptDevice, derive_initial_key
+from swipepay.firmware_sim.dukpt import derive_initial_key
 from swipepay.firmware_sim.errors import ConfigError, DecodeError
-from swipepay.firmware_sim.phonelink.applet import PhoneIdentity
 from swipepay.firmware_sim.terminal import TerminalConfig
 
 CA_KEY_INDEX = 1
@@ -160,75 +162,6 @@ def _write_public(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-@dataclass(frozen=True)
-class PhoneProfile:
-    """A phone's enrollment data as stored in ``phones/<name>.json`` (mode 0600)."""
-
-    name: str
-    card: str
-    pan: str
-    signing_key_pem: bytes
-    initial_key: bytes
-    ikid: bytes
-    counter: int
-    ca_keys: dict[int, bytes]
-    path: Path | None = None
-
-    def __repr__(self) -> str:
-        return f"PhoneProfile(name={self.name!r}, card={self.card!r})"
-
-    def identity(self) -> PhoneIdentity:
-        key = serialization.load_pem_private_key(self.signing_key_pem, password=None)
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
-        return PhoneIdentity(
-            card_id=self.pan.encode("ascii"),
-            pan=self.pan,
-            signing_key=key,
-            ca_keys={i: ecc.decode_point(p) for i, p in self.ca_keys.items()},
-        )
-
-    def dukpt(self) -> DukptDevice:
-        return DukptDevice(self.initial_key, self.ikid, self.counter)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "card": self.card,
-            "pan": self.pan,
-            "signing_key_pem": self.signing_key_pem.decode("ascii"),
-            "dukpt_initial_key": self.initial_key.hex(),
-            "dukpt_ikid": self.ikid.hex(),
-            "dukpt_counter": self.counter,
-            "ca_keys": {str(i): p.hex() for i, p in self.ca_keys.items()},
-        }
-
-    def save(self, path: Path) -> None:
-        write_private(path, json.dumps(self.to_json(), indent=2).encode("utf-8"))
-
-    def with_counter(self, counter: int) -> PhoneProfile:
-        data = dict(self.__dict__)
-        data["counter"] = counter
-        return PhoneProfile(**data)
-
-    @classmethod
-    def load(cls, path: Path) -> PhoneProfile:
-        try:
-            d = json.loads(read_private(path))
-            return cls(
-                name=str(d["name"]),
-                card=str(d["card"]),
-                pan=str(d["pan"]),
-                signing_key_pem=str(d["signing_key_pem"]).encode("ascii"),
-                initial_key=bytes.fromhex(d["dukpt_initial_key"]),
-                ikid=bytes.fromhex(d["dukpt_ikid"]),
-                counter=int(d["dukpt_counter"]),
-                ca_keys={int(i): bytes.fromhex(p) for i, p in d["ca_keys"].items()},
-                path=path,
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ConfigError(f"phone profile {path} is malformed: {type(exc).__name__}") from None
-
-
 class Lab:
     """A lab directory, read lazily."""
 
@@ -295,22 +228,6 @@ class Lab:
                 f"terminal {terminal_id}: bad phone-link certificate: {exc}"
             ) from None
         return cert, _load_key(base / "link.key")
-
-    def next_stan(self, terminal_id: str) -> int:
-        """The terminal's next system trace audit number (field 11), kept across runs."""
-        path = self.root / "terminals" / terminal_id / "state.json"
-        try:
-            return int(json.loads(path.read_text(encoding="utf-8"))["next_stan"])
-        except FileNotFoundError:
-            return 1
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError(f"{path} is malformed; delete it to restart STANs at 1") from None
-
-    def save_next_stan(self, terminal_id: str, stan: int) -> None:
-        path = self.root / "terminals" / terminal_id / "state.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"next_stan": stan}) + "\n", encoding="utf-8")
-        tmp.replace(path)
 
     def ca_key(self) -> ec.EllipticCurvePrivateKey:
         return _load_key(self.root / "ca" / "ca.key")

@@ -1,44 +1,6 @@
-"""Files holding secrets: written 0600 atomically, refused when others could have read them."""
+"""The center's import path of the secret-file rules, which live in :mod:`drivers.store.secretfile`
+(the phone and terminal stores write secret files too, and drivers/ may not import the center)."""
 
-from __future__ import annotations
+from swipepay.drivers.store.secretfile import FOREIGN_ACCESS, read_private, write_private
 
-import os
-import stat
-from pathlib import Path
-
-from swipepay.firmware_sim.errors import ConfigError
-
-#: Any permission bit for group or others makes a secret file unusable.
-FOREIGN_ACCESS = stat.S_IRWXG | stat.S_IRWXO
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` so that no moment exists in which another user could read it.
-
-    The file is created 0600 under a temporary name, synced, and renamed over the old one, so a
-    crash leaves either the old content or the new one, never half a key.
-    """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already existed
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def read_private(path: Path) -> bytes:
-    """Read a secret file; :class:`ConfigError` if it is missing or readable by others."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError as exc:
-        raise ConfigError(f"secret file {path} is missing") from exc
-    if mode & FOREIGN_ACCESS:
-        raise ConfigError(
-            f"secret file {path} has mode {stat.S_IMODE(mode):04o}; "
-            "others may have read it: chmod 600 it or generate new keys"
-        )
-    return path.read_bytes()
+__all__ = ["FOREIGN_ACCESS", "read_private", "write_private"]

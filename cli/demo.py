@@ -6,11 +6,14 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from swipepay.firmware_sim.transaction import TXN_TYPES, Transaction, TxnType, format_amount
+
+if TYPE_CHECKING:
+    from swipepay.cli.harness.inprocess import InProcessBench
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ def run_demo(home: Path | None, as_json: bool) -> int:
         with InProcessBench.open(root) as bench:
             for n, sc in enumerate(SCENARIOS, 1):
                 original = done[sc.completes - 1] if sc.completes else None
-                result = _run_one(bench, n, sc, original, echo)
+                result = _scenario(bench, n, sc, original, echo)
                 done.append(result.pop("_txn"))
                 results.append(result)
             balanced = bench.center.check_balanced()
@@ -97,8 +100,8 @@ def _quiet(*args: object, **kwargs: object) -> None:
     return None
 
 
-def _run_one(
-    bench: Any, n: int, sc: Scenario, original: Transaction | None, echo: Any
+def _scenario(
+    bench: InProcessBench, n: int, sc: Scenario, original: Transaction | None, echo: Any
 ) -> dict[str, Any]:
     from swipepay.cli.harness.inprocess import PhoneSetup
     from swipepay.firmware_sim.phone import Choice

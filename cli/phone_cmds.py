@@ -1,6 +1,6 @@
 """``swipepay phone run``, ``swipepay conformance`` and ``swipepay trace``.
 
-Click commands only: the phone is :class:`firmware_sim.phone.Phone`, the checks live in
+Click commands only: the phone program is :class:`cli.app.phone_app.PhoneApp`, the checks live in
 :mod:`firmware_sim.conformance`, traces are read by :mod:`firmware_sim.trace_view`; links come
 from :mod:`drivers.registry`.  Heavy imports happen inside the commands so ``--help`` is fast.
 """
@@ -166,10 +166,10 @@ def _phone_run(
     profile_path: Path, url: str, auto_confirm: bool, pin_env: str | None,
     pin_file: Path | None, decline: bool, once: bool, timeout: float,
 ) -> None:
-    from swipepay.center.lab import PhoneProfile
+    from swipepay.cli.app.phone_app import PhoneApp
     from swipepay.drivers.registry import open_phone_server
-    from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser, UserAgent
-    from swipepay.firmware_sim.phonelink.applet import PhoneApplet
+    from swipepay.drivers.store.phone_store import PhoneStore
+    from swipepay.firmware_sim.phone import Choice, ScriptedUser, UserAgent
 
     if auto_confirm and decline:
         raise ConfigError("--auto-confirm and --decline exclude each other")
@@ -177,7 +177,7 @@ def _phone_run(
         raise ConfigError("--pin-env / --pin-file go with --auto-confirm")
     if auto_confirm and bool(pin_env) == bool(pin_file):
         raise ConfigError("--auto-confirm needs exactly one of --pin-env VAR or --pin-file FILE")
-    profile = PhoneProfile.load(profile_path)
+    store = PhoneStore(profile_path)
 
     class EchoingUser(ScriptedUser):
         def on_payment(self, shown: PaymentShown) -> None:
@@ -197,21 +197,8 @@ def _phone_run(
         user = EchoingUser(Choice.DECLINE)
     else:
         user = PromptUser(timeout)
-
-    applet = PhoneApplet(profile.identity(), profile.dukpt())
-    saved = [profile.counter]
-
-    class PersistingPhone(Phone):
-        """Writes the DUKPT counter back after each confirmation: a counter must never be
-        reused, even if the program is killed right after."""
-
-        def process(self, apdu: bytes) -> bytes:
-            response = super().process(apdu)
-            counter = self.applet.dukpt.counter
-            if counter != saved[0]:
-                profile.with_counter(counter).save(profile_path)
-                saved[0] = counter
-            return response
+    app = PhoneApp(store, user)
+    profile = app.profile
 
     server = open_phone_server(url)
     where = url
@@ -220,7 +207,7 @@ def _phone_run(
         where = f"{url.partition(':')[0]}:{address[0]}:{address[1]}"
     click.echo(f"phone {profile.name} (card {profile.card}) listening on {where}")
     try:
-        server.serve(PersistingPhone(applet, user, time.time), once=once)
+        app.serve(server, once=once)
     except KeyboardInterrupt:
         click.echo("stopped")
     finally:

@@ -1,9 +1,8 @@
 """``swipepay terminal run``: the POS/ATM console (interactive, or one transaction per call).
 
-Click and console I/O only: the transaction is :func:`drivers.runner.run_transaction` driving
-:class:`firmware_sim.terminal.Terminal`; readers and links come from :mod:`drivers.registry`;
-the center is :class:`drivers.host_tls.TlsHost` (mutual TLS, reversal queue on disk) or, with
-``--center local``, the lab's center core in this process.  Heavy imports stay inside functions.
+Arguments, prompts and rendering only: the terminal program is
+:class:`cli.app.terminal_app.TerminalApp` (its settings in :mod:`cli.app.terminal_settings`),
+which runs each transaction and keeps the terminal's state.  Heavy imports stay inside functions.
 """
 
 from __future__ import annotations
@@ -13,84 +12,29 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from swipepay.cli.app.terminal_settings import CONFIG_FILE, TerminalSettings, load_settings
 from swipepay.cli.main import fail
 from swipepay.drivers.runner import Observer, RunEvent, StepBegan, Waiting
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
 if TYPE_CHECKING:
-    from swipepay.center.lab import Lab
-    from swipepay.drivers.runner import TxnReport
+    from swipepay.cli.app.terminal_app import CenterConnection, TerminalApp, TerminalResult
+    from swipepay.drivers.base import CardReader, PhoneLink
     from swipepay.firmware_sim.carddata import CardData
     from swipepay.firmware_sim.cards.spec import CardSpec
-    from swipepay.firmware_sim.terminal import Order, TerminalConfig
-    from swipepay.firmware_sim.transaction import Transaction
+    from swipepay.firmware_sim.terminal import Order
 
 _log = logging.getLogger("swipepay.terminal")
 
-CONFIG_FILE = "terminal.toml"
 TYPES = ("purchase", "preauth", "completion", "withdrawal", "deposit", "balance")
 #: ``--via`` names -> how a lab card is presented (the mock reader's ``via``).
 VIAS = ("tap", "insert", "swipe")
-
-#: Keys a terminal.toml may set -> the type of their value (specs as data).
-CONFIG_KEYS: dict[str, type] = {
-    "terminal_id": str,
-    "merchant_id": str,
-    "merchant_name": str,
-    "card": str,
-    "phone": str,
-    "center": str,
-    "card_timeout": float,
-    "phone_timeout": float,
-    "host_timeout": float,
-    "confirm_timeout": float,
-    "poll_interval_ms": int,
-}
-DEFAULTS: dict[str, Any] = {
-    "terminal_id": "POS00001",
-    "card": "mock:",
-    "phone": "pcsc:Virtual PCD 00 01",
-    "center": "127.0.0.1:8583",
-    "card_timeout": 30.0,
-    "phone_timeout": 30.0,
-    "host_timeout": 15.0,
-    "confirm_timeout": 60.0,
-    "poll_interval_ms": 200,
-}
-
-
-def load_settings(home: Path, config: Path | None, given: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults, then ``HOME/terminal.toml`` (or ``--config``), then command-line options."""
-    import tomllib
-
-    path = config if config is not None else home / CONFIG_FILE
-    from_file: dict[str, Any] = {}
-    if config is not None or path.exists():
-        try:
-            from_file = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    settings = dict(DEFAULTS)
-    for key, value in from_file.items():
-        want = CONFIG_KEYS.get(key)
-        if want is None:
-            raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(CONFIG_KEYS)})")
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, want) or isinstance(value, bool):
-            raise ConfigError(f"{path}: {key} must be a {want.__name__}")
-        settings[key] = value
-    settings.update({k: v for k, v in given.items() if v is not None})
-    return settings
 
 
 # -- cards given on the command line -------------------------------------------------------
@@ -214,220 +158,54 @@ def _quiet(event: RunEvent) -> None:
 
 
 @dataclass
-class Bench:
-    """What one terminal run talks to: its lab, config, host, phone link and card reader URL."""
+class Session:
+    """A terminal application with the center and the phone link its settings name."""
 
-    lab: Lab
-    config: TerminalConfig
-    settings: dict[str, Any]
-    host: Any
-    link: Any
+    app: TerminalApp
+    host: CenterConnection
+    link: PhoneLink
+
+    @classmethod
+    def open(cls, home: Path, settings: TerminalSettings) -> Session:
+        from swipepay.cli.app.terminal_app import TerminalApp
+
+        app = TerminalApp.open(home, settings)
+        try:
+            host = app.open_center()
+            try:
+                return cls(app, host, app.open_phone_link())
+            except BaseException:
+                host.close()
+                raise
+        except BaseException:
+            app.close()
+            raise
 
     def close(self) -> None:
-        for part in (self.link, self.host):
-            close = getattr(part, "close", None)
-            if close is not None:
-                close()
+        close = getattr(self.link, "close", None)  # only some links hold a device open
+        if close is not None:
+            close()
+        self.host.close()
+        self.app.close()
+
+    def run(self, order: Order, reader: CardReader | None, observe: Observer) -> dict[str, Any]:
+        """Run one transaction; return the JSON result (the demo's per-transaction fields+)."""
+        result = self.app.run(order, reader=reader, link=self.link, host=self.host,
+                              observe=observe)  # fmt: skip
+        return result_json(result)
 
 
-def _open_bench(home: Path, settings: dict[str, Any]) -> Bench:
-    from swipepay.center.lab import Lab
-    from swipepay.drivers.registry import open_phone_link
+def result_json(result: TerminalResult) -> dict[str, Any]:
+    """The fields ``terminal run --json`` prints for one transaction."""
+    from swipepay.firmware_sim.terminal import STEP_TEXT
 
-    lab = Lab(home)
-    tid = settings["terminal_id"]
-    config = lab.terminal_config(tid)
-    overrides = {k: settings[k] for k in ("merchant_id", "merchant_name") if k in settings}
-    config = replace(
-        config,
-        poll_interval_ms=settings["poll_interval_ms"],
-        confirm_timeout_ms=int(settings["confirm_timeout"] * 1000),
-        host_timeout_ms=int(settings["host_timeout"] * 1000),
-        **overrides,
-    )
-    host = _open_host(lab, tid, settings["center"], settings["host_timeout"])
-    phone_url = settings["phone"]
-    try:
-        if phone_url.startswith("mock:"):
-            link = _mock_phone_link(lab, phone_url)
-        else:
-            link = open_phone_link(phone_url)
-    except BaseException:
-        host.close()
-        raise
-    return Bench(lab, config, settings, host, link)
-
-
-def _open_host(lab: Lab, terminal_id: str, center: str, host_timeout: float) -> Any:
-    if center == "local":
-        from swipepay.center.core import Center
-        from swipepay.center.local_host import LocalHost
-
-        core = Center.open(lab.db_path, lab.center_keys())
-        local = LocalHost(core)
-        local.close = core.close  # type: ignore[attr-defined]
-        return local
-    from swipepay.drivers.host_tls import TlsHost
-    from swipepay.firmware_sim.address import parse_address
-
-    host, port = parse_address(center, "--center", alternative=" or 'local'")
-    return TlsHost.for_lab(
-        lab.root, terminal_id, host, port, reversal_timeout=min(5.0, host_timeout)
-    )
-
-
-def _mock_phone_link(lab: Lab, url: str) -> Any:
-    """``mock:<phone>``: the lab's phone in this process, its user confirming with the lab PIN
-    (a bench without NFC hardware; the PIN comes from the lab's secrets, never a command line)."""
-    from swipepay.drivers.base import DriverContext
-    from swipepay.drivers.mock_phone import MockField
-    from swipepay.drivers.registry import open_phone_link
-    from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
-    from swipepay.firmware_sim.phonelink.applet import PhoneApplet
-
-    name, _, query = url.partition(":")[2].partition("?")
-    field = MockField()
-    if name:
-        profile = lab.phone_profile(name)
-        applet = PhoneApplet(profile.identity(), profile.dukpt())
-        choice = Choice.DECLINE if "decline" in query else Choice.CONFIRM
-        card = profile.card
-
-        def pin() -> str:
-            return lab.pins()[card]
-
-        saved = [profile.counter]
-
-        class PersistingPhone(Phone):
-            """Writes the DUKPT counter back at once: a counter must never be used twice."""
-
-            def process(self, apdu: bytes) -> bytes:
-                response = super().process(apdu)
-                counter = self.applet.dukpt.counter
-                if counter != saved[0] and profile.path is not None:
-                    profile.with_counter(counter).save(profile.path)
-                    saved[0] = counter
-                return response
-
-        field.place(PersistingPhone(applet, ScriptedUser(choice, pin), time.time))
-    return open_phone_link("mock:", DriverContext(field=field))
-
-
-def _preauth_path(lab: Lab, terminal_id: str) -> Path:
-    return lab.root / "terminals" / terminal_id / "preauths.json"
-
-
-def load_preauths(lab: Lab, terminal_id: str) -> dict[str, dict[str, Any]]:
-    """Approved pre-authorizations not yet completed, by STAN (the terminal's own record)."""
-    path = _preauth_path(lab, terminal_id)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (ValueError, UnicodeDecodeError):
-        raise ConfigError(f"{path} is malformed") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} is malformed")
-    return data
-
-
-def _save_preauths(lab: Lab, terminal_id: str, data: dict[str, dict[str, Any]]) -> None:
-    import os
-
-    path = _preauth_path(lab, terminal_id)
-    tmp = path.with_suffix(".tmp")
-    # It holds PANs (needed to complete): owner-only, like the lab's other secret files.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-    tmp.replace(path)
-
-
-def _original(lab: Lab, terminal_id: str, stan: str | None) -> Transaction:
-    from swipepay.firmware_sim.transaction import Transaction, TxnType
-
-    pending = load_preauths(lab, terminal_id)
-    if not pending:
-        raise ConfigError(f"terminal {terminal_id} has no approved pre-authorization to complete")
-    key = stan if stan is not None else sorted(pending)[-1]
-    if key not in pending:
-        have = ", ".join(sorted(pending))
-        raise ConfigError(f"no approved pre-authorization with STAN {key} (have: {have})")
-    fields = dict(pending[key])
-    fields["type"] = TxnType(fields["type"])
-    return Transaction(**fields)
-
-
-def _remember(lab: Lab, order: Order, report: TxnReport) -> None:
-    """Keep approved pre-auths for a later completion; forget a completed one."""
-    from swipepay.firmware_sim.transaction import TxnType
-
-    txn = report.outcome.txn
-    if txn is None or not report.outcome.approved:
-        return
-    pending = load_preauths(lab, txn.terminal_id)
-    if order.type is TxnType.PREAUTH:
-        pending[txn.stan] = {
-            "type": txn.type.value, "amount": txn.amount, "pan": txn.pan, "expiry": txn.expiry,
-            "terminal_id": txn.terminal_id, "merchant_id": txn.merchant_id, "stan": txn.stan,
-            "transmitted_at": txn.transmitted_at, "currency": txn.currency,
-            "entry_mode": txn.entry_mode, "auth_code": report.outcome.auth_code,
-        }  # fmt: skip
-    elif order.type is TxnType.COMPLETION and order.original is not None:
-        pending.pop(order.original.stan, None)
-    else:
-        return
-    _save_preauths(lab, txn.terminal_id, pending)
-
-
-def run_one(
-    bench: Bench,
-    order: Order,
-    reader: Any,
-    observe: Observer,
-) -> dict[str, Any]:
-    """Run one transaction; return the JSON result (the demo's per-transaction fields+)."""
-    from swipepay.drivers.logsetup import transaction, txn_id
-    from swipepay.drivers.runner import run_transaction
-    from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
-    from swipepay.firmware_sim.terminal import STEP_TEXT, Terminal
-
-    lab, config = bench.lab, bench.config
-    tid = config.terminal_id
-    cert, key = lab.terminal_link_identity(tid)
-    terminal = Terminal(config, TerminalLink(cert, key), lab.next_stan(tid))
-    ident = txn_id(tid, terminal.next_stan % 1_000_000)
-    queue = getattr(bench.host, "queue", None)
-    queued_before = len(queue.pending()) if queue is not None else 0
-    with transaction(ident):
-        _log.info("%s %d on %s", order.type.value, order.amount, tid)
-        try:
-            report = run_transaction(
-                terminal,
-                order,
-                reader=reader,
-                link=bench.link,
-                host=bench.host,
-                now=datetime.now(UTC),
-                card_timeout=bench.settings["card_timeout"],
-                phone_timeout=bench.settings["phone_timeout"],
-                observe=observe,
-            )
-        finally:
-            lab.save_next_stan(tid, terminal.next_stan)
-        out = report.outcome
-        _log.info(
-            "ending %s %s%s", out.ending.name, out.response_code or "-",
-            f" reversal {report.reversal}" if report.reversal else "",
-        )  # fmt: skip
-    _remember(lab, order, report)
-    txn = out.txn
+    out, report, txn = result.outcome, result.report, result.outcome.txn
     return {
-        "txn_id": txn_id(tid, txn.stan) if txn else ident,
-        "type": order.type.value,
-        "amount": order.amount,
-        "currency": txn.currency if txn else config.currency,
-        "terminal": tid,
+        "txn_id": result.txn_id,
+        "type": result.order.type.value,
+        "amount": result.order.amount,
+        "currency": result.currency,
+        "terminal": result.terminal_id,
         "stan": txn.stan if txn else None,
         "ending": out.ending.name,
         "exit_code": out.ending.exit_code,
@@ -436,8 +214,8 @@ def run_one(
         "message": out.message,
         "available_balance": out.available_balance,
         "reversal": report.reversal,
-        "reversals_queued_before": queued_before,
-        "reversals_queued_after": len(queue.pending()) if queue is not None else 0,
+        "reversals_queued_before": result.reversals_queued_before,
+        "reversals_queued_after": result.reversals_queued_after,
         "polls": out.polls,
         "steps": [
             {"step": int(s), "name": s.name.lower(), "text": STEP_TEXT[s], "ms": round(ms, 3)}
@@ -450,43 +228,20 @@ def run_one(
     }
 
 
-def _order(
-    lab: Lab, tid: str, type_name: str, amount_text: str | None, completes: str | None
-) -> Order:
-    from swipepay.firmware_sim.terminal import Order
-    from swipepay.firmware_sim.transaction import TXN_TYPES, TxnType, parse_amount
-
-    txn_type = TxnType(type_name)
-    spec = TXN_TYPES[txn_type]
-    if not spec.has_amount:
-        if amount_text not in (None, "0", "0.00"):
-            raise ConfigError(f"a {spec.label.lower()} has no amount")
-        return Order(txn_type, 0)
-    if amount_text is None:
-        raise ConfigError(f"--amount is required for a {spec.label.lower()}")
-    amount = parse_amount(amount_text)
-    original = _original(lab, tid, completes) if txn_type is TxnType.COMPLETION else None
-    return Order(txn_type, amount, original)
-
-
-def _reader(bench: Bench, card_url: str, card_data: str | None, order: Order) -> Any:
-    from swipepay.drivers.base import DriverContext
-    from swipepay.drivers.registry import open_card_reader
+def _reader(session: Session, card_data: str | None, order: Order) -> CardReader | None:
+    """The one-shot reader: none for a completion, the given data, or the settings' reader."""
     from swipepay.firmware_sim.transaction import TxnType
 
     if order.type is TxnType.COMPLETION:
         return None
-    cards = bench.lab.cards()
     if card_data is not None:
-        return GivenCardReader(card_from_text(card_data, cards))
+        return GivenCardReader(card_from_text(card_data, session.app.lab.cards()))
+    card_url = session.app.settings.card
     if card_url in ("mock:", "mock"):
         raise ConfigError(
             "with a mock: reader, name the card (mock:alice-visa?via=tap) or give --card-data"
         )
-    reader = open_card_reader(card_url, DriverContext(cards=cards))
-    if hasattr(reader, "amount"):
-        reader.amount = order.amount
-    return reader
+    return session.app.open_reader(card_url, order)
 
 
 def _render(result: dict[str, Any], echo: Callable[[str], None]) -> None:
@@ -560,34 +315,33 @@ def terminal_run(
         settings = load_settings(home, config_path, given)
         if type_name is None and as_json:
             raise ConfigError("--json needs --type (one-shot mode)")
-        bench = _open_bench(home, settings)
+        session = Session.open(home, settings)
     except SwipepayError as exc:
         fail(exc)
         return
     try:
         if type_name is not None:
-            code = _one_shot(bench, type_name, amount, completes, card_data, as_json)
+            code = _one_shot(session, type_name, amount, completes, card_data, as_json)
         else:
-            code = _interactive(bench)
+            code = _interactive(session)
     except SwipepayError as exc:
         fail(exc)
         return
     finally:
-        bench.close()
+        session.close()
     sys.exit(code)
 
 
 def _one_shot(
-    bench: Bench, type_name: str, amount: str | None, completes: str | None,
+    session: Session, type_name: str, amount: str | None, completes: str | None,
     card_data: str | None, as_json: bool,
 ) -> int:
-    tid = bench.config.terminal_id
-    order = _order(bench.lab, tid, type_name, amount, completes)
-    reader = _reader(bench, bench.settings["card"], card_data, order)
+    order = session.app.order(type_name, amount, completes)
+    reader = _reader(session, card_data, order)
     echo: Callable[[str], None] = (lambda s: None) if as_json else click.echo
     try:
         observe = _quiet if as_json else Console(echo, sys.stdout.isatty())
-        result = run_one(bench, order, reader, observe)
+        result = session.run(order, reader, observe)
     finally:
         if reader is not None:
             reader.close()
@@ -598,14 +352,14 @@ def _one_shot(
     return int(result["exit_code"])
 
 
-def _interactive(bench: Bench) -> int:
+def _interactive(session: Session) -> int:
     from swipepay.firmware_sim.transaction import TXN_TYPES, TxnType
 
-    cfg = bench.config
+    cfg, settings = session.app.config, session.app.settings
     click.echo(click.style(f"{cfg.merchant_name} — terminal {cfg.terminal_id} ({cfg.kind})",
                            bold=True))
-    click.echo(f"  card reader {bench.settings['card']}, phone {bench.settings['phone']}, "
-               f"center {bench.settings['center']}")
+    click.echo(f"  card reader {settings.card}, phone {settings.phone}, "
+               f"center {settings.center}")
     last = 0
     while True:
         click.echo("")
@@ -623,38 +377,36 @@ def _interactive(bench: Bench) -> int:
             click.echo(f"  no such transaction: {answer}")
             continue
         try:
-            last = _interactive_one(bench, name)
+            last = _interactive_one(session, name)
         except click.Abort:
             return last
         except SwipepayError as exc:
             click.echo(click.style("  error: ", fg="red") + str(exc))
 
 
-def _interactive_one(bench: Bench, name: str) -> int:
+def _interactive_one(session: Session, name: str) -> int:
     from swipepay.firmware_sim.transaction import TXN_TYPES, TxnType
 
     spec = TXN_TYPES[TxnType(name)]
     amount = click.prompt("amount", default="12.34") if spec.has_amount else None
     completes = None
     if name == "completion":
-        pending = load_preauths(bench.lab, bench.config.terminal_id)
+        pending = session.app.preauths()
         click.echo("  open pre-authorizations: " + (", ".join(
-            f"STAN {s} ({v['amount'] / 100:.2f})" for s, v in sorted(pending.items())) or "none"))
+            f"STAN {s} ({v.amount / 100:.2f})" for s, v in sorted(pending.items())) or "none"))
         completes = click.prompt("complete STAN", default=max(pending) if pending else "")
-    order = _order(bench.lab, bench.config.terminal_id, name, amount, completes)
-    card_url = bench.settings["card"]
-    reader: Any = None
+    order = session.app.order(name, amount, completes)
+    card_url = session.app.settings.card
+    reader: CardReader | None = None
     if order.type is not TxnType.COMPLETION:
         if card_url in ("mock:", "mock"):
-            reader = _ask_card(bench)
+            reader = _ask_card(session, order)
         else:
-            reader = _reader(bench, card_url, None, order)
-            wait = bench.settings["card_timeout"]
+            reader = _reader(session, None, order)
+            wait = session.app.settings.card_timeout
             click.echo(f"  present the card to {card_url} (up to {wait:.0f} s)")
-    if reader is not None and hasattr(reader, "amount"):
-        reader.amount = order.amount
     try:
-        result = run_one(bench, order, reader, Console(click.echo, sys.stdout.isatty()))
+        result = session.run(order, reader, Console(click.echo, sys.stdout.isatty()))
     finally:
         if reader is not None:
             reader.close()
@@ -662,12 +414,9 @@ def _interactive_one(bench: Bench, name: str) -> int:
     return int(result["exit_code"])
 
 
-def _ask_card(bench: Bench) -> Any:
+def _ask_card(session: Session, order: Order) -> CardReader:
     """The mock reader's menu: swipe / insert / tap a lab card, or paste tracks or a PAN."""
-    from swipepay.drivers.base import DriverContext
-    from swipepay.drivers.registry import open_card_reader
-
-    cards = bench.lab.cards()
+    cards = session.app.lab.cards()
     for n, (name, via) in enumerate(card_choices(cards), 1):
         click.echo(f"  {n:2}. {via:<6} {name}")
     while True:
@@ -678,7 +427,7 @@ def _ask_card(bench: Bench) -> Any:
             click.echo(f"  {exc}")
             continue
         if url is not None:
-            return open_card_reader(url, DriverContext(cards=cards))
+            return session.app.open_reader(url, order)
         return GivenCardReader(data)
 
 

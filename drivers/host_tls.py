@@ -5,9 +5,11 @@
   retransmission (terminal, STAN, transmission time, same content) and answers the original
   response without moving money twice.
 * If no answer arrives within ``timeout``, the terminal cannot know whether money moved: it puts
-  a 0400 reversal in the queue on disk (SQLite, ``synchronous=FULL``: fsynced before we go on),
-  tries to send it at once, and raises :class:`LinkTimeout`.  Pending reversals survive a restart
-  and are sent first after every (re)connect; each leaves the queue only once the center answered.
+  a 0400 reversal in the queue on disk (the terminal store's
+  :class:`~drivers.store.reversal_queue.ReversalQueue`, handed in by the caller: fsynced before
+  we go on), tries to send it at once, and raises :class:`LinkTimeout`.  Pending reversals
+  survive a restart and are sent first after every (re)connect; each leaves the queue only once
+  the center answered.
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ from __future__ import annotations
 import contextlib
 import secrets
 import socket
-import sqlite3
 import ssl
 import time
 from pathlib import Path
 from typing import Any
 
+from swipepay.drivers.store.reversal_queue import ReversalQueue
+from swipepay.drivers.store.terminal_store import TerminalStore, terminal_dir
 from swipepay.firmware_sim.errors import DecodeError, LinkTimeout, TransportError
 from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
 from swipepay.firmware_sim.transaction import Transaction
+
+__all__ = ["PROCESS_TOKEN", "ReversalQueue", "TlsHost", "client_context", "lab_client_context"]
 
 #: Response codes after which a queued reversal stays queued (the center could not decide).
 _RETRY_CODES = frozenset({"91", "96"})
@@ -39,96 +44,15 @@ def client_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
+def lab_client_context(home: Path, terminal_id: str) -> ssl.SSLContext:
+    """The TLS client context of a lab terminal (its certificate, the lab CA)."""
+    base = terminal_dir(home, terminal_id)
+    return client_context(home / "ca" / "ca.crt", base / "tls.crt", base / "tls.key")
+
+
 #: One token per terminal process: armed reversals with another token belong to a process that
 #: died before it finished its transaction (several hosts in one process share it).
 PROCESS_TOKEN = secrets.token_hex(8)
-
-
-class ReversalQueue:
-    """Reversal frames, in a small SQLite file (mode 0600, every change fsynced).
-
-    An entry is either *queued* (send it on the next connection until the center acknowledges
-    it) or *armed*: written before its financial request leaves (write-ahead), by the process
-    named in ``owner``, and removed once that process has finished the transaction.  An armed
-    entry of another process is an orphan — that terminal died between sending the request and
-    finishing the transaction — and is sent like a queued one, so the center never keeps money
-    for a transaction the terminal did not complete.
-    """
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
-        self._use_wal()
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS reversals (id INTEGER PRIMARY KEY, body BLOB NOT NULL, "
-            "owner TEXT, txn_key TEXT)"
-        )
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(reversals)")}
-        for column in ("owner", "txn_key"):  # a queue file from before write-ahead entries
-            if column not in columns:
-                with contextlib.suppress(sqlite3.OperationalError):  # added meanwhile
-                    self._db.execute(f"ALTER TABLE reversals ADD COLUMN {column} TEXT")
-
-    def _use_wal(self) -> None:
-        """Switch the file to WAL.  That needs the file to itself, and SQLite's busy handler
-        does not cover it: two terminals' hosts opening a fresh queue at the same moment got
-        "database is locked".  Only the first opener switches; the others wait for it."""
-        for attempt in range(200):
-            try:
-                if self._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-                    return
-                self._db.execute("PRAGMA journal_mode = WAL")
-            except sqlite3.OperationalError:
-                if attempt == 199:
-                    raise
-                time.sleep(0.01)
-
-    def push(self, body: bytes) -> int:
-        """Queue ``body`` to be sent on the next connection."""
-        cur = self._db.execute("INSERT INTO reversals (body) VALUES (?)", (body,))
-        return int(cur.lastrowid or 0)
-
-    def arm(self, body: bytes, owner: str, txn_key: str) -> int:
-        """Write the reversal of a request about to be sent (owned by this process)."""
-        cur = self._db.execute(
-            "INSERT INTO reversals (body, owner, txn_key) VALUES (?, ?, ?)", (body, owner, txn_key)
-        )
-        return int(cur.lastrowid or 0)
-
-    def armed(self, owner: str, txn_key: str) -> int | None:
-        row = self._db.execute(
-            "SELECT id FROM reversals WHERE owner = ? AND txn_key = ?", (owner, txn_key)
-        ).fetchone()
-        return None if row is None else int(row[0])
-
-    def forget(self, owner: str, txn_key: str) -> None:
-        """Drop the queued or ``owner``-armed reversals of one transaction (being replaced)."""
-        self._db.execute(
-            "DELETE FROM reversals WHERE txn_key = ? AND (owner IS NULL OR owner = ?)",
-            (txn_key, owner),
-        )
-
-    def release(self, item_id: int) -> None:
-        """Turn an armed entry into a queued one (send it on the next connection)."""
-        self._db.execute("UPDATE reversals SET owner = NULL WHERE id = ?", (item_id,))
-
-    def pending(self, owner: str | None = None) -> list[tuple[int, bytes]]:
-        """Entries to send: queued ones and armed ones of other processes (not ``owner``'s)."""
-        return [
-            (int(i), bytes(b))
-            for i, b in self._db.execute(
-                "SELECT id, body FROM reversals WHERE owner IS NULL OR owner IS NOT ? ORDER BY id",
-                (owner,),
-            )
-        ]
-
-    def done(self, item_id: int) -> None:
-        self._db.execute("DELETE FROM reversals WHERE id = ?", (item_id,))
-
-    def close(self) -> None:
-        self._db.close()
 
 
 class TlsHost:
@@ -139,7 +63,7 @@ class TlsHost:
         host: str,
         port: int,
         context: ssl.SSLContext,
-        queue_path: Path,
+        queue: ReversalQueue,
         *,
         connect_timeout: float = 5.0,
         reversal_timeout: float = 5.0,
@@ -151,15 +75,23 @@ class TlsHost:
         self._decoder = codec.FrameDecoder()
         self._connect_timeout = connect_timeout
         self._reversal_timeout = reversal_timeout
-        self.queue = ReversalQueue(queue_path)
+        #: The terminal's reversal queue (its store's; the caller owns and closes it).
+        self.queue = queue
         #: Names this process's armed (write-ahead) reversals in the queue file.
         self._owner = PROCESS_TOKEN
+        self._store: TerminalStore | None = None
 
     @classmethod
     def for_lab(cls, home: Path, terminal_id: str, host: str, port: int, **kw: Any) -> TlsHost:
-        base = home / "terminals" / terminal_id
-        ctx = client_context(home / "ca" / "ca.crt", base / "tls.crt", base / "tls.key")
-        return cls(host, port, ctx, base / "reversals.db", **kw)
+        """A host for a lab terminal on the queue of its own store (closed with the host)."""
+        store = TerminalStore.for_lab(home, terminal_id)
+        try:
+            tls = cls(host, port, lab_client_context(home, terminal_id), store.reversals, **kw)
+        except BaseException:
+            store.close()
+            raise
+        tls._store = store
+        return tls
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -197,7 +129,9 @@ class TlsHost:
 
     def close(self) -> None:
         self._drop()
-        self.queue.close()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def _exchange(
         self, sock: ssl.SSLSocket, body: bytes, stan: str, deadline: float

@@ -20,6 +20,7 @@ from pathlib import Path
 from swipepay.center.core import Center
 from swipepay.center.lab import create_lab
 from swipepay.center.local_host import LocalHost
+from swipepay.drivers.base import DriverContext
 from swipepay.drivers.mock_phone import MockField
 from swipepay.drivers.registry import open_card_reader, open_phone_link
 from swipepay.drivers.runner import run_transaction
@@ -92,7 +93,7 @@ def main() -> None:
         out = io.StringIO()
         writer = TraceWriter(out)
         cert, key = lab.terminal_link_identity("POS00001")
-        reader = open_card_reader("mock:alice-visa", cards=lab.cards())
+        reader = open_card_reader("mock:alice-visa", DriverContext(cards=lab.cards()))
         reader.amount = 12_34
         center = Center.open(lab.db_path, lab.center_keys())
         try:
@@ -100,7 +101,7 @@ def main() -> None:
                 Terminal(lab.terminal_config("POS00001"), TerminalLink(cert, key), 1),
                 Order(TxnType.PURCHASE, 12_34),
                 reader=reader,
-                link=TracingLink(open_phone_link("mock:", field=field), writer),
+                link=TracingLink(open_phone_link("mock:", DriverContext(field=field)), writer),
                 host=TracingHost(LocalHost(center), writer),
                 sleep=lambda s: None,
             )

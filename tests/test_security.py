@@ -17,6 +17,9 @@ from swipepay.center.core import Center
 from swipepay.center.lab import Lab
 from swipepay.center.pinverify import pin_verification_data
 from swipepay.center.secretfile import write_private
+from swipepay.cli.app.phone_app import PhoneApp
+from swipepay.cli.app.terminal_app import TerminalApp
+from swipepay.cli.app.terminal_settings import TerminalSettings
 from swipepay.cli.harness import faults
 from swipepay.cli.harness.processes import port_open, wait_for
 from swipepay.drivers.base import DriverContext, PhoneLink
@@ -24,6 +27,7 @@ from swipepay.drivers.host_tls import TlsHost
 from swipepay.drivers.mock_phone import MockField, MockPhoneLink
 from swipepay.drivers.registry import open_card_reader
 from swipepay.drivers.runner import run_transaction
+from swipepay.drivers.store.phone_store import PhoneStore
 from swipepay.drivers.trace import TraceWriter, TracingHost, TracingLink
 from swipepay.firmware_sim.apdu import ResponseApdu
 from swipepay.firmware_sim.errors import LinkTimeout
@@ -188,7 +192,7 @@ def long_pin_lab(lab: Lab) -> Iterator[Lab]:
 def test_pin_is_in_no_file_a_terminal_run_writes(long_pin_lab: Lab, tmp_path: Path) -> None:
     """A terminal-side run with everything switched on: ``swipepay terminal run`` against the
     TLS center; a run through the drivers with an APDU + host trace and DEBUG logging of every
-    logger; a terminal killed with reversals journalled (terminals/<TID>/reversals.db); the
+    logger; a terminal killed with reversals journalled (terminals/<TID>/terminal.db); the
     center killed so a reversal stays queued.  Then every file under terminals/, the lab's
     state files, traces, logs and captured output are searched for the PIN: never found."""
     lab = long_pin_lab
@@ -227,14 +231,8 @@ def test_pin_is_in_no_file_a_terminal_run_writes(long_pin_lab: Lab, tmp_path: Pa
             root.setLevel(old_level)
             handler.close()
         assert report.outcome.ending is Ending.APPROVED, report.outcome
-        # 3. a terminal process killed mid-run (its journal of reversals)
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "swipepay.cli.harness.faults", "terminal", str(lab.root),
-             str(port),
-             "50",
-             str(out / "worker.jsonl")],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        # 3. a terminal process (``swipepay terminal run``) killed mid-run
+        worker = faults.start_terminal(lab.root, port)
         try:
             worker.wait(1.0)
         except subprocess.TimeoutExpired:
@@ -255,8 +253,7 @@ def test_pin_is_in_no_file_a_terminal_run_writes(long_pin_lab: Lab, tmp_path: Pa
 
     written = [p for p in (lab.root / "terminals").rglob("*") if p.is_file()]
     written += [p for p in out.iterdir() if p.is_file()]
-    assert any(p.name == "reversals.db" for p in written)
-    assert any(p.name == "state.json" for p in written)
+    assert any(p.name == "terminal.db" for p in written)  # STAN, pre-auths, reversal queue
     assert trace_path.stat().st_size > 0 and log_path.stat().st_size > 0
     assert files_holding(written, LONG_PIN) == []
     # The search is not blind: it finds the PIN where it is meant to be (the simulated user's).
@@ -264,26 +261,25 @@ def test_pin_is_in_no_file_a_terminal_run_writes(long_pin_lab: Lab, tmp_path: Pa
 
 
 def _traced_purchase(lab: Lab, port: int, writer: TraceWriter):  # type: ignore[no-untyped-def]
-    profile = lab.phone_profile("alice-phone")
-    applet = PhoneApplet(profile.identity(), profile.dukpt())
+    phone = PhoneApp(
+        PhoneStore(lab.phone_path("alice-phone")),
+        ScriptedUser(Choice.CONFIRM, lambda: LONG_PIN),
+        clock=lambda: 1.8e9,
+    )
     rf = MockField()
-    rf.place(Phone(applet, ScriptedUser(Choice.CONFIRM, lambda: LONG_PIN), lambda: 1.8e9))
-    cert, key = lab.terminal_link_identity(faults.POS)
-    stan = lab.next_stan(faults.POS)
-    lab.save_next_stan(faults.POS, stan + 1)
-    terminal = Terminal(lab.terminal_config(faults.POS), TerminalLink(cert, key), stan)
-    host = TlsHost.for_lab(lab.root, faults.POS, "127.0.0.1", port, connect_timeout=5)
-    try:
-        report = run_transaction(
-            terminal,
-            Order(TxnType.PURCHASE, 2_00),
-            reader=open_card_reader("mock:alice-visa", DriverContext(cards=lab.cards())),
-            link=TracingLink(MockPhoneLink("mock:", rf), writer),
-            host=TracingHost(host, writer),
-            sleep=lambda s: None,
-            observe=lambda event: logging.getLogger("terminal").debug("%s", event),
-        )
-    finally:
-        host.close()
-    profile.with_counter(applet.dukpt.counter).save(lab.phone_path("alice-phone"))
-    return report
+    phone.enter(rf)
+    settings = TerminalSettings(terminal_id=faults.POS, center=f"127.0.0.1:{port}")
+    with TerminalApp.open(lab.root, settings) as app:
+        host = app.open_center()
+        try:
+            order = Order(TxnType.PURCHASE, 2_00)
+            return app.run(
+                order,
+                reader=app.open_reader("mock:alice-visa", order),
+                link=TracingLink(MockPhoneLink("mock:", rf), writer),
+                host=TracingHost(host, writer),
+                sleep=lambda s: None,
+                observe=lambda event: logging.getLogger("terminal").debug("%s", event),
+            ).report
+        finally:
+            host.close()

@@ -115,7 +115,7 @@ def add_bench_terminals(root: Path, count: int) -> list[BenchTerminal]:
 
     from swipepay.center.core import Center
     from swipepay.center.lab import Lab, _pem_key, _write_public, _x509
-    from swipepay.center.secretfile import write_private
+    from swipepay.drivers.store.secretfile import write_private
     from swipepay.firmware_sim import ecc
     from swipepay.firmware_sim.dukpt import derive_initial_key
 

@@ -1,7 +1,8 @@
 """Fault loops shared by the tests and ``swipepay bench faults``: kill, restart, check the ledger.
 
-Each loop drives real processes (``swipepay center serve`` over TLS on 127.0.0.1, or a terminal
-worker process) and checks, after every fault, what hardware_notes/design.md §6 promises:
+Each loop drives real processes (``swipepay center serve`` over TLS on 127.0.0.1, and
+``swipepay terminal run`` processes as users run them) and checks, after every fault, what
+hardware_notes/design.md §6 promises:
 
 * **center SIGKILLed under load** — the ledger balances; every approval a terminal received is
   stored exactly once as approved; nothing is approved that no terminal saw (the terminal's
@@ -20,28 +21,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
-import os
 import random
+import shutil
 import sqlite3
 import subprocess
-import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from swipepay.center.core import Center
 from swipepay.center.lab import Lab
 from swipepay.center.policy import MessageState
 from swipepay.center.storage import MessageKey, MessageRecord, SQLiteStorage
-from swipepay.cli.harness.processes import child_env, free_port, kill, start_center
-from swipepay.drivers.host_tls import ReversalQueue, TlsHost
+from swipepay.cli.harness.processes import free_port, kill, spawn, start_center, wait_for
+from swipepay.drivers.host_tls import TlsHost
+from swipepay.drivers.store.phone_store import PhoneStore
+from swipepay.drivers.store.terminal_store import TerminalStore
 from swipepay.firmware_sim.confirmation import confirm_transaction
+from swipepay.firmware_sim.errors import ConfigError
 from swipepay.firmware_sim.hostmsg import AuthRequest
+from swipepay.firmware_sim.terminal import Ending
 from swipepay.firmware_sim.transaction import Transaction, TxnType
 
 POS = "POS00001"
@@ -55,12 +59,13 @@ class LabSigner:
     generator skips the phone link: the center is what is being faulted)."""
 
     def __init__(self, lab: Lab, phone_name: str) -> None:
-        profile = lab.phone_profile(phone_name)
+        store = PhoneStore(lab.phone_path(phone_name))
+        profile = store.profile
         card = lab.cards()[profile.card]
         self.pan, self.expiry = card.pan, card.expiry
         self.account = lab.card_account(profile.card)
         self._key = profile.identity().signing_key
-        self._dukpt = profile.dukpt()
+        self._dukpt = store.dukpt()
         self._pin = lab.pins()[profile.card]
         self._lock = threading.Lock()
 
@@ -217,60 +222,64 @@ def _check_center_round(
 
 # -- the terminal killed mid-transaction ------------------------------------------------------
 
+#: What ``swipepay terminal run`` logs (at info) when its transaction begins.
+TXN_BEGINS = f"purchase 1 on {POS}".encode()
 
-def _pin(lab: Lab, card: str) -> str:
-    return lab.pins()[card]
+
+def terminal_argv(home: Path, port: int) -> list[str]:
+    """``swipepay terminal run`` for one purchase of 0.01 at the lab's POS, alice's card on the
+    mock reader and her phone in the terminal process (``mock:``), the center on ``port``."""
+    return [
+        "--log-level", "info", "terminal", "run", "--home", str(home), "--terminal-id", POS,
+        "--card", "mock:alice-visa", "--phone", "mock:alice-phone",
+        "--center", f"127.0.0.1:{port}", "--type", "purchase", "--amount", "0.01", "--json",
+    ]  # fmt: skip
 
 
-def terminal_worker(home: Path, port: int, count: int, log_path: Path) -> None:
-    """A terminal process: ``count`` purchases through the full firmware (mock card reader,
-    in-process phone, TLS host), one JSON line per finished transaction in ``log_path``
-    (fsynced).  Meant to be killed at any moment (``python -m cli.harness.faults terminal ...``)."""
-    from swipepay.drivers.base import DriverContext
-    from swipepay.drivers.mock_phone import MockField
-    from swipepay.drivers.registry import open_card_reader, open_phone_link
-    from swipepay.drivers.runner import run_transaction
-    from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
-    from swipepay.firmware_sim.phonelink.applet import PhoneApplet
-    from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
-    from swipepay.firmware_sim.terminal import Order, Terminal
+def start_terminal(
+    home: Path, port: int, stdout: IO[bytes] | int = subprocess.DEVNULL,
+    stderr: IO[bytes] | int = subprocess.DEVNULL,
+) -> subprocess.Popen[bytes]:
+    """The terminal program as users run it: a ``swipepay terminal run`` process."""
+    return spawn(terminal_argv(home, port), stdout=stdout, stderr=stderr)
 
-    lab = Lab(home)
-    cert, key = lab.terminal_link_identity(POS)
-    tls = TlsHost.for_lab(home, POS, "127.0.0.1", port, connect_timeout=2)
-    host = tls  # writes each reversal ahead of its request; run_transaction settles it
-    # The queue of the previous (killed) run goes out before anything new.
-    tls.echo(POS, "999999", LOAD_AT, timeout=10)
-    with open(log_path, "a", encoding="utf-8") as log:
-        for _ in range(count):
-            profile = lab.phone_profile("alice-phone")
-            applet = PhoneApplet(profile.identity(), profile.dukpt())
-            rf = MockField()
-            user = ScriptedUser(Choice.CONFIRM, functools.partial(_pin, lab, profile.card), 0)
-            rf.place(Phone(applet, user, time.time))
-            stan = lab.next_stan(POS)
-            lab.save_next_stan(POS, stan + 1)  # a STAN is never reused, even after a kill
-            terminal = Terminal(lab.terminal_config(POS), TerminalLink(cert, key), stan)
-            reader = open_card_reader("mock:alice-visa", DriverContext(cards=lab.cards()))
-            report = run_transaction(
-                terminal,
-                Order(TxnType.PURCHASE, 1),
-                reader=reader,
-                link=open_phone_link("mock:", DriverContext(field=rf)),
-                host=host,
-                sleep=lambda s: None,
-            )
-            profile.with_counter(applet.dukpt.counter).save(lab.phone_path("alice-phone"))
-            outcome = report.outcome
-            line = {
-                "stan": outcome.txn.stan if outcome.txn is not None else f"{stan:06d}",
-                "approved": outcome.approved,
-                "code": outcome.response_code or "",
-            }
-            log.write(json.dumps(line) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
-    tls.close()
+
+def run_terminal(home: Path, port: int, workdir: Path, kill_after: float | None = None) -> Any:
+    """One ``swipepay terminal run --json``: its JSON result, or None when it was SIGKILLed
+    ``kill_after`` seconds after its transaction began, before it printed its result (a run that
+    got that far is a finished one).  :class:`ConfigError` when the run failed before a
+    transaction ending."""
+    out_path, err_path = workdir / "terminal.out", workdir / "terminal.err"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        proc = start_terminal(home, port, out, err)
+    try:
+        if kill_after is not None:
+            wait_for(
+                lambda: proc.poll() is not None or TXN_BEGINS in err_path.read_bytes(),
+                60, "the terminal's transaction to begin",
+            )  # fmt: skip
+            if proc.poll() is None:
+                time.sleep(kill_after)  # the fault: SIGKILL at this moment of the transaction
+            if proc.poll() is None:
+                kill(proc)
+                try:
+                    return json.loads(out_path.read_text(encoding="utf-8"))
+                except ValueError:
+                    return None
+        proc.wait(60)
+    finally:
+        kill(proc)
+    text = out_path.read_text(encoding="utf-8")
+    if proc.returncode not in {e.exit_code for e in Ending} or not text.strip():
+        tail = err_path.read_text(encoding="utf-8", errors="replace").strip()[-300:]
+        raise ConfigError(f"terminal run exited with {proc.returncode}: {tail}")
+    return json.loads(text)
+
+
+def pending_reversals(home: Path, terminal_id: str = POS) -> set[int]:
+    """IDs of the reversals in the terminal's queue (queued, or armed by a process that died)."""
+    with TerminalStore.for_lab(home, terminal_id) as store:
+        return {item for item, _ in store.reversals.pending()}
 
 
 @dataclass
@@ -279,15 +288,16 @@ class TerminalKillReport:
     finished: int = 0
     approvals_logged: int = 0
     approvals_on_ledger: int = 0
-    #: Reversals found queued when a terminal restarted (each sent by the new process).
+    #: Reversals found queued when a terminal restarted (each sent by a later process).
     reversals_sent: int = 0
     codes: dict[str, int] = field(default_factory=dict)
     #: Reversals still queued after the final restart (must be 0).
     left_in_queue: int = 0
-    #: Approvals the terminal logged that are not on the ledger (must be 0).
+    #: Approvals a finished terminal run reported that are not on the ledger (must be 0).
     lost: int = 0
-    #: Approvals on the ledger the terminal never logged: killed between the journal entry's
-    #: removal and the log line, the transaction was done; counted, at most one per kill.
+    #: Approvals on the ledger no terminal run reported: killed after the transaction was
+    #: finished (its write-ahead reversal dropped), before the result was printed; at most one
+    #: per kill.
     unlogged: int = 0
     unbalanced: int = 0
     seconds: float = 0.0
@@ -302,57 +312,51 @@ class TerminalKillReport:
         )
 
 
-def _terminal_proc(home: Path, port: int, count: int, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-        [sys.executable, "-m", "swipepay.cli.harness.faults", "terminal", str(home), str(port),
-             str(count),
-         str(log)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=child_env(),
-    )
-
-
 def terminal_kill_loop(
     home: Path,
     *,
     kills: int = 20,
     seed: int = 7,
-    window: tuple[float, float] = (0.4, 1.6),
+    window: tuple[float, float] = (0.0, 0.08),
     progress: Callable[[int, TerminalKillReport], None] | None = None,
 ) -> TerminalKillReport:
-    """Start a terminal worker, SIGKILL it after a random delay in ``window`` seconds, ``kills``
-    times; then run it once to completion (which sends the queue) and check the ledger."""
+    """Run ``swipepay terminal run`` processes one after the other against a real center and
+    SIGKILL one ``kills`` times, at a random moment in ``window`` seconds after its transaction
+    began (runs that finish first are counted and the next one is tried); then run it once to
+    its end (which sends the queue first) and check the ledger against what the runs printed."""
     rng = random.Random(seed)
     lab = Lab(home)
     port = free_port()
-    log = home / "terminals" / POS / "faults-log.jsonl"
-    queue_path = home / "terminals" / POS / "reversals.db"
     report = TerminalKillReport()
+    results: list[dict[str, Any]] = []
+    queued: set[int] = set()
     t0 = time.monotonic()
     center = start_center(home, port)
+    workdir = Path(tempfile.mkdtemp(prefix="swipepay-kills-"))
     try:
-        for n in range(kills):
-            report.reversals_sent += len(_pending(queue_path))
-            proc = _terminal_proc(home, port, 10_000, log)
-            time.sleep(rng.uniform(*window))
-            kill(proc)
-            report.kills += 1
-            if progress is not None:
-                progress(n + 1, report)
-        report.reversals_sent += len(_pending(queue_path))
-        final = _terminal_proc(home, port, 1, log)
-        final.wait(60)
-        report.left_in_queue = len(_pending(queue_path))
+        while report.kills < kills:
+            queued |= pending_reversals(home)
+            result = run_terminal(home, port, workdir, rng.uniform(*window))
+            if result is None:
+                report.kills += 1
+                if progress is not None:
+                    progress(report.kills, report)
+            else:
+                results.append(result)
+        queued |= pending_reversals(home)
+        results.append(run_terminal(home, port, workdir))
+        report.reversals_sent = len(queued)
+        report.left_in_queue = len(pending_reversals(home))
     finally:
         kill(center)
-    lines = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if x.strip()]
-    logged = {x["stan"] for x in lines if x["approved"]}
+        shutil.rmtree(workdir, ignore_errors=True)
+    logged = {r["stan"] for r in results if r["ending"] == "APPROVED"}
     stored = stored_messages(lab.db_path)
     posted = {k.stan for k, m in stored.items() if k.terminal_id == POS and m.state in POSTED}
-    report.finished = len(lines)
-    for x in lines:
-        report.codes[x["code"]] = report.codes.get(x["code"], 0) + 1
+    report.finished = len(results)
+    for r in results:
+        code = r["response_code"] or ""
+        report.codes[code] = report.codes.get(code, 0) + 1
     report.approvals_logged = len(logged)
     report.approvals_on_ledger = len(posted)
     report.lost = len(logged - posted)
@@ -360,16 +364,6 @@ def terminal_kill_loop(
     report.unbalanced = 0 if ledger_balanced(home) else 1
     report.seconds = time.monotonic() - t0
     return report
-
-
-def _pending(path: Path) -> list[tuple[int, bytes]]:
-    if not path.exists():
-        return []
-    queue = ReversalQueue(path)
-    try:
-        return queue.pending()
-    finally:
-        queue.close()
 
 
 # -- the center's disk failing a commit -------------------------------------------------------
@@ -500,16 +494,3 @@ def disk_fault_check(home: Path, failures: int = 3) -> DiskFaultReport:
             host.close()
     report.unbalanced += not ledger_balanced(home)
     return report
-
-
-def _main(argv: list[str]) -> int:
-    """``python -m cli.harness.faults terminal HOME PORT COUNT LOG``: the killable terminal."""
-    if len(argv) == 5 and argv[0] == "terminal":
-        terminal_worker(Path(argv[1]), int(argv[2]), int(argv[3]), Path(argv[4]))
-        return 0
-    print("usage: python -m cli.harness.faults terminal HOME PORT COUNT LOG", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

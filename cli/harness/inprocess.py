@@ -1,14 +1,13 @@
 """All three parts in one process on mock drivers: what ``swipepay demo`` and fast tests run.
 
-The center core sits on the lab's real SQLite file, the phones are real applets with their
-enrolled keys, the cards are read through the EMV read sequence or the track parser; only
-the air and the wire are mocks.
+The terminals are the terminal application (:class:`~cli.app.terminal_app.TerminalApp`, one
+per terminal ID, on the lab's terminal stores), the phones are the phone application on their
+profiles, the center core sits on the lab's real SQLite file; the cards are read through the
+EMV read sequence or the track parser.  Only the air and the wire are mocks.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from datetime import datetime
@@ -17,14 +16,15 @@ from pathlib import Path
 from swipepay.center.core import Center
 from swipepay.center.lab import Lab
 from swipepay.center.local_host import LocalHost
+from swipepay.cli.app.phone_app import lab_phone
+from swipepay.cli.app.terminal_app import TerminalApp
+from swipepay.cli.app.terminal_settings import TerminalSettings
 from swipepay.drivers.base import DriverContext
 from swipepay.drivers.mock_phone import MockField
-from swipepay.drivers.registry import open_card_reader, open_phone_link
-from swipepay.drivers.runner import Observer, TxnReport, run_transaction
-from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
-from swipepay.firmware_sim.phonelink.applet import PhoneApplet
-from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
-from swipepay.firmware_sim.terminal import Order, Terminal
+from swipepay.drivers.registry import open_phone_link
+from swipepay.drivers.runner import Observer, TxnReport
+from swipepay.firmware_sim.phone import Choice, ScriptedUser
+from swipepay.firmware_sim.terminal import Order
 
 
 @dataclass
@@ -45,6 +45,7 @@ class InProcessBench:
     rf: MockField = dc_field(default_factory=MockField)
     #: The simulated user of the last phone placed in the field (what it was shown).
     last_user: ScriptedUser | None = None
+    terminals: dict[str, TerminalApp] = dc_field(default_factory=dict)
 
     @classmethod
     def open(cls, root: Path) -> InProcessBench:
@@ -52,6 +53,9 @@ class InProcessBench:
         return cls(lab, Center.open(lab.db_path, lab.center_keys()))
 
     def close(self) -> None:
+        for app in self.terminals.values():
+            app.close()
+        self.terminals.clear()
         self.center.close()
 
     def __enter__(self) -> InProcessBench:
@@ -60,25 +64,13 @@ class InProcessBench:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _phone(self, setup: PhoneSetup) -> tuple[Phone, Callable[[], None]]:
-        profile = self.lab.phone_profile(setup.name)
-        applet = PhoneApplet(profile.identity(), profile.dukpt())
-        card = profile.card
-        wrong = setup.wrong_pin
-
-        def pin() -> str:
-            real = self.lab.pins()[card]
-            return f"{(int(real) + 1) % 10_000:04d}" if wrong else real
-
-        user = ScriptedUser(setup.choice, pin, setup.delay_polls)
-        self.last_user = user
-        phone = Phone(applet, user, time.time)
-
-        def save() -> None:
-            if applet.dukpt.counter != profile.counter and profile.path is not None:
-                profile.with_counter(applet.dukpt.counter).save(profile.path)
-
-        return phone, save
+    def terminal(self, terminal_id: str) -> TerminalApp:
+        """The terminal application of ``terminal_id`` (opened once, closed with the bench)."""
+        app = self.terminals.get(terminal_id)
+        if app is None:
+            settings = TerminalSettings(terminal_id=terminal_id, center="local", phone="mock:")
+            app = self.terminals[terminal_id] = TerminalApp.open(self.lab.root, settings)
+        return app
 
     def run(
         self,
@@ -90,33 +82,23 @@ class InProcessBench:
         now: datetime | None = None,
         observe: Observer | None = None,
     ) -> TxnReport:
-        config = self.lab.terminal_config(terminal_id)
-        cert, key = self.lab.terminal_link_identity(terminal_id)
-        terminal = Terminal(config, TerminalLink(cert, key), self.lab.next_stan(terminal_id))
-        context = DriverContext(cards=self.lab.cards())
-        reader = open_card_reader(card_url, context) if card_url else None
-        if reader is not None and hasattr(reader, "amount"):
-            reader.amount = order.amount
-        save: Callable[[], None] = lambda: None  # noqa: E731
-        if phone is not None:
-            simulated, save = self._phone(phone)
-            self.rf.place(simulated, phone.leave_after)
-        else:
-            self.last_user = None
+        app = self.terminal(terminal_id)
+        self.last_user = None
+        if phone is None:
             self.rf.place(None)
-        link = open_phone_link("mock:", DriverContext(field=self.rf))
-        try:
-            report = run_transaction(
-                terminal,
-                order,
-                reader=reader,
-                link=link,
-                host=LocalHost(self.center),
-                now=now,
-                sleep=lambda s: None,
-                observe=observe,
-            )
-        finally:
-            save()
-            self.lab.save_next_stan(terminal_id, terminal.next_stan)
-        return report
+        else:
+            held = lab_phone(self.lab, phone.name, phone.choice, wrong_pin=phone.wrong_pin,
+                             delay_polls=phone.delay_polls)  # fmt: skip
+            held.enter(self.rf, phone.leave_after)
+            self.last_user = held.user
+        reader = app.open_reader(card_url, order) if card_url else None
+        result = app.run(
+            order,
+            reader=reader,
+            link=open_phone_link("mock:", DriverContext(field=self.rf)),
+            host=LocalHost(self.center),
+            now=now,
+            sleep=lambda s: None,
+            observe=observe,
+        )
+        return result.report

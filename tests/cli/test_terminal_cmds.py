@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swipepay.center.lab import Lab
+from swipepay.cli.app.terminal_settings import load_settings
 from swipepay.cli.main import main
-from swipepay.cli.terminal_cmds import card_from_text, load_settings, resolve_card_choice
+from swipepay.cli.terminal_cmds import card_from_text, resolve_card_choice
 from swipepay.drivers.logsetup import redact, setup_logging, transaction
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 from swipepay.firmware_sim.terminal import Ending
@@ -102,7 +103,7 @@ def test_settings_file_is_overridden_by_options(lab: Lab) -> None:
         'terminal_id = "ATM00001"\nphone = "mock:bob-phone"\nhost_timeout = 2\n'
     )
     s = load_settings(lab.root, None, {"phone": "mock:alice-phone", "card": None})
-    assert (s["terminal_id"], s["phone"], s["host_timeout"]) == (
+    assert (s.terminal_id, s.phone, s.host_timeout) == (
         "ATM00001", "mock:alice-phone", 2.0,
     )  # fmt: skip
     (lab.root / "terminal.toml").write_text("pin = 1234\n")

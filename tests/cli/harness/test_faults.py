@@ -4,29 +4,23 @@ faults`` runs 20 times), here at a few iterations."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from swipepay.center.core import Center
 from swipepay.center.lab import Lab
-from swipepay.center.local_host import LocalHost
 from swipepay.center.policy import MessageState
 from swipepay.center.storage import MessageKey
+from swipepay.cli.app.terminal_app import TerminalApp
+from swipepay.cli.app.terminal_settings import TerminalSettings
 from swipepay.cli.harness import faults
 from swipepay.drivers.base import DriverContext
-from swipepay.drivers.host_tls import ReversalQueue, TlsHost
-from swipepay.drivers.registry import open_card_reader, open_phone_link
-from swipepay.drivers.runner import run_transaction
-from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
-from swipepay.firmware_sim.terminal import Ending, Order, Terminal
+from swipepay.drivers.host_tls import TlsHost
+from swipepay.drivers.registry import open_phone_link
+from swipepay.firmware_sim.terminal import Ending, Order
 from swipepay.firmware_sim.transaction import TxnType
 from tests.support.phones import Served
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def balance(lab: Lab, account: str) -> int:
@@ -49,13 +43,22 @@ def test_center_sigkilled_under_load_keeps_every_approval_once(lab: Lab) -> None
 
 
 def test_terminal_sigkilled_mid_transaction_ends_consistent(lab: Lab) -> None:
-    report = faults.terminal_kill_loop(lab.root, kills=3, window=(0.5, 1.2))
-    assert report.kills == 3 and report.finished > 0
+    kills: list[int] = []
+    report = faults.terminal_kill_loop(lab.root, kills=3, progress=lambda n, r: kills.append(n))
+    assert report.kills == 3 and kills == [1, 2, 3] and report.finished > 0
     assert report.ok, report
     assert report.left_in_queue == 0 and report.lost == 0 and report.unbalanced == 0
 
 
-def test_reversal_journalled_before_a_kill_is_sent_by_the_restarted_terminal(lab: Lab) -> None:
+def test_the_killed_terminal_is_the_terminal_command(lab: Lab) -> None:
+    """The fault loop kills ``swipepay terminal run`` itself, not a copy of the terminal."""
+    argv = faults.terminal_argv(lab.root, 1234)
+    assert argv[argv.index("terminal"):][:2] == ["terminal", "run"] and "--json" in argv
+
+
+def test_reversal_journalled_before_a_kill_is_sent_by_the_restarted_terminal(
+    lab: Lab, tmp_path: Path
+) -> None:
     """The terminal died right after the center approved (the journal entry still queued): the
     restarted terminal reverses that approval before doing anything else."""
     port = faults.free_port()
@@ -68,31 +71,18 @@ def test_reversal_journalled_before_a_kill_is_sent_by_the_restarted_terminal(lab
         assert host.authorize(req, 10).response_code == "00"
         host.close()  # killed here: never settled
         assert balance(lab, signer.account) == before - 5_00
-        log = lab.root / "worker.jsonl"
-        worker = subprocess.run(
-            [sys.executable, "-m", "swipepay.cli.harness.faults", "terminal", str(lab.root),
-             str(port),
-             "1",
-             str(log)],
-            cwd=ROOT,
-            timeout=60,
-            check=False,
-        )
-        assert worker.returncode == 0
+        assert len(faults.pending_reversals(lab.root)) == 1
+        result = faults.run_terminal(lab.root, port, tmp_path)
     finally:
         faults.kill(center)
     stored = faults.stored_messages(lab.db_path)
     assert stored[MessageKey(faults.POS, "777001", faults.LOAD_AT)].state == MessageState.REVERSED
-    queue = ReversalQueue(lab.root / "terminals" / faults.POS / "reversals.db")
-    try:
-        assert queue.pending() == []
-    finally:
-        queue.close()
-    # The worker's own purchase came after the reversal (declined 63 here: the signer above
-    # spent the phone's next KSN without saving it).
-    lines = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines()]
-    assert len(lines) == 1
-    assert balance(lab, signer.account) == before - (1 if lines[0]["approved"] else 0)
+    assert faults.pending_reversals(lab.root) == set()
+    # The terminal's own purchase came after the reversal (the signer saved the phone's DUKPT
+    # counter it used, so the phone's next KSN is fresh: approved).
+    assert result["reversals_queued_before"] == 1 and result["reversals_queued_after"] == 0
+    assert result["ending"] == "APPROVED", result
+    assert balance(lab, signer.account) == before - 1
     assert faults.ledger_balanced(lab.root)
 
 
@@ -102,10 +92,6 @@ def test_disk_failing_a_commit_answers_96_and_writes_nothing(lab: Lab) -> None:
     assert report.balance_after_fault == report.balance_before
     assert report.retry_code == "00" and report.unbalanced == 0
     assert report.ok
-
-
-def test_worker_usage_error_is_exit_2() -> None:
-    assert faults._main(["nonsense"]) == 2
 
 
 # -- the phone leaving a real link at each step ------------------------------------------------
@@ -122,24 +108,23 @@ def test_phone_leaving_a_tcp_link_at_each_step_moves_no_money(
 ) -> None:
     before = balance(lab, "alice-checking")
     served = Served(lab, leave_after=leave_after, once=leave_after is not None)
-    cert, key = lab.terminal_link_identity(faults.POS)
-    terminal = Terminal(lab.terminal_config(faults.POS), TerminalLink(cert, key), 1)
-    reader = open_card_reader("mock:alice-visa", DriverContext(cards=lab.cards()))
-    center = Center.open(lab.db_path, lab.center_keys())
+    settings = TerminalSettings(terminal_id=faults.POS, center="local", phone_timeout=5.0)
+    app = TerminalApp.open(lab.root, settings)
+    center = app.open_center()
     try:
-        report = run_transaction(
-            terminal,
-            Order(TxnType.PURCHASE, 3_00),
-            reader=reader,
+        order = Order(TxnType.PURCHASE, 3_00)
+        report = app.run(
+            order,
+            reader=app.open_reader("mock:alice-visa", order),
             link=open_phone_link(served.url, DriverContext(response_timeout=5.0)),
-            host=LocalHost(center),
+            host=center,
             sleep=lambda s: None,
-            phone_timeout=5.0,
-        )
-        assert center.check_balanced()
+        ).report
     finally:
         center.close()
+        app.close()
         served.close()
+    assert faults.ledger_balanced(lab.root)
     if leave_after is None:
         assert report.outcome.ending is Ending.APPROVED
         assert balance(lab, "alice-checking") == before - 3_00

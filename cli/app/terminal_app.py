@@ -1,0 +1,259 @@
+"""The terminal application: one POS or ATM of a lab, its stored state and its transactions.
+
+``swipepay terminal run`` (one-shot and console), ``swipepay demo``, the benchmarks and the fault
+loops all run transactions through :meth:`TerminalApp.run`, so the rules of the terminal program
+exist once:
+
+* **STAN**: taken from the :class:`~drivers.store.terminal_store.TerminalStore` before the
+  transaction starts, its successor on disk before any request can carry it — a terminal killed
+  at any moment never sends two requests with one STAN;
+* **pre-authorizations**: an approved one is remembered for its completion, an approved
+  completion forgets it;
+* **reversals**: the store's queue is the one the TLS host journals into, and its length before
+  and after each run is part of the result.
+
+Front-ends parse arguments and render :class:`TerminalResult`; the drivers only move bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from swipepay.center.lab import Lab
+from swipepay.center.local_host import LocalHost
+from swipepay.cli.app.phone_app import lab_phone
+from swipepay.cli.app.terminal_settings import TerminalSettings
+from swipepay.drivers.base import CardReader, DriverContext, Host, PhoneLink
+from swipepay.drivers.logsetup import transaction, txn_id
+from swipepay.drivers.mock_phone import MockField
+from swipepay.drivers.registry import open_card_reader, open_phone_link
+from swipepay.drivers.runner import Observer, TxnReport, run_transaction
+from swipepay.drivers.store.terminal_store import TerminalStore
+from swipepay.firmware_sim.errors import ConfigError
+from swipepay.firmware_sim.phone import Choice
+from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
+from swipepay.firmware_sim.terminal import Order, Outcome, Terminal, TerminalConfig
+from swipepay.firmware_sim.transaction import TXN_TYPES, Transaction, TxnType, parse_amount
+
+_log = logging.getLogger("swipepay.terminal")
+
+
+class CenterConnection(Host, Protocol):
+    """The center as a terminal run holds it: a :class:`Host` that is closed after use."""
+
+    def close(self) -> None: ...
+
+
+class _CenterInProcess(LocalHost):
+    """``--center local``: the lab's center core in this process, closed with the host."""
+
+    def close(self) -> None:
+        self.center.close()
+
+
+@dataclass(frozen=True)
+class TerminalResult:
+    """One finished transaction: the runner's report and what the terminal knows around it."""
+
+    order: Order
+    report: TxnReport
+    terminal_id: str
+    txn_id: str
+    currency: str
+    #: Reversals waiting in the terminal's queue when the run began and when it ended.
+    reversals_queued_before: int
+    reversals_queued_after: int
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.report.outcome
+
+
+class TerminalApp:
+    """A lab terminal opened with its settings; owns its :class:`TerminalStore` (close it)."""
+
+    def __init__(self, lab: Lab, settings: TerminalSettings, store: TerminalStore) -> None:
+        self.lab = lab
+        self.settings = settings
+        self.store = store
+        tid = settings.terminal_id
+        overrides = {
+            k: v
+            for k, v in (
+                ("merchant_id", settings.merchant_id),
+                ("merchant_name", settings.merchant_name),
+            )
+            if v is not None
+        }
+        self.config: TerminalConfig = replace(
+            lab.terminal_config(tid),
+            poll_interval_ms=settings.poll_interval_ms,
+            confirm_timeout_ms=int(settings.confirm_timeout * 1000),
+            host_timeout_ms=int(settings.host_timeout * 1000),
+            **overrides,
+        )
+        self._identity = lab.terminal_link_identity(tid)
+
+    @classmethod
+    def open(cls, home: Path, settings: TerminalSettings | None = None) -> TerminalApp:
+        """Open terminal ``settings.terminal_id`` of the lab at ``home``."""
+        lab = Lab(home)
+        settings = settings or TerminalSettings()
+        lab.terminal_config(settings.terminal_id)  # an unknown terminal gets no store
+        store = TerminalStore.for_lab(lab.root, settings.terminal_id)
+        try:
+            return cls(lab, settings, store)
+        except BaseException:
+            store.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"TerminalApp({self.config.terminal_id} in {self.lab.root})"
+
+    def __enter__(self) -> TerminalApp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- what a run talks to ---------------------------------------------------------------------
+
+    def open_center(self) -> CenterConnection:
+        """The center the settings name: ``HOST:PORT`` (TLS, journalling into this terminal's
+        reversal queue) or ``local`` (the lab's center core in this process)."""
+        from swipepay.drivers.host_tls import TlsHost, lab_client_context
+
+        center, settings = self.settings.center, self.settings
+        if center == "local":
+            from swipepay.center.core import Center
+
+            return _CenterInProcess(Center.open(self.lab.db_path, self.lab.center_keys()))
+        host, _, port = center.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"--center must be HOST:PORT or 'local', not {center!r}")
+        context = lab_client_context(self.lab.root, settings.terminal_id)
+        return TlsHost(
+            host, int(port), context, self.store.reversals,
+            reversal_timeout=min(5.0, settings.host_timeout),
+        )  # fmt: skip
+
+    def open_phone_link(self) -> PhoneLink:
+        """The phone link the settings name.  ``mock:<phone>[?decline]`` is a lab phone in this
+        process (a bench without NFC hardware), its user confirming with the lab PIN."""
+        url = self.settings.phone
+        if not url.startswith("mock:"):
+            link: PhoneLink = open_phone_link(url)
+            return link
+        name, _, query = url.partition(":")[2].partition("?")
+        field = MockField()
+        if name:
+            choice = Choice.DECLINE if "decline" in query else Choice.CONFIRM
+            lab_phone(self.lab, name, choice).enter(field)
+        mock: PhoneLink = open_phone_link("mock:", DriverContext(field=field))
+        return mock
+
+    def open_reader(self, url: str, order: Order) -> CardReader:
+        """The card reader at ``url``, told the order's amount (the EMV read's 9F02)."""
+        return open_card_reader(url, DriverContext(cards=self.lab.cards(), amount=order.amount))
+
+    # -- orders ----------------------------------------------------------------------------------
+
+    def preauths(self) -> dict[str, Transaction]:
+        """Approved pre-authorizations of this terminal not yet completed, by STAN."""
+        return self.store.preauths()
+
+    def order(self, type_name: str, amount_text: str | None, completes: str | None) -> Order:
+        """What the operator keyed in -> an order; a completion finds its pre-authorization
+        (``completes`` = its STAN, default the latest)."""
+        txn_type = TxnType(type_name)
+        spec = TXN_TYPES[txn_type]
+        if not spec.has_amount:
+            if amount_text not in (None, "0", "0.00"):
+                raise ConfigError(f"a {spec.label.lower()} has no amount")
+            return Order(txn_type, 0)
+        if amount_text is None:
+            raise ConfigError(f"--amount is required for a {spec.label.lower()}")
+        amount = parse_amount(amount_text)
+        original = self._original(completes) if txn_type is TxnType.COMPLETION else None
+        return Order(txn_type, amount, original)
+
+    def _original(self, stan: str | None) -> Transaction:
+        pending = self.store.preauths()
+        tid = self.config.terminal_id
+        if not pending:
+            raise ConfigError(f"terminal {tid} has no approved pre-authorization to complete")
+        key = stan if stan is not None else sorted(pending)[-1]
+        if key not in pending:
+            have = ", ".join(sorted(pending))
+            raise ConfigError(f"no approved pre-authorization with STAN {key} (have: {have})")
+        return pending[key]
+
+    # -- one transaction -------------------------------------------------------------------------
+
+    def run(
+        self,
+        order: Order,
+        *,
+        reader: CardReader | None,
+        link: PhoneLink | None,
+        host: Host,
+        observe: Observer | None = None,
+        now: datetime | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> TerminalResult:
+        """Run one transaction to its end (never raises for what a peer or a user did)."""
+        config = self.config
+        tid = config.terminal_id
+        stan = self.store.take_stan()
+        terminal = Terminal(config, TerminalLink(*self._identity), stan)
+        ident = txn_id(tid, stan)
+        before = len(self.store.reversals.pending())
+        with transaction(ident):
+            _log.info("%s %d on %s", order.type.value, order.amount, tid)
+            report = run_transaction(
+                terminal,
+                order,
+                reader=reader,
+                link=link,
+                host=host,
+                now=now or datetime.now(UTC),
+                card_timeout=self.settings.card_timeout,
+                phone_timeout=self.settings.phone_timeout,
+                sleep=sleep,
+                observe=observe,
+            )
+            out = report.outcome
+            _log.info(
+                "ending %s %s%s", out.ending.name, out.response_code or "-",
+                f" reversal {report.reversal}" if report.reversal else "",
+            )  # fmt: skip
+        self._remember(order, report)
+        txn = out.txn
+        return TerminalResult(
+            order=order,
+            report=report,
+            terminal_id=tid,
+            txn_id=txn_id(tid, txn.stan) if txn else ident,
+            currency=txn.currency if txn else config.currency,
+            reversals_queued_before=before,
+            reversals_queued_after=len(self.store.reversals.pending()),
+        )
+
+    def _remember(self, order: Order, report: TxnReport) -> None:
+        """Keep an approved pre-auth for its completion; forget a completed one."""
+        out = report.outcome
+        if out.txn is None or not out.approved:
+            return
+        if order.type is TxnType.PREAUTH:
+            self.store.remember_preauth(out.txn, out.auth_code)
+        elif order.type is TxnType.COMPLETION and order.original is not None:
+            self.store.forget_preauth(order.original.stan)

@@ -1,0 +1,72 @@
+"""The terminal application's settings: defaults, then ``HOME/terminal.toml`` (or ``--config``),
+then command-line options.  The keys and their types are data (:data:`CONFIG_KEYS`)."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Final
+
+from swipepay.firmware_sim.errors import ConfigError
+
+CONFIG_FILE: Final = "terminal.toml"
+
+
+@dataclass(frozen=True)
+class TerminalSettings:
+    """What a terminal run is configured with (a terminal.toml key per field)."""
+
+    terminal_id: str = "POS00001"
+    merchant_id: str | None = None
+    merchant_name: str | None = None
+    card: str = "mock:"
+    phone: str = "pcsc:Virtual PCD 00 01"
+    center: str = "127.0.0.1:8583"
+    card_timeout: float = 30.0
+    phone_timeout: float = 30.0
+    host_timeout: float = 15.0
+    confirm_timeout: float = 60.0
+    poll_interval_ms: int = 200
+
+
+#: Keys a terminal.toml may set -> the type of their value (specs as data).
+CONFIG_KEYS: Final[dict[str, type]] = {
+    "terminal_id": str,
+    "merchant_id": str,
+    "merchant_name": str,
+    "card": str,
+    "phone": str,
+    "center": str,
+    "card_timeout": float,
+    "phone_timeout": float,
+    "host_timeout": float,
+    "confirm_timeout": float,
+    "poll_interval_ms": int,
+}
+
+
+def load_settings(home: Path, config: Path | None, given: Mapping[str, Any]) -> TerminalSettings:
+    """Defaults, then ``HOME/terminal.toml`` (or ``--config``), then ``given`` (None: not given)."""
+    path = config if config is not None else home / CONFIG_FILE
+    from_file: dict[str, Any] = {}
+    if config is not None or path.exists():
+        try:
+            from_file = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in from_file.items():
+        want = CONFIG_KEYS.get(key)
+        if want is None:
+            raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(CONFIG_KEYS)})")
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise ConfigError(f"{path}: {key} must be a {want.__name__}")
+        values[key] = value
+    values.update({k: v for k, v in given.items() if v is not None})
+    return replace(TerminalSettings(), **values)
