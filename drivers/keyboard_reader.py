@@ -13,15 +13,13 @@ from __future__ import annotations
 import os
 import select
 import sys
-import time
-from collections import deque
 from typing import IO, Any
 
 from swipepay.drivers.base import NO_CONTEXT, DriverContext
 from swipepay.drivers.registry import split_url
+from swipepay.drivers.swipe_reading import SwipeLines
 from swipepay.firmware_sim.carddata import CardData
-from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
-from swipepay.firmware_sim.swipe_lines import END_OF_SWIPE_GAP, Swipe, SwipeSplitter
+from swipepay.firmware_sim.errors import ConfigError, TransportError
 
 _CHUNK = 4096
 
@@ -33,8 +31,7 @@ class KeyboardCardReader:
             self._fd = stream.fileno()
         except (AttributeError, OSError, ValueError):
             raise ConfigError("keyboard: needs stdin to be a terminal or a pipe") from None
-        self._splitter = SwipeSplitter()
-        self._queue: deque[Swipe] = deque()
+        self._swipes = SwipeLines()
         self._eof = False
 
     @classmethod
@@ -52,32 +49,10 @@ class KeyboardCardReader:
         pass  # stdin is not ours to close
 
     def _read(self, timeout: float) -> CardData:
-        deadline = time.monotonic() + timeout
-        # Part of a swipe left over from the last read ends after the gap, not the timeout.
-        last_data: float | None = time.monotonic() if self._splitter.pending else None
-        while True:
-            now = time.monotonic()
-            if self._eof or (last_data is not None and now - last_data >= END_OF_SWIPE_GAP):
-                swipes = self._splitter.end_of_swipe()
-                last_data = None
-                if not swipes and self._eof:
-                    raise TransportError("stdin closed: no keyboard-wedge swipe to read")
-            elif now >= deadline:
-                swipes = self._splitter.end_of_swipe()
-                if not swipes:
-                    raise LinkTimeout(f"no card swiped within {timeout:g} s")
-            else:
-                wait = deadline - now
-                if last_data is not None:
-                    wait = min(wait, END_OF_SWIPE_GAP)
-                data = self._read_chunk(wait)
-                swipes = self._splitter.feed(data) if data else []
-                if data:
-                    last_data = time.monotonic() if self._splitter.pending else None
-            self._queue.extend(swipes)
-            if self._queue:
-                # In arrival order: a swipe completed with an earlier one is kept for the next read.
-                return self._queue.popleft().card()
+        return self._swipes.read(
+            timeout, self._read_chunk, at_eof=lambda: self._eof,
+            eof_message="stdin closed: no keyboard-wedge swipe to read",
+        )  # fmt: skip
 
     def _read_chunk(self, wait: float) -> bytes:
         try:

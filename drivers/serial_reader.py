@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import time
-from collections import deque
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -32,10 +31,10 @@ import serial
 from swipepay.drivers.base import NO_CONTEXT, DriverContext
 from swipepay.drivers.discovery import Device
 from swipepay.drivers.registry import split_url
+from swipepay.drivers.swipe_reading import SwipeLines
 from swipepay.firmware_sim import msr605
 from swipepay.firmware_sim.carddata import CardData
 from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
-from swipepay.firmware_sim.swipe_lines import END_OF_SWIPE_GAP, Swipe, SwipeSplitter
 from swipepay.firmware_sim.tracks import card_from_tracks
 
 #: Query parameters that belong to this driver (the rest belong to pyserial's URL).
@@ -85,8 +84,7 @@ class SerialCardReader:
         self.url = url
         self.port = port
         self.proto = proto
-        self._splitter = SwipeSplitter()
-        self._queue: deque[Swipe] = deque()
+        self._swipes = SwipeLines()
         self._parser = msr605.Msr605Parser()
 
     @classmethod
@@ -115,27 +113,7 @@ class SerialCardReader:
     # -- raw-line readers
 
     def _read_raw(self, timeout: float) -> CardData:
-        deadline = time.monotonic() + timeout
-        # Part of a swipe left over from the last read ends after the gap, not the timeout.
-        last_data: float | None = time.monotonic() if self._splitter.pending else None
-        while True:
-            now = time.monotonic()
-            if last_data is not None and now - last_data >= END_OF_SWIPE_GAP:
-                swipes = self._splitter.end_of_swipe()
-                last_data = None
-            elif now >= deadline:
-                swipes = self._splitter.end_of_swipe()
-                if not swipes:
-                    raise LinkTimeout(f"no card swiped within {timeout:g} s")
-            else:
-                data = self._read(min(_POLL, deadline - now))
-                swipes = self._splitter.feed(data) if data else []
-                if data:
-                    last_data = time.monotonic() if self._splitter.pending else None
-            self._queue.extend(swipes)
-            if self._queue:
-                # In arrival order: a swipe completed with an earlier one is kept for the next read.
-                return self._queue.popleft().card()
+        return self._swipes.read(timeout, self._read, poll=_POLL)
 
     # -- MSR605 / MSR206
 
