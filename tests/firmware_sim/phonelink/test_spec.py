@@ -21,7 +21,6 @@ from swipepay.firmware_sim import ecc
 from swipepay.firmware_sim.apdu import ResponseApdu
 from swipepay.firmware_sim.dukpt import DukptDevice, derive_initial_key
 from swipepay.firmware_sim.errors import SecurityError
-from swipepay.firmware_sim.phonelink import applet as applet_module
 from swipepay.firmware_sim.phonelink.applet import PaymentShown, PhoneApplet, State
 from swipepay.firmware_sim.phonelink.protocol import (
     ConfirmationBody,
@@ -179,7 +178,7 @@ def test_phone_refuses_its_own_ephemeral_key_at_connect_with_6982(
     # Make the phone's fresh key equal the terminal's C3 (the only way C3 can be "ours").
     terminal_ephemeral = pair.link._ephemeral
     assert terminal_ephemeral is not None
-    monkeypatch.setattr(applet_module.ecc, "generate_key", lambda: terminal_ephemeral)
+    monkeypatch.setattr(ecc, "generate_key", lambda: terminal_ephemeral)
     assert sw(pair.send(connect)) == 0x6982
     assert pair.applet.state is State.SELECTED
 
