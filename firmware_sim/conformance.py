@@ -227,7 +227,7 @@ def check_wrong_token(ctx: Context, probe: Probe) -> str:
     # No state kept: AUTHENTICATE must now be out of order.
     probe.expect(bytes([0x80, Ins.AUTHENTICATE, 0, 0, 1, 0]), SW.CONDITIONS_NOT_SATISFIED,
                  "AUTHENTICATE after a refused CONNECT")
-    return "phone stayed silent, kept no session"
+    return "answered 6A88 (not its card), kept no session"
 
 
 def check_foreign_ca(ctx: Context, probe: Probe) -> str:
