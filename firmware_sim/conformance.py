@@ -160,14 +160,39 @@ def _other_cert(
     )
 
 
-def _auth_with(ctx: Context, probe: Probe, cert: TerminalCertificate) -> str:
+def _auth_with(
+    ctx: Context, probe: Probe, cert: TerminalCertificate, raw: bytes | None = None, what: str = ""
+) -> str:
     link = _link(ctx, cert)
     _select(probe, link)
     link.handle_connect(probe.expect(link.connect_command(ctx.card_id).apdu, SW.OK, "CONNECT"))
-    probe.expect(link.authenticate_command().apdu, SW.SECURITY_NOT_SATISFIED, "AUTHENTICATE")
+    probe.expect(link.authenticate_command(raw).apdu, SW.SECURITY_NOT_SATISFIED,
+                 f"AUTHENTICATE{what}")
     # The session must be gone: a payment request on the (never confirmed) keys is out of order.
     probe.expect(bytes([0x80, Ins.PAYMENT_REQUEST, 0, 0]), SW.CONDITIONS_NOT_SATISFIED, "after")
     return "refused, session wiped"
+
+
+def _patched(data: bytes, offset: int, value: int) -> bytes:
+    out = bytearray(data)
+    out[offset] = value
+    return bytes(out)
+
+
+def malformed_certificates(cert: TerminalCertificate) -> tuple[tuple[str, bytes], ...]:
+    """Certificates broken in their layout, each answered 6982 like an untrusted one
+    (hardware_notes/phone-link.md §4): one status word for every certificate failure."""
+    good = cert.encode()
+    key_at = 25 + good[24]
+    return (
+        ("version 02", _patched(good, 0, 0x02)),
+        ("one byte short", good[:-1]),
+        ("one byte too long", good + b"\x00"),
+        ("merchant_name_len 0", _patched(good, 24, 0)),
+        ("control byte in terminal_id", _patched(good, 1, 0x01)),
+        ("newline in merchant_name", _patched(good, 25, 0x0A)),
+        ("public key not a point", _patched(good, key_at, 0x05)),
+    )
 
 
 def _raw_after_select(ctx: Context, probe: Probe, apdu: bytes, sw: int, what: str) -> str:
@@ -202,7 +227,7 @@ def check_wrong_token(ctx: Context, probe: Probe) -> str:
     # No state kept: AUTHENTICATE must now be out of order.
     probe.expect(bytes([0x80, Ins.AUTHENTICATE, 0, 0, 1, 0]), SW.CONDITIONS_NOT_SATISFIED,
                  "AUTHENTICATE after a refused CONNECT")
-    return "phone stayed silent, kept no session"
+    return "answered 6A88 (not its card), kept no session"
 
 
 def check_foreign_ca(ctx: Context, probe: Probe) -> str:
@@ -213,6 +238,13 @@ def check_foreign_ca(ctx: Context, probe: Probe) -> str:
 
 def check_expired(ctx: Context, probe: Probe) -> str:
     return _auth_with(ctx, probe, _other_cert(ctx, ctx.ca_key, ctx.now - 172_800, ctx.now - 86_400))
+
+
+def check_malformed_cert(ctx: Context, probe: Probe) -> str:
+    cases = malformed_certificates(ctx.certificate)
+    for what, raw in cases:
+        _auth_with(ctx, probe, ctx.certificate, raw, f" ({what})")
+    return f"{len(cases)} malformed certificates refused with 6982, session wiped"
 
 
 def check_tampered(ctx: Context, probe: Probe) -> str:
@@ -318,6 +350,8 @@ CHECKS: tuple[Check, ...] = (
           check_foreign_ca),
     Check("expired-cert", "AUTHENTICATE with an expired certificate", "6982 6985",
           check_expired),
+    Check("malformed-cert", "AUTHENTICATE with malformed certificates (version, length, "
+          "TID, merchant name, key)", "6982 6985", check_malformed_cert),
     Check("tampered", "PAYMENT REQUEST with one ciphertext bit flipped", "6982 6985",
           check_tampered),
     Check("replay", "the same GET CONFIRMATION frame twice", "9000 6982", check_replay),

@@ -25,6 +25,13 @@ from swipepay.firmware_sim.errors import ConfigError
 from swipepay.firmware_sim.phonelink.applet import PhoneIdentity
 
 
+def _terminal_ids(value: Any) -> tuple[str, ...]:
+    """A profile's ``revoked_terminals``: a JSON list of terminal IDs (strings)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("revoked_terminals must be a list of strings")
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class PhoneProfile:
     """A phone's enrollment data as stored in ``phones/<name>.json`` (mode 0600)."""
@@ -38,6 +45,8 @@ class PhoneProfile:
     counter: int
     ca_keys: dict[int, bytes]
     path: Path | None = None
+    #: Terminal IDs the phone refuses (hardware_notes/phone-link.md §4); optional in the file.
+    revoked_terminals: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"PhoneProfile(name={self.name!r}, card={self.card!r})"
@@ -50,6 +59,7 @@ class PhoneProfile:
             pan=self.pan,
             signing_key=key,
             ca_keys={i: ecc.decode_point(p) for i, p in self.ca_keys.items()},
+            revoked_terminals=frozenset(self.revoked_terminals),
         )
 
     def dukpt(self) -> DukptDevice:
@@ -66,6 +76,7 @@ class PhoneProfile:
             "dukpt_ikid": self.ikid.hex(),
             "dukpt_counter": self.counter,
             "ca_keys": {str(i): p.hex() for i, p in self.ca_keys.items()},
+            "revoked_terminals": list(self.revoked_terminals),
         }
 
     def save(self, path: Path) -> None:
@@ -88,6 +99,7 @@ class PhoneProfile:
                 counter=int(d["dukpt_counter"]),
                 ca_keys={int(i): bytes.fromhex(p) for i, p in d["ca_keys"].items()},
                 path=path,
+                revoked_terminals=_terminal_ids(d.get("revoked_terminals", [])),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"phone profile {path} is malformed: {type(exc).__name__}") from None

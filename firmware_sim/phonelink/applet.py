@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from swipepay.firmware_sim import ecc
 from swipepay.firmware_sim.apdu import CommandApdu, ResponseApdu
 from swipepay.firmware_sim.certificate import (
+    CertificateError,
     TerminalCertificate,
     parse_certificate,
     verify_certificate,
@@ -91,7 +92,9 @@ SEALED = frozenset({Ins.PAYMENT_REQUEST, Ins.GET_CONFIRMATION, Ins.RESULT})
 
 @dataclass(frozen=True)
 class PhoneIdentity:
-    """What enrollment put on the phone: the bound card, its signing key, the CA keys."""
+    """What enrollment put on the phone: the bound card, its signing key, the CA keys, and the
+    terminal IDs the acquirer had revoked when the profile was written (refused at AUTHENTICATE
+    like any other certificate failure; hardware_notes/phone-link.md §4)."""
 
     card_id: bytes
     pan: str
@@ -334,7 +337,12 @@ class PhoneApplet:
         s = self._session
         assert s is not None and s.keys is not None
         f = decode_fields(data, (Tag.CERTIFICATE, Tag.TERMINAL_SIGNATURE))
-        cert = parse_certificate(f[Tag.CERTIFICATE])
+        try:
+            cert = parse_certificate(f[Tag.CERTIFICATE])
+        except DecodeError as exc:
+            # One status word for every certificate failure, malformed or untrusted: 6982
+            # (hardware_notes/phone-link.md §4); a foreign terminal learns nothing from it.
+            raise CertificateError(str(exc)) from None
         verify_certificate(cert, self.identity.ca_keys, self._now, self.identity.revoked_terminals)
         ecc.verify_prehashed(
             ecc.decode_point(cert.public_key),
@@ -353,6 +361,8 @@ class PhoneApplet:
         txn_type = PHONE_CODE_TO_TYPE.get(request.txn_code)
         if txn_type is None or not TXN_TYPES[txn_type].needs_phone:
             raise DecodeError("unknown transaction type")
+        if not TXN_TYPES[txn_type].has_amount and request.amount != 0:
+            raise DecodeError("a balance inquiry carries amount 0")
         s.request = request
         self._events.append(
             PaymentShown(

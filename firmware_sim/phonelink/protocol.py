@@ -150,6 +150,14 @@ def unbcd(data: bytes) -> str:
     return text
 
 
+def _currency(data: bytes) -> str:
+    """D3: ISO 4217 numeric code as 4 BCD digits, the first one 0 (``0978`` -> ``"978"``)."""
+    digits = unbcd(data)
+    if digits[0] != "0":
+        raise DecodeError("currency code has more than 3 digits")
+    return digits[1:]
+
+
 @dataclass(frozen=True)
 class PaymentRequestBody:
     """Plaintext of PAYMENT REQUEST: what the phone shows next to the certified merchant name."""
@@ -179,7 +187,7 @@ class PaymentRequestBody:
         return cls(
             txn_code=f[Tag.TXN_TYPE][0],
             amount=int(unbcd(f[Tag.AMOUNT])),
-            currency=unbcd(f[Tag.CURRENCY])[-3:],
+            currency=_currency(f[Tag.CURRENCY]),
             stan=unbcd(f[Tag.STAN]),
             transmitted_at=unbcd(f[Tag.TRANSMITTED_AT]),
         )

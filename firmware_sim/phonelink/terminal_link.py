@@ -106,12 +106,15 @@ class TerminalLink:
         )
         return self._plain(Ins.CONNECT, self._proprietary(Ins.CONNECT, self._connect_body))
 
-    def authenticate_command(self) -> Exchange:
+    def authenticate_command(self, certificate: bytes | None = None) -> Exchange:
+        """AUTHENTICATE with our certificate, or with ``certificate`` bytes instead (the
+        conformance suite sends malformed ones to check the phone refuses them)."""
         if not self._h1:
             raise LocalProtocolError("AUTHENTICATE before CONNECT")
         signature = ecc.sign_prehashed(self._signing_key, self._h1)
+        cert = self.certificate.encode() if certificate is None else certificate
         self._auth_body = encode_fields(
-            [(Tag.CERTIFICATE, self.certificate.encode()), (Tag.TERMINAL_SIGNATURE, signature)]
+            [(Tag.CERTIFICATE, cert), (Tag.TERMINAL_SIGNATURE, signature)]
         )
         return self._plain(Ins.AUTHENTICATE, self._proprietary(Ins.AUTHENTICATE, self._auth_body))
 

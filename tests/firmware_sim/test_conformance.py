@@ -15,7 +15,12 @@ from swipepay.firmware_sim.conformance import (
     run_check,
     select_checks,
 )
-from swipepay.firmware_sim.errors import ConfigError, SecurityError, TransportError
+from swipepay.firmware_sim.errors import (
+    ConfigError,
+    DecodeError,
+    SecurityError,
+    TransportError,
+)
 from swipepay.firmware_sim.phone import Choice
 from tests.support.phonelink import conformance_setup
 
@@ -41,7 +46,8 @@ def test_real_applet_passes_every_check() -> None:
 def test_checks_are_rows_of_data() -> None:
     names = [c.name for c in CHECKS]
     assert len(names) == len(set(names))
-    assert {"select", "wrong-aid", "wrong-token", "foreign-ca", "expired-cert", "tampered",
+    assert {"select", "wrong-aid", "wrong-token", "foreign-ca", "expired-cert",
+            "malformed-cert", "tampered",
             "replay", "out-of-order", "lengths", "wrong-cla", "unknown-ins",
             "transaction"} == set(names)
     for check in CHECKS:
@@ -64,6 +70,26 @@ def test_phone_without_certificate_checks_fails(monkeypatch: pytest.MonkeyPatch)
     )
     ctx, phone = conformance_setup()
     assert failing(run_all(ctx, phone.process)) == {"foreign-ca", "expired-cert"}
+
+
+def test_phone_answering_6a80_to_a_malformed_certificate_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A phone that reports a certificate it cannot parse as a malformed body (6A80) instead of
+    # the one certificate status word 6982 fails exactly the malformed-cert check.
+    monkeypatch.setattr("swipepay.firmware_sim.phonelink.applet.CertificateError", DecodeError)
+    ctx, phone = conformance_setup()
+    results = run_all(ctx, phone.process)
+    assert failing(results) == {"malformed-cert"}
+    assert "expected 6982, got 6A80" in results["malformed-cert"].detail
+
+
+def test_every_malformed_certificate_gets_6982_and_wipes() -> None:
+    ctx, phone = conformance_setup()
+    result = run_check(select_checks(["malformed-cert"])[0], ctx, phone.process, lambda s: None)
+    cases = conformance.malformed_certificates(ctx.certificate)
+    assert result.passed, result.detail
+    assert result.seen == " ".join(["9000 9000 6982 6985"] * len(cases))
 
 
 def test_phone_caching_answers_fails_replay() -> None:
