@@ -49,7 +49,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         POS, TxnType.PURCHASE, 5_00, "alice-visa?via=tap", "alice-phone", "55", wrong_pin=True,
     ),
     Scenario(
-        "Phone bound to another card stays silent",
+        "Phone bound to another card answers 6A88",
         POS, TxnType.PURCHASE, 5_00, "alice-visa?via=tap", "bob-phone", "NO_PHONE",
     ),
     Scenario(
