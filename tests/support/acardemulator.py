@@ -19,7 +19,8 @@ Three parts, as on the phone:
   goes to the app.  The field dropping deactivates the app (it sends the power off).
 * :class:`ACardEmulatorStandIn` — the field, as a terminal reaches it in the tests: a ``tcp:``
   port (one connection = one tap; closing it = the phone leaving) or a vpcd slot of pcscd (the
-  reader's power on/off = the field), in front of one router and one app.
+  reader's power on/off = the field), in front of one router and one app.  Over vpcd a relay
+  that gives no answer is reported as 6D00 (a reader would time out instead).
 """
 
 from __future__ import annotations
@@ -261,17 +262,12 @@ class ACardEmulatorStandIn:
             target=self._field.serve, args=(self.router, self._stop), daemon=True
         )
         self._thread.start()
-        self._vpcd: VpcdClient | None = None
 
-    def on_vpcd(self, host: str, port: int) -> None:
-        """Put the phone on a vpcd slot too: pcscd's power on/off and reset are the field."""
-
-        def field_change() -> None:
-            self.router.field_off()
-
-        card = VirtualCard(self._vpcd_apdu, HCE_PHONE_ATR, field_change)
-        self._vpcd = VpcdClient(card, host, port)
-        self._vpcd.insert()
+    def vpcd_client(self, host: str, port: int) -> VpcdClient:
+        """The phone as a card for a vpcd slot of pcscd (insert it there): the reader's power
+        on/off and reset are the field."""
+        card = VirtualCard(self._vpcd_apdu, HCE_PHONE_ATR, self.router.field_off)
+        return VpcdClient(card, host, port)
 
     def _vpcd_apdu(self, apdu: bytes) -> bytes:
         answer = self.router.process(apdu)
@@ -286,6 +282,4 @@ class ACardEmulatorStandIn:
         self._field.pull()
         self._thread.join(timeout=5)
         self._field.close()
-        if self._vpcd is not None:
-            self._vpcd.remove()
         self.app.close()

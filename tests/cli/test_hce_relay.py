@@ -1,0 +1,169 @@
+"""A phone on the bench through ACardEmulator's relay, as real processes: ``swipepay phone run
+--link vpcd-listen:...`` behind the ACardEmulator stand-in (tests/support/acardemulator.py),
+``swipepay conformance`` and ``swipepay terminal run`` in front of it over ``tcp:`` (and over
+pcscd/vpcd for the conformance suite), ``swipepay center serve`` behind the terminal.
+
+All of it with PersoSim's AID, F04E66E75C02D8, which the app registers (hardware_notes/
+android-phone.md): the stand-in routes nothing to the app before a SELECT of it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swipepay.center.lab import Lab
+from swipepay.cli.harness.processes import free_port, wait_for
+from swipepay.cli.harness.realstack import PIN_ENV, Proc, Stack
+from swipepay.firmware_sim.conformance import CHECKS
+from swipepay.firmware_sim.terminal import Ending
+from tests.support.acardemulator import PERSOSIM_AID, ACardEmulatorStandIn
+from tests.support.labs import copy_lab
+from tests.support.pcsc import Slot
+
+AID = PERSOSIM_AID.hex().upper()
+RUN_TIMEOUT = 60.0
+
+
+@dataclass
+class Bench:
+    stack: Stack
+    phone: Proc
+    relay: ACardEmulatorStandIn
+
+    @property
+    def lab(self) -> Lab:
+        return Lab(self.stack.home)
+
+    def conformance(self, *extra: str, link: str | None = None) -> tuple[int, dict[str, Any]]:
+        proc = self.stack.spawn("conformance", [
+            "conformance", "--link", link or self.relay.field_url, "--home", str(self.stack.home),
+            "--card", "alice-visa", "--terminal", "POS00001", "--aid", AID, "--json",
+            "--connect-timeout", "10", *extra,
+        ])  # fmt: skip
+        proc.process.wait(RUN_TIMEOUT)
+        self.stack.procs.remove(proc)
+        out = proc.output()
+        return proc.process.returncode, json.loads(out[out.find("{"):])
+
+    def purchase(self, amount: str = "12.34") -> tuple[int, dict[str, Any]]:
+        return self.stack.terminal(
+            "--type", "purchase", "--amount", amount, "--terminal-id", "POS00001", "--aid", AID,
+            card="mock:alice-visa", phone=self.relay.field_url, timeout=RUN_TIMEOUT,
+        )
+
+
+def start_phone(stack: Stack, port: int, *, prompt: bool = False) -> Proc:
+    lab = Lab(stack.home)
+    args = ["phone", "run", "--profile", str(lab.phone_path("alice-phone")),
+            "--link", f"vpcd-listen:127.0.0.1:{port}", "--aid", AID]  # fmt: skip
+    env: dict[str, str] = {}
+    if not prompt:
+        args += ["--auto-confirm", "--pin-env", PIN_ENV]
+        env[PIN_ENV] = lab.pins()["alice-visa"]
+    proc = stack.spawn("phone", args, env, stdin=prompt)
+    wait_for(lambda: "listening" in proc.output() or not proc.alive(), 15, "the phone to listen")
+    proc.check_alive()
+    return proc
+
+
+@pytest.fixture(scope="module")
+def bench(lab_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
+    root = copy_lab(lab_template, tmp_path_factory.mktemp("hce")).root
+    with Stack.open(root, pcsc=False) as stack:
+        stack.start_center()
+        port = free_port()
+        phone = start_phone(stack, port)
+        relay = ACardEmulatorStandIn("127.0.0.1", port)
+        try:
+            yield Bench(stack, phone, relay)
+        finally:
+            relay.close()
+
+
+def test_conformance_passes_through_the_relay(bench: Bench) -> None:
+    code, report = bench.conformance()
+    failed = [c for c in report["checks"] if not c["passed"]]
+    assert (code, failed) == (0, []), report
+    assert len(report["checks"]) == len(CHECKS) == 12
+    assert report["checks"][0]["sends"] == f"SELECT {AID}"
+    # Android routed the foreign SELECT nowhere (6A82 by itself); the app refused the rest.
+    assert bytes.fromhex("6A82") in bench.relay.router.answered_by_android
+    assert "signature verified" in report["checks"][-1]["detail"]
+
+
+def test_wrong_aid_on_a_fresh_tap_meets_androids_own_6f00(bench: Bench) -> None:
+    code, report = bench.conformance("--check", "wrong-aid")
+    (check,) = report["checks"]
+    assert code == 0 and check["passed"], check
+    assert check["seen"] == "6A82 6F00 9000 6985"  # Android, Android, then the app
+    assert "Android's own answer" in check["detail"]
+
+
+def test_purchase_approved_then_a_second_tap_on_the_same_socket(bench: Bench) -> None:
+    connections = bench.relay.app.connections
+    for amount in ("12.34", "5.00"):
+        code, out = bench.purchase(amount)
+        assert (code, out["ending"], out["response_code"]) == (0, "APPROVED", "00"), out
+    assert bench.relay.app.connections == connections == 1  # one socket for every tap
+    assert bench.relay.app.sent.count(b"\x00") >= 2  # a power off after each tap
+    assert "result: APPROVED 00" in bench.phone.output()
+
+
+def test_the_app_reconnecting_after_a_broken_socket(bench: Bench) -> None:
+    bench.relay.app.break_connection()
+    code, out = bench.purchase("3.00")
+    assert code != 0 and out["response_code"] is None, out  # 6D00 to the SELECT: no money moved
+    bench.relay.app.restart()  # the app is started again: a new connection, power on
+    code, out = bench.purchase("3.00")
+    assert (code, out["ending"], out["response_code"]) == (0, "APPROVED", "00"), out
+    assert bench.relay.app.connections == 2
+    bench.phone.check_alive()
+
+
+def test_power_off_in_the_middle_of_a_confirmation(bench: Bench) -> None:
+    port = free_port()
+    phone = start_phone(bench.stack, port, prompt=True)  # asks on stdin: nobody answers
+    relay = ACardEmulatorStandIn("127.0.0.1", port)
+    try:
+        term = bench.stack.terminal_start(
+            "--type", "purchase", "--amount", "9.99", "--terminal-id", "POS00001",
+            "--aid", AID, card="mock:alice-visa", phone=relay.field_url,
+        )
+        wait_for(lambda: "PAY Corner Coffee" in phone.output(), 15, "the phone to show it")
+        relay.pull()  # the phone leaves the field: Android deactivates the app (power off)
+        term.process.wait(RUN_TIMEOUT)
+        code, out = bench.stack.terminal_result(term)
+        assert (code, out["ending"]) == (Ending.PHONE_GONE.exit_code, "PHONE_GONE"), out
+        assert out["response_code"] is None  # the center was never asked
+        wait_for(lambda: relay.app.sent[-1:] == [b"\x00"], 5, "the power off")
+        # The payment is gone: the phone starts afresh on the next tap, on the same socket.
+        code, report = bench.conformance("--check", "select", "--check", "out-of-order",
+                                         link=relay.field_url)
+        assert code == 0, report
+        assert relay.app.connections == 1
+        phone.check_alive()
+    finally:
+        relay.close()
+        bench.stack.stop(phone)
+
+
+def test_conformance_through_the_relay_over_pcscd(bench: Bench, slot1: Slot) -> None:
+    port = free_port()
+    phone = start_phone(bench.stack, port)
+    relay = ACardEmulatorStandIn("127.0.0.1", port)
+    try:
+        slot1.insert(relay.vpcd_client("127.0.0.1", slot1.port))
+        code, report = bench.conformance(link=f"pcsc:{slot1.reader}")
+        failed = [c for c in report["checks"] if not c["passed"]]
+        assert (code, failed) == (0, []), report
+    finally:
+        slot1.remove()
+        relay.close()
+        bench.stack.stop(phone)
+
