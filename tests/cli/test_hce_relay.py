@@ -10,6 +10,8 @@ android-phone.md): the stand-in routes nothing to the app before a SELECT of it.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 import pytest
 
 from swipepay.center.lab import Lab
-from swipepay.cli.harness.processes import free_port, wait_for
+from swipepay.cli.harness.processes import child_env, free_port, wait_for
 from swipepay.cli.harness.realstack import PIN_ENV, Proc, Stack
 from swipepay.firmware_sim.conformance import CHECKS
 from swipepay.firmware_sim.terminal import Ending
@@ -167,3 +169,53 @@ def test_conformance_through_the_relay_over_pcscd(bench: Bench, slot1: Slot) -> 
         relay.close()
         bench.stack.stop(phone)
 
+
+
+#: ``swipepay ARGS`` in a Python where pyscard (``smartcard``) and nfcpy (``nfc``) cannot be
+#: imported, as in Termux on a phone: an attempt fails the run, and leaving is checked too.
+WITHOUT_READER_STACKS = """
+import atexit, importlib.abc, sys
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("smartcard", "nfc"):
+            raise ImportError(f"{name} is not installed on the phone")
+        return None
+sys.meta_path.insert(0, Blocked())
+def check():
+    loaded = sorted(m for m in sys.modules if m.partition(".")[0] in ("smartcard", "nfc"))
+    if loaded:
+        print("LOADED", loaded, flush=True)
+        sys.exit(3)
+atexit.register(check)
+from swipepay.cli.main import main
+main()
+"""
+
+
+def test_the_phone_side_runs_without_pyscard_and_nfcpy(lab: Lab, tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "phone.log"
+    with log.open("wb") as out:
+        phone = subprocess.Popen(
+            [sys.executable, "-c", WITHOUT_READER_STACKS, "phone", "run",
+             "--profile", str(lab.phone_path("alice-phone")), "--once", "--aid", AID,
+             "--link", f"vpcd-listen:127.0.0.1:{port}", "--auto-confirm", "--pin-env", PIN_ENV],
+            stdout=out, stderr=subprocess.STDOUT,
+            env=child_env({PIN_ENV: lab.pins()["alice-visa"]}),
+        )  # fmt: skip
+    relay = None
+    try:
+        wait_for(lambda: "listening" in log.read_text() or phone.poll() is not None, 15,
+                 "the phone to listen")
+        relay = ACardEmulatorStandIn("127.0.0.1", port)
+        select = bytes.fromhex("00A4040007") + PERSOSIM_AID + b"\x00"
+        assert relay.router.process(select)[-2:] == b"\x90\x00"  # type: ignore[index]
+        relay.router.field_off()  # the tap ends: power off; --once then stops the phone
+        assert phone.wait(15) == 0, log.read_text()
+    finally:
+        if relay is not None:
+            relay.close()
+        if phone.poll() is None:
+            phone.kill()
+            phone.wait()
+    assert "LOADED" not in log.read_text()
