@@ -18,11 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from swipepay.center.lab import Lab
+from swipepay.cli.app.terminal_app import TerminalApp
+from swipepay.cli.app.terminal_settings import load_settings
 from swipepay.cli.harness.processes import child_env, free_port, wait_for
 from swipepay.cli.harness.realstack import PIN_ENV, Proc, Stack
+from swipepay.cli.main import main
 from swipepay.firmware_sim.conformance import CHECKS
+from swipepay.firmware_sim.errors import ConfigError
+from swipepay.firmware_sim.phonelink.protocol import AID as DEFAULT_AID
+from swipepay.firmware_sim.phonelink.protocol import parse_aid
 from swipepay.firmware_sim.terminal import Ending
 from tests.support.acardemulator import PERSOSIM_AID, ACardEmulatorStandIn
 from tests.support.labs import copy_lab
@@ -219,3 +226,36 @@ def test_the_phone_side_runs_without_pyscard_and_nfcpy(lab: Lab, tmp_path: Path)
             phone.kill()
             phone.wait()
     assert "LOADED" not in log.read_text()
+
+
+# -- the AID setting ----------------------------------------------------------------------------
+
+
+def test_aid_is_parsed_and_checked() -> None:
+    assert parse_aid("F0 4E 66 E7 5C 02 D8") == PERSOSIM_AID
+    for bad in ("F04E66E75C02D", "F0", "00" * 17, "XYZ"):
+        with pytest.raises(ConfigError):
+            parse_aid(bad)
+
+
+def test_the_lab_and_terminal_toml_choose_the_aid(lab: Lab) -> None:
+    assert lab.aid == DEFAULT_AID  # a lab without the setting keeps swipepay's AID
+    manifest = json.loads((lab.root / "lab.json").read_text())
+    (lab.root / "lab.json").write_text(json.dumps({**manifest, "aid": AID}))
+    assert Lab(lab.root).aid == PERSOSIM_AID
+    assert Lab(lab.root).terminal_config("POS00001").aid == PERSOSIM_AID
+    (lab.root / "terminal.toml").write_text('aid = "A000000527210101"\n')
+    with TerminalApp.open(lab.root, load_settings(lab.root, None, {})) as app:
+        assert app.config.aid == bytes.fromhex("A000000527210101")
+    with TerminalApp.open(lab.root, load_settings(lab.root, None, {"aid": AID})) as app:
+        assert app.config.aid == PERSOSIM_AID  # the command line wins
+
+
+def test_terminal_and_in_process_phone_agree_on_the_aid(lab: Lab) -> None:
+    result = CliRunner().invoke(main, [
+        "terminal", "run", "--home", str(lab.root), "--center", "local", "--aid", AID,
+        "--phone", "mock:alice-phone", "--card", "mock:alice-visa", "--type", "purchase",
+        "--amount", "2.00", "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["response_code"] == "00"
