@@ -48,6 +48,7 @@ from swipepay.firmware_sim.certificate import (
 )
 from swipepay.firmware_sim.dukpt import derive_initial_key
 from swipepay.firmware_sim.errors import ConfigError, DecodeError
+from swipepay.firmware_sim.phonelink.protocol import AID, parse_aid
 from swipepay.firmware_sim.terminal import TerminalConfig
 
 CA_KEY_INDEX = 1
@@ -179,6 +180,17 @@ class Lab:
             raise ConfigError(f"{manifest} is not valid JSON: {exc}") from None
 
     @property
+    def aid(self) -> bytes:
+        """The phone-link AID of this lab's terminals and phones (lab.json ``aid``, hex; the
+        default F0535750415901 when absent)."""
+        text = self.manifest.get("aid")
+        if text is None:
+            return AID
+        if not isinstance(text, str):
+            raise ConfigError(f"{self.root / MANIFEST}: aid must be a hex string")
+        return parse_aid(text)
+
+    @property
     def db_path(self) -> Path:
         return self.root / "center" / "center.db"
 
@@ -213,7 +225,9 @@ class Lab:
         entry = self.terminals().get(terminal_id)
         if entry is None:
             raise ConfigError(f"no terminal {terminal_id!r} in {self.root}")
-        return TerminalConfig(entry.terminal_id, entry.merchant_id, entry.merchant_name, entry.kind)
+        return TerminalConfig(
+            entry.terminal_id, entry.merchant_id, entry.merchant_name, entry.kind, aid=self.aid
+        )
 
     def terminal_link_identity(
         self, terminal_id: str

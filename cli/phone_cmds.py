@@ -148,28 +148,32 @@ def phone() -> None:
 @click.option("--decline", is_flag=True, help="Decline every payment without asking.")
 @click.option("--once", is_flag=True, help="Stop after the first session.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds the user has to act.")
+@click.option("--aid", default="F0535750415901", show_default=True,
+              help="The AID the phone answers to (hex; the terminal's must match).")
 def phone_run(
     profile_path: Path, url: str, auto_confirm: bool, pin_env: str | None,
-    pin_file: Path | None, decline: bool, once: bool, timeout: float,
+    pin_file: Path | None, decline: bool, once: bool, timeout: float, aid: str,
 ) -> None:
     """Serve the phone applet on a link until interrupted (or one session with --once).
 
     The PIN is never taken from the command line (other users see it in `ps`).
     """
     try:
-        _phone_run(profile_path, url, auto_confirm, pin_env, pin_file, decline, once, timeout)
+        _phone_run(profile_path, url, auto_confirm, pin_env, pin_file, decline, once, timeout,
+                   aid)
     except SwipepayError as exc:
         fail(exc)
 
 
 def _phone_run(
     profile_path: Path, url: str, auto_confirm: bool, pin_env: str | None,
-    pin_file: Path | None, decline: bool, once: bool, timeout: float,
+    pin_file: Path | None, decline: bool, once: bool, timeout: float, aid: str,
 ) -> None:
     from swipepay.cli.app.phone_app import PhoneApp
     from swipepay.drivers.registry import open_phone_server
     from swipepay.drivers.store.phone_store import PhoneStore
     from swipepay.firmware_sim.phone import Choice, ScriptedUser, UserAgent
+    from swipepay.firmware_sim.phonelink.protocol import parse_aid
 
     if auto_confirm and decline:
         raise ConfigError("--auto-confirm and --decline exclude each other")
@@ -177,6 +181,7 @@ def _phone_run(
         raise ConfigError("--pin-env / --pin-file go with --auto-confirm")
     if auto_confirm and bool(pin_env) == bool(pin_file):
         raise ConfigError("--auto-confirm needs exactly one of --pin-env VAR or --pin-file FILE")
+    selected_by = parse_aid(aid)
     store = PhoneStore(profile_path)
 
     class EchoingUser(ScriptedUser):
@@ -197,7 +202,7 @@ def _phone_run(
         user = EchoingUser(Choice.DECLINE)
     else:
         user = PromptUser(timeout)
-    app = PhoneApp(store, user)
+    app = PhoneApp(store, user, aid=selected_by)
     profile = app.profile
 
     server = open_phone_server(url)
@@ -214,9 +219,12 @@ def _phone_run(
         server.close()
 
 
-def _conformance_context(home: Path, card: str | None, terminal: str | None) -> Any:
+def _conformance_context(
+    home: Path, card: str | None, terminal: str | None, aid: str | None
+) -> Any:
     from swipepay.center.lab import Lab
     from swipepay.firmware_sim.conformance import Context
+    from swipepay.firmware_sim.phonelink.protocol import parse_aid
 
     lab = Lab(home)
     cards = lab.cards()
@@ -240,6 +248,7 @@ def _conformance_context(home: Path, card: str | None, terminal: str | None) -> 
     return Context(
         certificate=cert, signing_key=key, ca_key=lab.ca_key(), ca_key_index=cert.ca_key_index,
         pan=spec.pan, expiry=spec.expiry, now=int(time.time()), phone_key=phone_key,
+        aid=lab.aid if aid is None else parse_aid(aid),
     )
 
 
@@ -255,9 +264,10 @@ def _conformance_context(home: Path, card: str | None, terminal: str | None) -> 
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Record every APDU to this JSON-lines file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--aid", help="The AID to SELECT (hex) [the lab's aid, F0535750415901].")
 def conformance(
     url: str, home: Path, card: str | None, terminal_id: str | None, checks: tuple[str, ...],
-    connect_timeout: float, trace_path: Path | None, as_json: bool,
+    connect_timeout: float, trace_path: Path | None, as_json: bool, aid: str | None,
 ) -> None:
     """Run the phone-link checks against whatever phone answers on LINK.
 
@@ -266,7 +276,7 @@ def conformance(
     """
     try:
         code = _conformance(url, home, card, terminal_id, list(checks), connect_timeout,
-                            trace_path, as_json)
+                            trace_path, as_json, aid)
     except SwipepayError as exc:
         fail(exc)
         return
@@ -275,14 +285,14 @@ def conformance(
 
 def _conformance(
     url: str, home: Path, card: str | None, terminal_id: str | None, names: list[str],
-    connect_timeout: float, trace_path: Path | None, as_json: bool,
+    connect_timeout: float, trace_path: Path | None, as_json: bool, aid: str | None,
 ) -> int:
     from swipepay.drivers.registry import open_phone_link
     from swipepay.drivers.trace import TraceWriter, TracingLink
     from swipepay.firmware_sim.conformance import CheckResult, run_check, select_checks
 
     suite = select_checks(names)
-    ctx = _conformance_context(home, card, terminal_id)
+    ctx = _conformance_context(home, card, terminal_id, aid)
     link = open_phone_link(url)
     trace_file = None
     if trace_path is not None:

@@ -289,11 +289,13 @@ def terminal() -> None:
 @click.option("--phone-timeout", type=float, help="Seconds to wait for the phone [30].")
 @click.option("--host-timeout", type=float, help="Seconds to wait for the center [15].")
 @click.option("--confirm-timeout", type=float, help="Seconds the user has on the phone [60].")
+@click.option("--aid", help="Phone-link AID, hex [the lab's aid, F0535750415901].")
 def terminal_run(
     home: Path, config_path: Path | None, terminal_id: str | None, card_url: str | None,
     phone_url: str | None, center: str | None, type_name: str | None, amount: str | None,
     completes: str | None, card_data: str | None, as_json: bool, card_timeout: float | None,
     phone_timeout: float | None, host_timeout: float | None, confirm_timeout: float | None,
+    aid: str | None,
 ) -> None:
     """Run the terminal: a menu by default, one transaction with --type.
 
@@ -309,7 +311,7 @@ def terminal_run(
     given = {
         "terminal_id": terminal_id, "card": card_url, "phone": phone_url, "center": center,
         "card_timeout": card_timeout, "phone_timeout": phone_timeout,
-        "host_timeout": host_timeout, "confirm_timeout": confirm_timeout,
+        "host_timeout": host_timeout, "confirm_timeout": confirm_timeout, "aid": aid,
     }  # fmt: skip
     try:
         settings = load_settings(home, config_path, given)

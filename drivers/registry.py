@@ -31,7 +31,7 @@ Loader = Callable[[], type[D]]
 def split_url(url: str) -> tuple[str, str]:
     """``"pcsc:ACR122"`` -> ``("pcsc", "ACR122")``; ``"mock:"`` has an empty rest."""
     scheme, sep, rest = url.partition(":")
-    if not sep or not scheme.isidentifier():
+    if not sep or not scheme.replace("-", "_").isidentifier():
         raise ConfigError(f"not a driver URL: {url!r} (expected scheme:rest, e.g. mock:alice)")
     return scheme.lower(), rest
 
@@ -111,6 +111,12 @@ def _vpcd_serve() -> type[PhoneServerDriver]:
     return VpcdPhoneServer
 
 
+def _vpcd_listen_serve() -> type[PhoneServerDriver]:
+    from swipepay.drivers.vpcd_listen import VpcdListenServer
+
+    return VpcdListenServer
+
+
 def _nfcpy_serve() -> type[PhoneServerDriver]:
     from swipepay.drivers.nfcpy_link import NfcpyPhoneServer
 
@@ -133,6 +139,7 @@ PHONE_LINKS: Final[Mapping[str, Loader[PhoneLinkDriver]]] = {
 PHONE_SERVERS: Final[Mapping[str, Loader[PhoneServerDriver]]] = {
     "tcp": _tcp_serve,
     "vpcd": _vpcd_serve,
+    "vpcd-listen": _vpcd_listen_serve,
     "nfcpy": _nfcpy_serve,
 }
 

@@ -17,60 +17,51 @@ real phone promises: a peer announcing a bigger frame is cut off, never buffered
 frame of 0 bytes is handed to the phone (which answers 6700) so that every malformed APDU
 still gets a status word.  TCP_NODELAY is set on both ends: one APDU is one small write.
 
-A phone is in one field at a time, so the server serves one terminal at a time; the
-:class:`SessionLimits` keep one peer from holding it.  A terminal sends its SELECT as soon as it
-is connected and every frame in one write, so a connection whose first frame (or any frame it
-has begun) is not complete after ``frame_timeout`` is dropped.  Between frames a terminal may be
-silent while it waits for the center (up to its host timeout), so a session may idle up to
-``idle_timeout`` — but only ``yield_after`` while another terminal is waiting to connect: a
-terminal that vanished mid-session (or a peer that stops after a SELECT) does not keep a real
-one out for more than a few seconds.
+A phone is in one field at a time, so the server serves one terminal at a time with the
+accept/serve loop of :mod:`drivers.listener` and its :class:`SessionLimits`.  Between frames a
+terminal may be silent while it waits for the center (up to its host timeout), so a session may
+idle up to ``idle_timeout`` — but only ``yield_after`` while another terminal is waiting to
+connect: a terminal that vanished mid-session (or a peer that stops after a SELECT) does not
+keep a real one out for more than a few seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import select
 import socket
-import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Final
 
 from swipepay.drivers.base import NO_CONTEXT, DriverContext
+from swipepay.drivers.listener import (
+    COMMAND_FRAMES,
+    MAX_COMMAND_FRAME,
+    MAX_RESPONSE_FRAME,
+    RESPONSE_FRAMES,
+    FramedListener,
+    SessionLimits,
+)
 from swipepay.drivers.registry import split_url
 from swipepay.firmware_sim.address import Address, parse_address
-from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, LocalError, TransportError
-from swipepay.firmware_sim.framing import FrameDecoder, FrameError, FrameLimits, encode
+from swipepay.firmware_sim.errors import LinkTimeout, LocalError, TransportError
+from swipepay.firmware_sim.framing import FrameDecoder, FrameError, encode
 from swipepay.firmware_sim.phone import Phone
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "MAX_COMMAND_FRAME",
+    "MAX_RESPONSE_FRAME",
+    "SessionLimits",
+    "TcpConversation",
+    "TcpPhoneLink",
+    "TcpPhoneServer",
+    "tcp_address",
+]
 
-#: Short APDU limits: header 4 + Lc 1 + 255 data + Le 1; data 256 + SW 2.
-MAX_COMMAND_FRAME: Final = 261
-MAX_RESPONSE_FRAME: Final = 258
-COMMAND_FRAMES: Final = FrameLimits(max_length=MAX_COMMAND_FRAME)
-RESPONSE_FRAMES: Final = FrameLimits(max_length=MAX_RESPONSE_FRAME)
-#: How often a blocked accept/recv wakes up to look at the stop flag and the deadlines (s).
-POLL_INTERVAL: Final = 0.1
 #: Pause between connection attempts while the phone is not listening yet (seconds).
 CONNECT_RETRY: Final = 0.05
 DEFAULT_RESPONSE_TIMEOUT: Final = 10.0
 _CHUNK: Final = 4096
-
-
-@dataclass(frozen=True)
-class SessionLimits:
-    """How long the phone server waits for one terminal (seconds); see the module docstring."""
-
-    #: The first frame after connecting, and any frame once begun, must be complete by then.
-    frame_timeout: float = 3.0
-    #: Longest silence between frames (above the terminal's 15 s host timeout).
-    idle_timeout: float = 30.0
-    #: Longest silence between frames while another terminal is waiting to connect.
-    yield_after: float = 3.0
 
 
 def tcp_address(url: str) -> Address:
@@ -79,116 +70,36 @@ def tcp_address(url: str) -> Address:
     return parse_address(rest, "a tcp: URL (e.g. tcp:127.0.0.1:7000)", any_port=True)
 
 
-class TcpPhoneServer:
-    """The phone's side: listens at once (so ``address`` is known even for port 0)."""
+class TcpConversation:
+    """One terminal connection: every frame is a command APDU for the phone; closing it is the
+    field going off; silence is allowed up to ``idle_timeout``."""
 
-    def __init__(
-        self, url: str, host: str, port: int, limits: SessionLimits | None = None
-    ) -> None:
-        self.url = url
-        self.limits = limits or SessionLimits()
-        try:
-            self._listener = socket.create_server((host, port), reuse_port=False)
-        except OSError as exc:
-            where = Address(host, port)
-            raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
-        self._listener.settimeout(POLL_INTERVAL)
-        #: Sessions served so far (a session is one terminal connection).
-        self.sessions = 0
-        #: The address of the terminal being served (None between sessions).
-        self.peer: tuple[str, int] | None = None
+    def __init__(self, phone: Phone, limits: SessionLimits) -> None:
+        self.phone = phone
+        self.limits = limits
+        self.finished = False
+
+    def receive(self, payload: bytes) -> bytes | None:
+        return self.phone.process(payload)
+
+    def idle(self, seconds: float) -> bool:
+        return seconds >= self.limits.idle_timeout
+
+    def close(self) -> None:
+        self.phone.deactivate()
+        self.finished = True
+
+
+class TcpPhoneServer(FramedListener):
+    """The phone's side: listens at once (so ``address`` is known even for port 0)."""
 
     @classmethod
     def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> TcpPhoneServer:
         host, port = tcp_address(url)
         return cls(url, host, port)
 
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._listener.getsockname()[:2]
-        return str(host), int(port)
-
-    def serve(self, phone: Phone, stop: threading.Event | None = None, once: bool = False) -> None:
-        stop = stop or threading.Event()
-        while not stop.is_set():
-            try:
-                conn, peer = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if stop.is_set():
-                    return
-                raise
-            self.peer = (str(peer[0]), int(peer[1]))
-            try:
-                with conn:
-                    self._session(conn, phone, stop)
-            finally:
-                self.peer = None
-            self.sessions += 1
-            if once:
-                return
-
-    def _session(self, conn: socket.socket, phone: Phone, stop: threading.Event) -> None:
-        """Serve one terminal; whatever ends the connection, the phone sees the field drop."""
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.settimeout(POLL_INTERVAL)
-        answered = time.monotonic()  # when the last answer went out (here: connected)
-        decoder = FrameDecoder(COMMAND_FRAMES, began=answered)  # the first frame is due now
-        try:
-            while not stop.is_set():
-                try:
-                    data = conn.recv(_CHUNK)
-                except TimeoutError:
-                    if self._overdue(decoder, answered):
-                        return
-                    continue
-                except OSError:
-                    return
-                if not data:
-                    return
-                try:
-                    commands = decoder.feed(data, time.monotonic())
-                except FrameError as exc:
-                    log.warning("tcp: %s from %s; dropped", exc, self.peer)
-                    return  # oversize frame: drop the terminal, never guess
-                for command in commands:
-                    try:
-                        conn.sendall(encode(phone.process(command)))
-                    except OSError:
-                        return
-                    answered = time.monotonic()
-        finally:
-            phone.deactivate()
-
-    def _overdue(self, decoder: FrameDecoder, answered: float) -> bool:
-        """Whether the session has waited longer than :class:`SessionLimits` allow."""
-        now, limits = time.monotonic(), self.limits
-        if decoder.began is not None:
-            if not decoder.overdue(now, limits.frame_timeout):
-                return False
-            log.warning("tcp: %s sent no complete frame in time; dropped", self.peer)
-            return True
-        idle = now - answered
-        if idle >= limits.idle_timeout:
-            log.warning("tcp: %s silent for %.0f s; dropped", self.peer, idle)
-            return True
-        if idle >= limits.yield_after and self._someone_waiting():
-            log.warning("tcp: %s idle while another terminal waits; dropped", self.peer)
-            return True
-        return False
-
-    def _someone_waiting(self) -> bool:
-        """A connection is queued on the listener (readable = accept would not block)."""
-        try:
-            ready, _, _ = select.select([self._listener], [], [], 0)
-        except (OSError, ValueError):  # listener closed: the server is shutting down
-            return False
-        return bool(ready)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._listener.close()
+    def conversation(self, phone: Phone) -> TcpConversation:
+        return TcpConversation(phone, self.limits)
 
 
 class TcpPhoneLink:

@@ -8,6 +8,12 @@ the answers.  No I/O here: the caller passes ``transmit`` (bytes in, bytes out, 
 and over ``tcp:``, ``pcsc:`` or ``nfcpy:`` from ``swipepay conformance``.
 
 Every check starts with its own SELECT, so one failing check cannot poison the next.
+
+The checks judge the phone as a reader sees it.  On Android the reader talks to the phone's HCE
+stack first, which routes commands to an app only after a SELECT of an AID the app registers:
+before that it answers by itself (``6F00`` to any other command, ``6A82`` to a SELECT of an AID
+nobody registers).  Where a check can meet those answers it accepts them, says so in its
+detail, and then checks what the app itself answers.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ Pause = Callable[[float], None]
 
 #: An AID no swipepay phone answers to (same length, different proprietary value).
 FOREIGN_AID = bytes.fromhex("F0000000000001")
+#: What Android's HCE stack answers itself to a command other than a SELECT while no service is
+#: selected (the command never reaches an app).
+ANDROID_NOTHING_SELECTED = SW.NO_PRECISE_DIAGNOSIS
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,8 @@ class Context:
     max_polls: int = 300
     poll_interval: float = 0.2
     random: Callable[[int], bytes] = os.urandom
+    #: The AID the phone answers to (``--aid``; the lab's by default).
+    aid: bytes = AID
 
     @property
     def card_id(self) -> bytes:
@@ -114,7 +125,7 @@ class CheckResult:
 
 
 def _link(ctx: Context, cert: TerminalCertificate | None = None) -> TerminalLink:
-    return TerminalLink(cert or ctx.certificate, ctx.signing_key, ctx.random)
+    return TerminalLink(cert or ctx.certificate, ctx.signing_key, ctx.random, ctx.aid)
 
 
 def _select(probe: Probe, link: TerminalLink) -> None:
@@ -213,9 +224,19 @@ def check_wrong_aid(ctx: Context, probe: Probe) -> str:
     probe.expect(bytes([0, 0xA4, 4, 0, len(FOREIGN_AID)]) + FOREIGN_AID + b"\x00",
                  SW.FILE_NOT_FOUND, "SELECT foreign AID")
     # Not selected any more: proprietary commands are refused until the next SELECT.
-    probe.expect(bytes([0x80, Ins.GET_CONFIRMATION, 0, 0]), SW.CONDITIONS_NOT_SATISFIED,
-                 "command while deselected")
-    return ""
+    poll = bytes([0x80, Ins.GET_CONFIRMATION, 0, 0])
+    probe.send(poll)
+    if probe.seen[-1] == SW.CONDITIONS_NOT_SATISFIED:
+        return ""
+    if probe.seen[-1] != ANDROID_NOTHING_SELECTED:
+        raise CheckFailed(f"command while deselected: expected 6985 (or Android's 6F00), "
+                          f"got {probe.seen[-1]:04X}")
+    # Android answered for a phone with no service selected; the app must still refuse the
+    # command once it is selected and no session is open.
+    _select(probe, _link(ctx))
+    probe.expect(poll, SW.CONDITIONS_NOT_SATISFIED, "command while only selected")
+    return ("6F00 is Android's own answer while no app is selected (accepted); "
+            "the selected app then refused the command")
 
 
 def check_wrong_token(ctx: Context, probe: Probe) -> str:
@@ -341,9 +362,9 @@ def check_transaction(ctx: Context, probe: Probe) -> str:
 
 #: The suite, in the order it runs.  The full transaction is last: it needs the user.
 CHECKS: tuple[Check, ...] = (
-    Check("select", f"00 A4 04 00 07 {AID.hex().upper()} 00", "9000", check_select),
-    Check("wrong-aid", f"SELECT {FOREIGN_AID.hex().upper()}, then 80 30", "6A82 6985",
-          check_wrong_aid),
+    Check("select", "SELECT {aid}", "9000", check_select),
+    Check("wrong-aid", f"SELECT {FOREIGN_AID.hex().upper()}, then 80 30",
+          "6A82 6985 (Android: 6A82 6F00, then 9000 6985)", check_wrong_aid),
     Check("wrong-token", "CONNECT with another card's token, then AUTHENTICATE", "6A88 6985",
           check_wrong_token),
     Check("foreign-ca", "AUTHENTICATE with a certificate from an unknown CA", "6982 6985",
@@ -379,7 +400,8 @@ def run_check(check: Check, ctx: Context, transmit: Transmit, pause: Pause) -> C
     except SwipepayError as exc:
         passed, detail = False, f"{type(exc).__name__}: {exc}"
     seen = " ".join(f"{sw:04X}" for sw in probe.seen)
-    return CheckResult(check.name, check.sends, check.expected, seen, passed, detail, broken)
+    sends = check.sends.replace("{aid}", ctx.aid.hex().upper())
+    return CheckResult(check.name, sends, check.expected, seen, passed, detail, broken)
 
 
 def select_checks(names: list[str] | None) -> tuple[Check, ...]:

@@ -28,7 +28,7 @@ from typing import Any
 from swipepay.firmware_sim.carddata import CardData
 from swipepay.firmware_sim.errors import LocalProtocolError, SwipepayError
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
-from swipepay.firmware_sim.phonelink.protocol import ConfirmationStatus, Ins
+from swipepay.firmware_sim.phonelink.protocol import AID, ConfirmationStatus, Ins
 from swipepay.firmware_sim.phonelink.terminal_link import Exchange, PhoneNotBound, TerminalLink
 from swipepay.firmware_sim.transaction import Transaction, TxnType
 
@@ -86,6 +86,8 @@ class TerminalConfig:
     poll_interval_ms: int = 200
     confirm_timeout_ms: int = 60_000
     host_timeout_ms: int = 15_000
+    #: The AID the terminal SELECTs (its :class:`TerminalLink` is built with it).
+    aid: bytes = AID
 
 
 @dataclass(frozen=True)

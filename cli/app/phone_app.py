@@ -20,6 +20,7 @@ from swipepay.drivers.mock_phone import MockField
 from swipepay.drivers.store.phone_store import PhoneProfile, PhoneStore
 from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser, UserAgent
 from swipepay.firmware_sim.phonelink.applet import PhoneApplet
+from swipepay.firmware_sim.phonelink.protocol import AID
 
 if TYPE_CHECKING:
     from swipepay.center.lab import Lab
@@ -32,10 +33,14 @@ U = TypeVar("U", bound=UserAgent)
 class PhoneApp(Generic[U]):
     """A phone: its stored profile, its applet on the store's DUKPT device, and its user."""
 
-    def __init__(self, store: PhoneStore, user: U, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: PhoneStore, user: U, clock: Callable[[], float] = time.time,
+        aid: bytes = AID,
+    ) -> None:
+        """``aid``: the AID the phone answers a SELECT for (the terminal's must match)."""
         self.store = store
         self.user = user
-        applet = PhoneApplet(store.profile.identity(), store.dukpt())
+        applet = PhoneApplet(store.profile.identity(), store.dukpt(), aid=aid)
         self.phone = Phone(applet, user, clock)
 
     @classmethod
@@ -67,9 +72,11 @@ def lab_phone(
     *,
     wrong_pin: bool = False,
     delay_polls: int = 0,
+    aid: bytes | None = None,
 ) -> PhoneApp[ScriptedUser]:
     """Lab phone ``name`` with a simulated user who knows the lab PIN of the bound card (or
-    types a wrong one) and answers after ``delay_polls`` polls.  The PIN is read from the lab's
+    types a wrong one) and answers after ``delay_polls`` polls, answering to ``aid`` (default:
+    the lab's).  The PIN is read from the lab's
     secrets when it is typed, never from a command line."""
     store = PhoneStore(lab.phone_path(name))
     card = store.profile.card
@@ -78,4 +85,5 @@ def lab_phone(
         real = lab.pins()[card]
         return f"{(int(real) + 1) % 10_000:04d}" if wrong_pin else real
 
-    return PhoneApp(store, ScriptedUser(choice, pin, delay_polls))
+    chosen = lab.aid if aid is None else aid
+    return PhoneApp(store, ScriptedUser(choice, pin, delay_polls), aid=chosen)

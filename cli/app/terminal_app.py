@@ -37,6 +37,7 @@ from swipepay.drivers.runner import Observer, TxnReport, run_transaction
 from swipepay.drivers.store.terminal_store import TerminalStore
 from swipepay.firmware_sim.errors import ConfigError
 from swipepay.firmware_sim.phone import Choice
+from swipepay.firmware_sim.phonelink.protocol import parse_aid
 from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
 from swipepay.firmware_sim.terminal import Order, Outcome, Terminal, TerminalConfig
 from swipepay.firmware_sim.transaction import TXN_TYPES, Transaction, TxnType, parse_amount
@@ -83,20 +84,15 @@ class TerminalApp:
         self.settings = settings
         self.store = store
         tid = settings.terminal_id
-        overrides = {
-            k: v
-            for k, v in (
-                ("merchant_id", settings.merchant_id),
-                ("merchant_name", settings.merchant_name),
-            )
-            if v is not None
-        }
+        base = lab.terminal_config(tid)
         self.config: TerminalConfig = replace(
-            lab.terminal_config(tid),
+            base,
+            merchant_id=settings.merchant_id or base.merchant_id,
+            merchant_name=settings.merchant_name or base.merchant_name,
             poll_interval_ms=settings.poll_interval_ms,
             confirm_timeout_ms=int(settings.confirm_timeout * 1000),
             host_timeout_ms=int(settings.host_timeout * 1000),
-            **overrides,
+            aid=base.aid if settings.aid is None else parse_aid(settings.aid),
         )
         self._identity = lab.terminal_link_identity(tid)
 
@@ -157,7 +153,7 @@ class TerminalApp:
         field = MockField()
         if name:
             choice = Choice.DECLINE if "decline" in query else Choice.CONFIRM
-            lab_phone(self.lab, name, choice).enter(field)
+            lab_phone(self.lab, name, choice, aid=self.config.aid).enter(field)
         mock: PhoneLink = open_phone_link("mock:", DriverContext(field=field))
         return mock
 
@@ -214,7 +210,7 @@ class TerminalApp:
         config = self.config
         tid = config.terminal_id
         stan = self.store.take_stan()
-        terminal = Terminal(config, TerminalLink(*self._identity), stan)
+        terminal = Terminal(config, TerminalLink(*self._identity, aid=config.aid), stan)
         ident = txn_id(tid, stan)
         before = len(self.store.reversals.pending())
         with transaction(ident):

@@ -29,6 +29,8 @@ class TerminalSettings:
     host_timeout: float = 15.0
     confirm_timeout: float = 60.0
     poll_interval_ms: int = 200
+    #: The phone-link AID, hex (None: the lab's ``aid``, by default F0535750415901).
+    aid: str | None = None
 
 
 #: Keys a terminal.toml may set -> the type of their value (specs as data).
@@ -44,6 +46,7 @@ CONFIG_KEYS: Final[dict[str, type]] = {
     "host_timeout": float,
     "confirm_timeout": float,
     "poll_interval_ms": int,
+    "aid": str,
 }
 
 

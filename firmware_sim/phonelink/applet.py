@@ -152,8 +152,11 @@ class PhoneApplet:
         identity: PhoneIdentity,
         dukpt: DukptDevice,
         random: Callable[[int], bytes] = os.urandom,
+        aid: bytes = AID,
     ) -> None:
         self.identity = identity
+        #: The AID this applet answers a SELECT for.
+        self.aid = aid
         self.dukpt = dukpt
         self._random = random
         self.state = State.IDLE
@@ -294,7 +297,7 @@ class PhoneApplet:
     def _select(self, command: CommandApdu) -> bytes:
         if command.p1 != 0x04 or command.p2 not in (0x00, 0x0C):
             raise RemoteProtocolError("only SELECT by DF name", status_word=SW.WRONG_P1P2)
-        if command.data != AID:
+        if command.data != self.aid:
             self.deactivate()
             raise RemoteProtocolError("application not found", status_word=SW.FILE_NOT_FOUND)
         if self.state is not State.IDLE:
@@ -302,7 +305,7 @@ class PhoneApplet:
         self.state = State.SELECTED
         fci = encode_fields(
             [
-                (Tag.DF_NAME, AID),
+                (Tag.DF_NAME, self.aid),
                 (Tag.FCI_PROPRIETARY, encode_fields([(Tag.VERSION, bytes([PROTOCOL_VERSION]))])),
             ]
         )
@@ -326,7 +329,7 @@ class PhoneApplet:
                 (Tag.PHONE_KEY, ecc.encode_point(phone_key.public_key())),
             ]
         )
-        transcript = connect_transcript(data, answer)
+        transcript = connect_transcript(data, answer, self.aid)
         keys = derive_session_keys(phone_key, terminal_key, transcript)
         self._session = _Session(
             f[Tag.TERMINAL_NONCE], phone_key, transcript, keys, SecureChannel(keys, "phone")

@@ -11,11 +11,14 @@ import hashlib
 from dataclasses import dataclass
 from enum import IntEnum
 
-from swipepay.firmware_sim.errors import DecodeError
+from swipepay.firmware_sim.errors import ConfigError, DecodeError
 from swipepay.firmware_sim.tlv import encode_tlv, parse_tlv
 
-#: "F0" + "SWPAY" + 01 (hardware_notes/design.md §4).
+#: "F0" + "SWPAY" + 01 (hardware_notes/design.md §4): the default AID; a bench may choose
+#: another (``--aid``, the lab's ``aid``), e.g. one a relay app on Android already registers.
 AID = bytes.fromhex("F0535750415901")
+#: ISO/IEC 7816-4: an application identifier is 5 to 16 bytes.
+AID_LENGTHS = range(5, 17)
 PROTOCOL_VERSION = 1
 CLA_ISO = 0x00
 CLA_PROPRIETARY = 0x80
@@ -27,6 +30,17 @@ MAX_RESPONSE_DATA = 256
 TOKEN_LEN = 16
 NONCE_LEN = 16
 UID_TOKEN_DOMAIN = b"swipepay/uid"
+
+
+def parse_aid(text: str) -> bytes:
+    """An AID given as hex (``F04E66E75C02D8``, spaces allowed); ConfigError if it is not one."""
+    try:
+        aid = bytes.fromhex(text.replace(" ", ""))
+    except ValueError:
+        raise ConfigError(f"AID {text!r} is not hex") from None
+    if len(aid) not in AID_LENGTHS:
+        raise ConfigError(f"an AID is 5 to 16 bytes, not {len(aid)}")
+    return aid
 
 
 class Ins(IntEnum):

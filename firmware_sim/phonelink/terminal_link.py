@@ -77,8 +77,11 @@ class TerminalLink:
         certificate: TerminalCertificate,
         signing_key: ec.EllipticCurvePrivateKey,
         random: Callable[[int], bytes] = os.urandom,
+        aid: bytes = AID,
     ) -> None:
         self.certificate = certificate
+        #: The AID the SELECT names (the phone's applet must answer to the same one).
+        self.aid = aid
         self._signing_key = signing_key
         self._random = random
         self._ephemeral: ec.EllipticCurvePrivateKey | None = None
@@ -92,7 +95,7 @@ class TerminalLink:
     # -- commands ------------------------------------------------------------------------
 
     def select_command(self) -> Exchange:
-        return self._plain(Ins.SELECT, CommandApdu(CLA_ISO, Ins.SELECT, 0x04, 0x00, AID, 256))
+        return self._plain(Ins.SELECT, CommandApdu(CLA_ISO, Ins.SELECT, 0x04, 0x00, self.aid, 256))
 
     def connect_command(self, card_id: bytes) -> Exchange:
         nonce = self._random(NONCE_LEN)
@@ -149,7 +152,7 @@ class TerminalLink:
         data = self._check(Ins.CONNECT, response)
         f = decode_fields(data, (Tag.PHONE_NONCE, Tag.PHONE_KEY))
         assert self._ephemeral is not None
-        self._h1 = connect_transcript(self._connect_body, data)
+        self._h1 = connect_transcript(self._connect_body, data, self.aid)
         self._keys = derive_session_keys(self._ephemeral, f[Tag.PHONE_KEY], self._h1)
         self._ephemeral = None
 

@@ -11,9 +11,10 @@ from swipepay.firmware_sim.phonelink.protocol import AID
 from swipepay.firmware_sim.secure_channel import Transcript
 
 
-def connect_transcript(connect_body: bytes, connect_answer: bytes) -> bytes:
+def connect_transcript(connect_body: bytes, connect_answer: bytes, aid: bytes = AID) -> bytes:
+    """H1 over the AID that was selected and the CONNECT exchange."""
     t = Transcript()
-    t.add(b"aid", AID)
+    t.add(b"aid", aid)
     t.add(b"connect", connect_body)
     t.add(b"connect-answer", connect_answer)
     return t.digest()
