@@ -99,7 +99,7 @@ def test_conformance_passes_through_the_relay(bench: Bench) -> None:
     code, report = bench.conformance()
     failed = [c for c in report["checks"] if not c["passed"]]
     assert (code, failed) == (0, []), report
-    assert len(report["checks"]) == len(CHECKS) == 12
+    assert len(report["checks"]) == len(CHECKS) == 13
     assert report["checks"][0]["sends"] == f"SELECT {AID}"
     # Android routed the foreign SELECT nowhere (6A82 by itself); the app refused the rest.
     assert bytes.fromhex("6A82") in bench.relay.router.answered_by_android
