@@ -125,6 +125,9 @@ class PromptUser:
     def on_result(self, shown: ResultShown) -> None:
         _echo_result(shown)
 
+    def on_end(self, wiped: object) -> None:
+        return None
+
 
 def _echo_result(shown: ResultShown) -> None:
     verdict = "APPROVED" if shown.response_code == "00" else "DECLINED"
