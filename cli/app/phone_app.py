@@ -103,6 +103,8 @@ class ResultView:
     response_code: str
     #: ``Approved``, ``Declined — incorrect PIN``...
     words: str
+    #: Why it was declined (``incorrect PIN``); None when approved.
+    reason: str | None = None
     auth_code: str | None = None
     #: A balance inquiry's available balance, e.g. ``1234.56 EUR``.
     balance_text: str | None = None
@@ -194,17 +196,17 @@ def currency_letters(numeric: str) -> str:
     return CURRENCY_CODES.get(numeric, numeric)
 
 
-def result_words(code: str, card: str | None = None) -> str:
-    """The phone's words for a response code: ``Approved``, ``Declined — incorrect PIN``."""
+def decline_reason(code: str, card: str | None = None) -> str | None:
+    """Why ``code`` declined, in words (None: approved); code 75 names the unblock command."""
     from swipepay.center.response_codes import RC, describe
 
     row = describe(code)
     if row.approved:
-        return "Approved"
-    words = f"Declined — {row.text[0].lower()}{row.text[1:]} ({code})"
+        return None
+    reason = f"{row.text[0].lower()}{row.text[1:]}"
     if code == RC.PIN_TRIES_EXCEEDED:
-        words += f"; the operator resets them with: {unblock_command(card)}"
-    return words
+        reason += f"; the operator resets them with `{unblock_command(card)}`"
+    return reason
 
 
 def unblock_command(card: str | None) -> str:
@@ -322,12 +324,14 @@ class AttendedUser:
         balance = None
         if shown.balance is not None:
             balance = money(shown.balance, view.currency)
+        reason = decline_reason(shown.response_code, self.card)
         self.ui.result(
             view,
             ResultView(
-                approved=shown.response_code == "00",
+                approved=reason is None,
                 response_code=shown.response_code,
-                words=result_words(shown.response_code, self.card),
+                words="Approved" if reason is None else f"Declined — {reason}",
+                reason=reason,
                 auth_code=shown.auth_code,
                 balance_text=balance,
             ),
