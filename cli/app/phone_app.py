@@ -209,9 +209,9 @@ def decline_reason(code: str, card: str | None = None) -> str | None:
     return reason
 
 
-def unblock_command(card: str | None) -> str:
+def unblock_command(card: str | None, home: str = "LAB") -> str:
     """The operator command that resets a card's PIN tries (named in every code-75 message)."""
-    return f"swipepay center unblock --home LAB --card {card or 'CARD'}"
+    return f"swipepay center unblock --home {home} --card {card or 'CARD'}"
 
 
 class AttendedUser:
