@@ -7,10 +7,7 @@ import os
 import re
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,6 @@ from swipepay.center.lab import Lab
 from swipepay.cli.main import main
 from swipepay.cli.phone_cmds import pin_from_env, pin_from_file
 from swipepay.firmware_sim.errors import ConfigError
-from tests.support.phonelink import conformance_setup
 
 
 def swipepay(*args: str) -> list[str]:
