@@ -332,8 +332,11 @@ class Terminal:
         self._send(run, self.link.confirmation_command())
 
     def _phone_gone(self, run: _Run, event: PhoneGone) -> None:
+        # Gone before it answered the SELECT: there never was a phone (NO_PHONE, not GONE).
+        ending = Ending.NO_PHONE if run.pending is Ins.SELECT else Ending.PHONE_GONE
+        message = f"no phone answered: {event.reason}" if ending is Ending.NO_PHONE else ""
         self._end_on_phone(
-            Outcome(Ending.PHONE_GONE, run.txn, message=event.reason, polls=run.polls)
+            Outcome(ending, run.txn, message=message or event.reason, polls=run.polls)
         )
 
     def _host_silent(self, run: _Run, event: HostSilent) -> None:

@@ -279,11 +279,10 @@ class TerminalApp:
                 min(CENTER_CHECK_TIMEOUT, self.settings.host_timeout),
             )
 
-    def _unreachable(self, order: Order, exc: SwipepayError) -> TerminalResult:
+    def _unreachable(self, order: Order, exc: SwipepayError, before: int) -> TerminalResult:
         """The run that ended before it began: the center is not there."""
         _log.warning("%s", exc)
         tid = self.config.terminal_id
-        queued = len(self.store.reversals.pending())
         outcome = Outcome(Ending.HOST_UNAVAILABLE, None, message=str(exc))
         return TerminalResult(
             order=order,
@@ -291,8 +290,8 @@ class TerminalApp:
             terminal_id=tid,
             txn_id=txn_id(tid, self.store.next_stan()),
             currency=self.config.currency,
-            reversals_queued_before=queued,
-            reversals_queued_after=queued,
+            reversals_queued_before=before,
+            reversals_queued_after=len(self.store.reversals.pending()),
         )
 
     def _cancelled(
@@ -339,17 +338,17 @@ class TerminalApp:
         tid = config.terminal_id
         now = now or datetime.now(UTC)
         self._cancel.clear()
+        before = len(self.store.reversals.pending())  # the check below may send them
         try:
             self._check_center(host, now)
         except TransportError as exc:
-            return self._unreachable(order, exc)
+            return self._unreachable(order, exc, before)
         except KeyboardInterrupt:
             raise TransactionCancelled() from None
         stan = self.store.take_stan()
         terminal = Terminal(config, TerminalLink(*self._identity), stan)
         ident = txn_id(tid, stan)
         key = f"{tid}/{stan % 1_000_000:06d}/{now:%m%d%H%M%S}"
-        before = len(self.store.reversals.pending())
         with transaction(ident):
             _log.info("%s %d on %s", order.type.value, order.amount, tid)
             try:
