@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import select
+import sys
 import threading
 from typing import Final
 
@@ -44,13 +45,19 @@ class LineInput:
             if not os.read(self.fd, 4096):
                 self.closed = True
 
-    def read_line(self, cancel: threading.Event, *, secret: bool = False) -> str | None:
-        """The next line, without its newline; None when ``cancel`` was set first or the input
-        is closed.  With ``secret`` a terminal does not echo what is typed."""
+    def read_line(
+        self, cancel: threading.Event, *, prompt: str = "", secret: bool = False
+    ) -> str | None:
+        """Show ``prompt`` and return the next line, without its newline; None when ``cancel``
+        was set first or the input is closed.  With ``secret`` a terminal does not echo what is
+        typed — echo is off before the prompt appears, so nothing typed after it shows."""
         if secret and self.tty:
             attrs = termios.tcgetattr(self.fd)
             attrs[3] &= ~termios.ECHO
             termios.tcsetattr(self.fd, termios.TCSANOW, attrs)
+        if prompt:
+            sys.stdout.write(prompt)
+            sys.stdout.flush()
         try:
             while b"\n" not in self._buffer:
                 if cancel.is_set() or self.closed:

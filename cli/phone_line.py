@@ -80,15 +80,13 @@ class LinePhoneUI:
         user = self.user
         assert user is not None, "attach() the AttendedUser first"
         self.lines.discard_pending()  # typed before the payment was on screen: not an answer
-        click.echo("  confirm this payment? [y/N]: ", nl=False)
-        answer = self.lines.read_line(cancel)
+        answer = self.lines.read_line(cancel, prompt="  confirm this payment? [y/N]: ")
         if answer is None and cancel.is_set():
             return
         if (answer or "").strip().lower() not in ("y", "yes"):
             taken = user.decline(payment_id)
         else:
-            click.echo("  PIN (not shown): ", nl=False)
-            pin = self.lines.read_line(cancel, secret=True)
+            pin = self.lines.read_line(cancel, prompt="  PIN (not shown): ", secret=True)
             if self.lines.tty:
                 click.echo("")  # the Enter the user typed was not echoed either
             if pin is None:
