@@ -303,6 +303,13 @@ def _render(result: dict[str, Any], echo: Callable[[str], None]) -> None:
 # -- click ---------------------------------------------------------------------------------------
 
 
+def _default(key: str) -> str:
+    """``[default: 30]`` for a setting (click's own show_default format), from
+    :class:`TerminalSettings`: options that a terminal.toml may set have no click default."""
+    value = getattr(TerminalSettings(), key)
+    return f"[default: {value:g}]" if isinstance(value, float) else f"[default: {value}]"
+
+
 @click.group()
 def terminal() -> None:
     """The payment terminal (POS or ATM): reads the card, talks to the phone and the center."""
@@ -312,22 +319,31 @@ def terminal() -> None:
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default="lab",
               show_default=True, help="Lab directory (swipepay init).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help=f"TOML settings (default: HOME/{CONFIG_FILE} when it exists).")
-@click.option("--terminal-id", help="Terminal ID (a terminal of the lab) [POS00001].")
+              help=f"TOML settings.  [default: HOME/{CONFIG_FILE} when it exists]")
+@click.option("--terminal-id",
+              help=f"Terminal ID (a terminal of the lab).  {_default('terminal_id')}")
 @click.option("--card", "card_url", help="Card reader URL, e.g. pcsc:Virtual PCD 00 00, "
-              "serial:/dev/ttyUSB0?proto=msr605, mock: (offer the lab's cards) [mock:].")
+              "serial:/dev/ttyUSB0?proto=msr605, mock: (offer the lab's cards), "
+              f"mock:alice-visa?via=tap.  {_default('card')}")
 @click.option("--phone", "phone_url", help="Phone link URL, e.g. pcsc:Virtual PCD 00 01, "
-              "nfcpy:udp:localhost:54321, mock:alice-phone [pcsc:Virtual PCD 00 01].")
-@click.option("--center", help="Center HOST:PORT (TLS), or 'local' (in-process) [127.0.0.1:8583].")
+              f"tcp:127.0.0.1:7000, nfcpy:udp:localhost:54321, mock:alice-phone.  "
+              f"{_default('phone')}")
+@click.option("--center", help="Center HOST:PORT (TLS), or 'local' (in-process).  "
+              f"{_default('center')}")
 @click.option("--type", "type_name", type=click.Choice(TYPES), help="One transaction, no menu.")
 @click.option("--amount", help="Amount, e.g. 12.34 (not for a balance inquiry).")
-@click.option("--completes", metavar="STAN", help="Completion: the pre-auth STAN [latest].")
+@click.option("--completes", metavar="STAN",
+              help="Completion: the pre-auth STAN.  [default: the latest]")
 @click.option("--card-data", help="Track data or a lab card's PAN instead of reading a card.")
 @click.option("--json", "as_json", is_flag=True, help="One-shot: print the result as JSON.")
-@click.option("--card-timeout", type=float, help="Seconds to wait for a card [30].")
-@click.option("--phone-timeout", type=float, help="Seconds to wait for the phone [30].")
-@click.option("--host-timeout", type=float, help="Seconds to wait for the center [15].")
-@click.option("--confirm-timeout", type=float, help="Seconds the user has on the phone [60].")
+@click.option("--card-timeout", type=float,
+              help=f"Seconds to wait for a card.  {_default('card_timeout')}")
+@click.option("--phone-timeout", type=float,
+              help=f"Seconds to wait for the phone.  {_default('phone_timeout')}")
+@click.option("--host-timeout", type=float,
+              help=f"Seconds to wait for the center.  {_default('host_timeout')}")
+@click.option("--confirm-timeout", type=float,
+              help=f"Seconds the user has on the phone.  {_default('confirm_timeout')}")
 def terminal_run(
     home: Path, config_path: Path | None, terminal_id: str | None, card_url: str | None,
     phone_url: str | None, center: str | None, type_name: str | None, amount: str | None,
@@ -552,7 +568,7 @@ def _ask_card(session: Session, order: Order) -> CardReader:
               show_default=True, help="Lab directory.")
 @click.option("--card", "name", required=True, help="Lab card name, e.g. alice-visa.")
 @click.option("--via", type=click.Choice(["insert", "tap"]), default=None,
-              help="Contact (insert) or contactless (tap) [tap when the card has it].")
+              help="Contact (insert) or contactless (tap) [default: tap when the card has it]")
 @click.option("--vpcd", "address", default="127.0.0.1:35963", show_default=True,
               help="vpcd slot HOST:PORT (35963 = Virtual PCD 00 00).")
 def card_serve(home: Path, name: str, via: str | None, address: str) -> None:
