@@ -37,7 +37,7 @@ def test_a_center_of_another_lab_names_home(lab: Lab, tmp_path: Path) -> None:
     server = ServerThread(other)
     host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", server.port)
     try:
-        with pytest.raises(CenterUnreachable, match="another lab.*--home"):
+        with pytest.raises(CenterUnreachable, match=r"another lab.*--home"):
             host.check(POS, stans, "1201090000", 3.0)
     finally:
         host.close()
