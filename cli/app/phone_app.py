@@ -144,7 +144,10 @@ class PhoneApp(Generic[U]):
     @classmethod
     def attended(cls, store: PhoneStore, ui: PhoneUI, timeout: float) -> PhoneApp[AttendedUser]:
         """The phone held by a person who answers through the front-end ``ui``."""
-        return PhoneApp(store, AttendedUser(ui, timeout, card=store.profile.card))
+        lab = store.path.parent.parent if store.path.parent.name == "phones" else None
+        user = AttendedUser(ui, timeout, card=store.profile.card,
+                            home=str(lab) if lab is not None else "LAB")  # fmt: skip
+        return PhoneApp(store, user)
 
     def __repr__(self) -> str:
         return f"PhoneApp({self.store.profile!r})"
@@ -196,7 +199,7 @@ def currency_letters(numeric: str) -> str:
     return CURRENCY_CODES.get(numeric, numeric)
 
 
-def decline_reason(code: str, card: str | None = None) -> str | None:
+def decline_reason(code: str, card: str | None = None, home: str = "LAB") -> str | None:
     """Why ``code`` declined, in words (None: approved); code 75 names the unblock command."""
     from swipepay.center.response_codes import RC, describe
 
@@ -205,7 +208,7 @@ def decline_reason(code: str, card: str | None = None) -> str | None:
         return None
     reason = f"{row.text[0].lower()}{row.text[1:]}"
     if code == RC.PIN_TRIES_EXCEEDED:
-        reason += f"; the operator resets them with `{unblock_command(card)}`"
+        reason += f"; the operator resets them with `{unblock_command(card, home)}`"
     return reason
 
 
@@ -229,11 +232,14 @@ class AttendedUser:
         timeout: float,
         *,
         card: str | None = None,
+        home: str = "LAB",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ui = ui
         self.timeout = timeout
+        #: The bound card's lab name and the lab directory: code 75 names the unblock command.
         self.card = card
+        self.home = home
         self.clock = clock
         self._lock = threading.Lock()
         self._ids = 0
@@ -324,7 +330,7 @@ class AttendedUser:
         balance = None
         if shown.balance is not None:
             balance = money(shown.balance, view.currency)
-        reason = decline_reason(shown.response_code, self.card)
+        reason = decline_reason(shown.response_code, self.card, self.home)
         self.ui.result(
             view,
             ResultView(
