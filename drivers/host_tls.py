@@ -25,7 +25,7 @@ from typing import Any
 
 from swipepay.drivers.store.reversal_queue import ReversalQueue
 from swipepay.drivers.store.terminal_store import TerminalStore, terminal_dir
-from swipepay.firmware_sim.errors import DecodeError, LinkTimeout, TransportError
+from swipepay.firmware_sim.errors import DecodeError, LinkTimeout, NotSent, TransportError
 from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
 from swipepay.firmware_sim.transaction import Transaction
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-class CenterUnreachable(TransportError):
+class CenterUnreachable(NotSent):
     """The center could not be reached, or its TLS identity is not the lab's: no request left,
     so nothing needs reversing."""
 

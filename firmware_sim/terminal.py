@@ -128,6 +128,8 @@ class HostAnswer:
 @dataclass(frozen=True)
 class HostSilent:
     reason: str = "no answer in time"
+    #: False when the request never left (the center was unreachable): nothing to reverse.
+    sent: bool = True
 
 
 @dataclass(frozen=True)
@@ -341,7 +343,8 @@ class Terminal:
 
     def _host_silent(self, run: _Run, event: HostSilent) -> None:
         assert run.txn is not None
-        run.actions.append(QueueReversal(run.txn))
+        if event.sent:
+            run.actions.append(QueueReversal(run.txn))
         self._end_on_phone(
             Outcome(Ending.HOST_UNAVAILABLE, run.txn, "91", message=event.reason, polls=run.polls)
         )

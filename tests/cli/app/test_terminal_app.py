@@ -224,3 +224,19 @@ def test_the_commented_settings_file_sets_the_defaults(tmp_path: Path) -> None:
         (tmp_path / "terminal.toml").write_text(line[2:] + "\n")
         if key not in ("merchant_id", "merchant_name"):
             assert load_settings(tmp_path, None, {}) == TerminalSettings()
+
+
+def test_a_request_that_never_left_queues_no_reversal(app: TerminalApp) -> None:
+    from swipepay.drivers.host_tls import CenterUnreachable
+
+    class GoneAfterTheCheck(Watching):
+        def authorize(self, request: AuthRequest, timeout: float) -> AuthResponse:
+            raise CenterUnreachable("center 127.0.0.1:1 not reachable")
+
+    center = app.open_center()
+    try:
+        result = purchase(app, GoneAfterTheCheck(center, app.store))
+    finally:
+        center.close()
+    assert result.outcome.ending is Ending.HOST_UNAVAILABLE
+    assert result.report.reversal is None and app.store.reversals.pending() == []
