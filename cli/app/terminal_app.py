@@ -280,8 +280,9 @@ class TerminalApp:
             )
 
     def _unreachable(self, order: Order, exc: SwipepayError, before: int) -> TerminalResult:
-        """The run that ended before it began: the center is not there."""
-        _log.warning("%s", exc)
+        """The run that ended before it began: the center is not there (the front-end says it;
+        the log has it at INFO so a console shows it once)."""
+        _log.info("%s", exc)
         tid = self.config.terminal_id
         outcome = Outcome(Ending.HOST_UNAVAILABLE, None, message=str(exc))
         return TerminalResult(

@@ -64,6 +64,10 @@ CONFIG_HELP: Final[dict[str, str]] = {
 }
 
 
+#: Example values for the keys whose default is the lab's own value.
+_EXAMPLES: Final[dict[str, str]] = {"merchant_id": "MERCH0000000001", "merchant_name": "Kiosk"}
+
+
 def commented_config() -> str:
     """A terminal.toml that sets nothing: every key commented out at its default, explained."""
     lines = [
@@ -74,8 +78,8 @@ def commented_config() -> str:
     for key in CONFIG_KEYS:
         value = getattr(defaults, key)
         lines += ["", f"# {CONFIG_HELP[key]}"]
-        if value is None:
-            lines.append(f'# {key} = ""')
+        if value is None:  # no default: the lab's own value; show an example
+            lines.append(f'# {key} = "{_EXAMPLES[key]}"')
         elif isinstance(value, str):
             lines.append(f'# {key} = "{value}"')
         else:
