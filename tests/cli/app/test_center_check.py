@@ -60,3 +60,50 @@ def test_the_labs_own_center_answers_the_echo(lab: Lab) -> None:
         host.close()
         server.stop()
     assert taken == ["000901"]
+
+
+def test_cancel_after_the_request_left_reverses_it(lab: Lab) -> None:
+    """Ctrl-C after the center approved, before the terminal finished: the approval is
+    reversed at once (the write-ahead reversal becomes due and goes out on a fresh
+    connection)."""
+    from swipepay.cli.app.phone_app import lab_phone
+    from swipepay.cli.app.terminal_app import TerminalApp, TransactionCancelled
+    from swipepay.cli.app.terminal_settings import TerminalSettings
+    from swipepay.drivers.base import DriverContext
+    from swipepay.drivers.mock_phone import MockField
+    from swipepay.drivers.registry import open_phone_link
+    from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
+
+    server = ServerThread(lab)
+    settings = TerminalSettings(center=f"127.0.0.1:{server.port}")
+    try:
+        with TerminalApp.open(lab.root, settings) as app:
+            tls = app.open_center()
+
+            class InterruptedAfterSend:
+                def __getattr__(self, name: str) -> object:
+                    return getattr(tls, name)
+
+                def check(self, *args: object) -> None:
+                    tls.check(*args)  # type: ignore[arg-type]
+
+                def authorize(self, request: AuthRequest, timeout: float) -> AuthResponse:
+                    answer = tls.authorize(request, timeout)
+                    assert answer.approved
+                    raise KeyboardInterrupt  # Ctrl-C as the approval arrives
+
+            field = MockField()
+            lab_phone(lab, "alice-phone").enter(field)
+            order = app.order("purchase", "4.00", None)
+            try:
+                with pytest.raises(TransactionCancelled) as caught:
+                    app.run(order, reader=app.open_reader("mock:alice-visa", order),
+                            link=open_phone_link("mock:", DriverContext(field=field)),
+                            host=InterruptedAfterSend(),  # type: ignore[arg-type]
+                            sleep=lambda s: None)  # fmt: skip
+            finally:
+                tls.close()
+            assert caught.value.reversal == "sent"
+            assert app.store.reversals.pending() == []
+    finally:
+        server.stop()
