@@ -61,11 +61,16 @@ CONFIG_HELP: Final[dict[str, str]] = {
     "host_timeout": "Seconds to wait for the center's answer.",
     "confirm_timeout": "Seconds the user has to confirm on the phone.",
     "poll_interval_ms": "Milliseconds between the terminal's polls of the phone.",
+    "aid": "The phone-link AID, hex (default: the lab's aid); the phone's must match.",
 }
 
 
 #: Example values for the keys whose default is the lab's own value.
-_EXAMPLES: Final[dict[str, str]] = {"merchant_id": "MERCH0000000001", "merchant_name": "Kiosk"}
+_EXAMPLES: Final[dict[str, str]] = {
+    "merchant_id": "MERCH0000000001",
+    "merchant_name": "Kiosk",
+    "aid": "F0535750415901",
+}
 
 
 def commented_config() -> str:
