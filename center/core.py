@@ -62,7 +62,7 @@ from swipepay.center.policy import (
     is_expired,
     parse_expiry,
 )
-from swipepay.center.response_codes import RC
+from swipepay.center.response_codes import RC, describe
 from swipepay.center.storage import (
     CardRecord,
     MessageKey,
@@ -372,11 +372,13 @@ class Center:
             return AuthResponse(
                 RC.SYSTEM_MALFUNCTION.value, message="system malfunction; nothing done"
             )
-        # Approvals are in the messages table anyway; at INFO this line cost ~5 % of the server's
-        # CPU under load.  Declines stay at INFO (ops want to see them), approvals go to DEBUG.
-        level = logging.DEBUG if r.response_code == _APPROVED else logging.INFO
-        if _log.isEnabledFor(level):
-            _log.log(level, "authorization %s card %s: %s", key, _masked(txn.pan), r.response_code)
+        # Every decision at INFO, in words, so an operator watching `center serve` sees each
+        # payment (a load test raises the level to WARNING to save the formatting).
+        if _log.isEnabledFor(logging.INFO):
+            _log.info(
+                "authorization %s %s %d card %s: %s %s", key, txn.type.value, txn.amount,
+                _masked(txn.pan), r.response_code, describe(r.response_code).text,
+            )  # fmt: skip
         return r
 
     def _decide(

@@ -88,16 +88,26 @@ def reconcile(storage: Storage, rows: list[ReportRow]) -> dict[str, tuple[int, i
 _HEADER = ("merchant_id", "terminal_id", "txn_type", "count", "gross", "reversed", "net")
 
 
-def as_table(rows: list[ReportRow]) -> str:
+def as_table(rows: list[ReportRow], currency: str = "978") -> str:
+    """The report for people: amounts in major units with the currency's letters, every
+    column as wide as its widest cell (CSV and JSON keep minor units, for programs)."""
+    from swipepay.firmware_sim.transaction import format_amount
+
+    header = ("merchant", "terminal", "type", "count", "gross", "reversed", "net")
+    cells = [
+        (r.merchant_id, r.terminal_id, r.txn_type, str(r.count),
+         *(format_amount(v, currency) for v in (r.gross, r.reversed, r.net)))
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
+    left = 3  # merchant, terminal and type are text: left-aligned; the numbers right-aligned
     lines = [
-        f"{'merchant':<10} {'terminal':<9} {'type':<11} {'count':>5} {'gross':>12} "
-        f"{'reversed':>12} {'net':>12}"
-    ]
-    for r in rows:
-        lines.append(
-            f"{r.merchant_id:<10} {r.terminal_id:<9} {r.txn_type:<11} {r.count:>5} "
-            f"{r.gross:>12} {r.reversed:>12} {r.net:>12}"
-        )
+        "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in
+                  enumerate(zip(row, widths, strict=True))).rstrip()
+        for row in [header, *cells]
+    ]  # fmt: skip
+    if not rows:
+        lines.append("(no approved transactions)")
     return "\n".join(lines)
 
 

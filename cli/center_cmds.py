@@ -20,14 +20,17 @@ _HOME = click.option(
 
 @click.group()
 def center() -> None:
-    """The payment center: ISO 8583 server over mutual TLS, settlement report."""
+    """The payment center: ISO 8583 server over mutual TLS, settlement report, PIN unblock."""
 
 
 @center.command()
 @_HOME
-@click.option("--listen", default="127.0.0.1:8583", show_default=True, help="HOST:PORT")
-@click.option("--max-connections", default=64, show_default=True)
-@click.option("--idle-timeout", default=30.0, show_default=True, help="Seconds.")
+@click.option("--listen", default="127.0.0.1:8583", show_default=True,
+              help="HOST:PORT to listen on (port 0: any free port).")
+@click.option("--max-connections", default=64, show_default=True,
+              help="Terminal connections served at once; more are closed.")
+@click.option("--idle-timeout", default=30.0, show_default=True,
+              help="Seconds a terminal connection may stay silent before it is closed.")
 def serve(home: Path, listen: str, max_connections: int, idle_timeout: float) -> None:
     """Serve ISO 8583 over TLS 1.3 with required client certificates from the lab CA."""
     import asyncio
@@ -54,15 +57,28 @@ def serve(home: Path, listen: str, max_connections: int, idle_timeout: float) ->
     except OSError as exc:
         fail(ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}"))
     except KeyboardInterrupt:
-        pass
+        click.echo("stopped", err=True)
 
 
 @center.command()
 @_HOME
-@click.option("--date", "day", default=None, help="Only messages received on YYYY-MM-DD.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.option("--date", "day", default=None, metavar="YYYY-MM-DD",
+              help="Only messages received on this day (UTC).  Default: every day, and the "
+              "totals are checked against the ledger.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True,
+              help="table: for people (major units, e.g. 12.34 EUR); csv, json: for programs "
+              "(minor units, cents).")
 def report(home: Path, day: str | None, fmt: str) -> None:
     """Settlement totals per merchant and terminal, reversals netted, checked against the ledger."""
+    import datetime as dt
+
+    if day is not None:
+        try:
+            day = dt.date.fromisoformat(day).isoformat()
+        except ValueError:
+            fail(ConfigError(f"--date must be a day as YYYY-MM-DD, not {day!r}"))
+            return
     from swipepay.center import report as rep
     from swipepay.center.lab import Lab
     from swipepay.center.storage import SQLiteStorage
@@ -84,3 +100,36 @@ def report(home: Path, day: str | None, fmt: str) -> None:
         for tid, (want, got) in mismatch.items():
             click.echo(f"MISMATCH {tid}: report {want}, ledger {got}", err=True)
         raise SystemExit(2)
+
+
+@center.command()
+@_HOME
+@click.option("--card", "name", required=True, help="Lab card name, e.g. alice-visa.")
+def unblock(home: Path, name: str) -> None:
+    """Reset a card's wrong-PIN counter after it reached the limit (response code 75).
+
+    The limit itself stays: three wrong PINs in a row block the card again.  Run it while the
+    center serves or not (the change is one database transaction).
+    """
+    from swipepay.center.lab import Lab
+    from swipepay.center.storage import SQLiteStorage
+
+    try:
+        lab = Lab(home)
+        cards = lab.cards()
+        if name not in cards:
+            raise ConfigError(f"no card named {name!r} (lab cards: {', '.join(cards)})")
+        storage = SQLiteStorage(lab.db_path)
+        try:
+            with storage.transaction():
+                record = storage.get_card(cards[name].pan)
+                if record is None:
+                    raise ConfigError(f"card {name} is not enrolled at the center of {home}")
+                storage.update_card_security(record.pan, record.last_ksn_counter, 0)
+        finally:
+            storage.close()
+    except SwipepayError as exc:
+        fail(exc)
+        return
+    was = record.pin_tries
+    click.echo(f"card {name}: PIN tries reset ({was} wrong before)")

@@ -67,18 +67,22 @@ def main(ctx: click.Context, log_json: bool, log_level: str | None) -> None:
 @main.command()
 @click.argument("home", type=click.Path(file_okay=False, path_type=Path), default="lab")
 def init(home: Path) -> None:
-    """Create a lab directory HOME: CA, keys, certificates, accounts, cards, phones."""
+    """Create a lab directory HOME: CA, keys, certificates, accounts, cards, phones, and a
+    commented terminal.toml (every setting at its default)."""
     from swipepay.center.lab import create_lab
+    from swipepay.cli.app.terminal_settings import CONFIG_FILE, commented_config
 
     try:
         lab = create_lab(home)
     except SwipepayError as exc:
         fail(exc)
         return
+    (lab.root / CONFIG_FILE).write_text(commented_config(), encoding="utf-8")
     click.echo(f"created lab in {lab.root}")
     click.echo(f"  terminals: {', '.join(lab.terminals())}")
     click.echo(f"  cards:     {', '.join(lab.cards())}")
     click.echo(f"  phones:    {', '.join(f'{p} -> {c}' for p, c in lab.phones().items())}")
+    click.echo(f"  settings:  {lab.root / CONFIG_FILE} (commented; the defaults)")
     click.echo("  secret files (keys, phone profiles, PINs) are mode 0600")
 
 

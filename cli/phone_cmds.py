@@ -11,7 +11,6 @@ import json
 import os
 import stat
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ from swipepay.cli.main import fail
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
 if TYPE_CHECKING:
-    from swipepay.firmware_sim.phonelink.applet import PaymentShown, PhoneApplet, ResultShown
+    from swipepay.firmware_sim.phonelink.applet import PaymentShown, ResultShown
 
 PIN_DIGITS = range(4, 13)
 
@@ -61,75 +60,14 @@ def pin_from_file(path: Path) -> Callable[[], str]:
     return read
 
 
-class PromptUser:
-    """The person holding the phone, asked on the terminal this program runs in.
+def _echo_result(shown: ResultShown, card: str) -> None:
+    from swipepay.cli.app.phone_app import decline_reason
 
-    The prompt runs in its own thread so the phone keeps answering "pending" to the reader's
-    polls while the user thinks (hardware_notes/design.md §4); :meth:`poll`, called on each
-    exchange, hands the answer to the applet or expires the payment after ``timeout`` seconds.
-    """
-
-    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.timeout = timeout
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._answer: tuple[bool, str] | None = None
-        self._shown_at: float | None = None
-        self._prompting = False
-
-    def __repr__(self) -> str:
-        return f"PromptUser(timeout={self.timeout})"
-
-    def on_payment(self, shown: PaymentShown) -> None:
-        click.echo(
-            f"\nPAY {shown.merchant_name} (terminal {shown.terminal_id}, certified)\n"
-            f"  {shown.txn_type} {shown.amount / 100:.2f} (currency {shown.currency})"
-        )
-        with self._lock:
-            self._answer = None
-            self._shown_at = self._clock()
-            if self._prompting:
-                click.echo("  (answer the earlier prompt first)")
-                return
-            self._prompting = True
-        threading.Thread(target=self._ask, daemon=True).start()
-
-    def _ask(self) -> None:
-        try:
-            ok = click.confirm("  confirm this payment?", default=False)
-            pin = click.prompt("  PIN", hide_input=True) if ok else ""
-        except (click.Abort, EOFError):
-            ok, pin = False, ""
-        with self._lock:
-            self._answer = (ok, pin)
-            self._prompting = False
-        del pin
-
-    def poll(self, applet: PhoneApplet) -> None:
-        if not applet.awaiting_user:
-            return
-        with self._lock:
-            answer, self._answer = self._answer, None
-            shown_at = self._shown_at
-        if answer is not None:
-            ok, pin = answer
-            del answer
-            if ok:
-                applet.confirm(pin)
-            else:
-                applet.decline()
-        elif shown_at is not None and self._clock() - shown_at > self.timeout:
-            click.echo("  timed out: the payment was not confirmed")
-            applet.expire()
-
-    def on_result(self, shown: ResultShown) -> None:
-        _echo_result(shown)
-
-
-def _echo_result(shown: ResultShown) -> None:
-    verdict = "APPROVED" if shown.response_code == "00" else "DECLINED"
+    reason = decline_reason(shown.response_code, card)
+    verdict = "APPROVED" if reason is None else "DECLINED"
     auth = f" (auth {shown.auth_code})" if shown.auth_code else ""
-    click.echo(f"  result: {verdict} {shown.response_code}{auth}")
+    why = f": {reason}" if reason else ""
+    click.echo(f"  result: {verdict} {shown.response_code}{auth}{why}")
 
 
 @click.group()
@@ -140,7 +78,9 @@ def phone() -> None:
 @phone.command("run")
 @click.option("--profile", "profile_path", required=True,
               type=click.Path(dir_okay=False, path_type=Path), help="Phone profile (lab phones/).")
-@click.option("--link", "url", required=True, help="Where to serve, e.g. tcp:127.0.0.1:7000.")
+@click.option("--link", "url", required=True,
+              help="Where to serve: vpcd:127.0.0.1:35964 (vpcd slot Virtual PCD 00 01, "
+              "for a pcsc: terminal) or tcp:127.0.0.1:7000.")
 @click.option("--auto-confirm", is_flag=True, help="Confirm every payment without asking.")
 @click.option("--pin-env", metavar="VAR", help="With --auto-confirm: the PIN is in $VAR.")
 @click.option("--pin-file", type=click.Path(dir_okay=False, path_type=Path),
@@ -169,10 +109,12 @@ def _phone_run(
     profile_path: Path, url: str, auto_confirm: bool, pin_env: str | None,
     pin_file: Path | None, decline: bool, once: bool, timeout: float, aid: str,
 ) -> None:
-    from swipepay.cli.app.phone_app import PhoneApp
+    from swipepay.cli.app.phone_app import PhoneApp, currency_letters
+    from swipepay.cli.line_input import LineInput
+    from swipepay.cli.phone_line import LinePhoneUI
     from swipepay.drivers.registry import open_phone_server
     from swipepay.drivers.store.phone_store import PhoneStore
-    from swipepay.firmware_sim.phone import Choice, ScriptedUser, UserAgent
+    from swipepay.firmware_sim.phone import Choice, ScriptedUser
     from swipepay.firmware_sim.phonelink.protocol import parse_aid
 
     if auto_confirm and decline:
@@ -186,23 +128,28 @@ def _phone_run(
 
     class EchoingUser(ScriptedUser):
         def on_payment(self, shown: PaymentShown) -> None:
+            whole, cents = divmod(shown.amount, 100)
             click.echo(f"PAY {shown.merchant_name} ({shown.terminal_id}) {shown.txn_type} "
-                       f"{shown.amount / 100:.2f} -> {self.choice.value}")
+                       f"{whole}.{cents:02d} {currency_letters(shown.currency)} "
+                       f"-> {self.choice.value}")
             super().on_payment(shown)
 
         def on_result(self, shown: ResultShown) -> None:
-            _echo_result(shown)
+            _echo_result(shown, store.profile.card)
             super().on_result(shown)
 
-    user: UserAgent
+    lines: LineInput | None = None
+    app: PhoneApp[Any]
     if auto_confirm:
         source = pin_from_env(pin_env) if pin_env else pin_from_file(pin_file)  # type: ignore[arg-type]
-        user = EchoingUser(Choice.CONFIRM, source)
+        app = PhoneApp(store, EchoingUser(Choice.CONFIRM, source), aid=selected_by)
     elif decline:
-        user = EchoingUser(Choice.DECLINE)
+        app = PhoneApp(store, EchoingUser(Choice.DECLINE), aid=selected_by)
     else:
-        user = PromptUser(timeout)
-    app = PhoneApp(store, user, aid=selected_by)
+        lines = LineInput(sys.stdin.fileno())
+        ui = LinePhoneUI(lines)
+        app = PhoneApp.attended(store, ui, timeout, aid=selected_by)
+        ui.attach(app.user)
     profile = app.profile
 
     server = open_phone_server(url)
@@ -217,6 +164,8 @@ def _phone_run(
         click.echo("stopped")
     finally:
         server.close()
+        if lines is not None:
+            lines.restore()
 
 
 def _conformance_context(

@@ -31,7 +31,7 @@ def readers() -> None:
 
 @click.group()
 def card() -> None:
-    """Read user cards."""
+    """Read user cards (`card read`) and serve lab cards on a vpcd slot (`card serve`)."""
 
 
 def _mask(text: str, pan: str, show_pan: bool) -> str:

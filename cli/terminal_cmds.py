@@ -107,6 +107,19 @@ def resolve_card_choice(answer: str, cards: Mapping[str, CardSpec]) -> tuple[str
 
 # -- the console's view of a running transaction ------------------------------------------
 
+#: What the console says when a step of the method begins (hardware_notes/design.md §1), in
+#: the present tense: the line is printed as the step happens, before its outcome is known.
+STEP_NOW: dict[int, str] = {
+    1: "reading the card (user identification)",
+    2: "building the transaction",
+    3: "connecting to the phone with the user-ID token; the phone verifies this terminal",
+    4: "sending the encrypted payment request to the phone",
+    5: "the user confirms and types the PIN on the phone (or declines)",
+    6: "sending ID + transaction + confirmation to the center",
+    7: "center's result received",
+    8: "forwarding the result to the phone; disconnecting",
+}
+
 
 class Console:
     """Shows each step and what the terminal waits for, and for how long.
@@ -115,20 +128,27 @@ class Console:
     elsewhere a line is printed when the wait changes or every 5 s.
     """
 
-    def __init__(self, echo: Callable[[str], None], tty: bool) -> None:
+    def __init__(
+        self, echo: Callable[[str], None], tty: bool, card_hint: str | None = None
+    ) -> None:
         self.echo = echo
         self.tty = tty
+        #: Where and how long to present the card (said when step 1 begins).
+        self.card_hint = card_hint
         self._last_reason = ""
         self._last_at = 0.0
         self._open_line = False
 
     def __call__(self, event: RunEvent) -> None:
-        from swipepay.firmware_sim.terminal import STEP_TEXT
+        from swipepay.firmware_sim.terminal import Step
 
         match event:
             case StepBegan(step=step):
                 self._close_line()
-                self.echo(f"  [{int(step)}] {STEP_TEXT[step]}")
+                text = STEP_NOW[int(step)]
+                if step is Step.READ_CARD and self.card_hint:
+                    text = f"present the card {self.card_hint}"
+                self.echo(f"  [{int(step)}] {text}")
                 _log.debug("step %d %s", int(step), step.name.lower())
                 self._last_reason = ""
             case Waiting(what=reason, remaining_s=remaining):
@@ -192,7 +212,12 @@ class Session:
         """Run one transaction; return the JSON result (the demo's per-transaction fields+)."""
         result = self.app.run(order, reader=reader, link=self.link, host=self.host,
                               observe=observe)  # fmt: skip
-        return result_json(result)
+        out = result_json(result)
+        txn = result.outcome.txn
+        names = [n for n, spec in self.app.lab.cards().items() if txn and spec.pan == txn.pan]
+        out["card"] = names[0] if names else None
+        out["home"] = str(self.app.lab.root)
+        return out
 
 
 def result_json(result: TerminalResult) -> dict[str, Any]:
@@ -245,11 +270,25 @@ def _reader(session: Session, card_data: str | None, order: Order) -> CardReader
 
 
 def _render(result: dict[str, Any], echo: Callable[[str], None]) -> None:
+    from swipepay.center.response_codes import describe
     from swipepay.firmware_sim.transaction import format_amount
 
     approved = result["ending"] == "APPROVED"
-    verdict = f"{result['ending']} {result['response_code'] or ''}".strip()
-    detail = f"auth {result['auth_code']}" if result["auth_code"] else result["message"]
+    code = result["response_code"]
+    verdict = f"{result['ending']} {code or ''}".strip()
+    if result["auth_code"]:
+        detail = f"auth {result['auth_code']}"
+    elif code and result["ending"] == "DECLINED_BY_HOST":
+        # The table's words, never field 44 (ISO 8583 cuts it at 25 characters).
+        row = describe(code)
+        detail = f"{row.text[0].lower()}{row.text[1:]}"
+        if code == "75":
+            from swipepay.cli.app.phone_app import unblock_command
+
+            home = str(result.get("home", "LAB"))
+            detail += f"; reset the tries with `{unblock_command(result.get('card'), home)}`"
+    else:
+        detail = result["message"]
     if result["type"] == "balance" and result["available_balance"] is not None:
         detail += f"; balance shown on the phone: {format_amount(result['available_balance'])}"
     if result["reversal"]:
@@ -264,6 +303,13 @@ def _render(result: dict[str, Any], echo: Callable[[str], None]) -> None:
 # -- click ---------------------------------------------------------------------------------------
 
 
+def _default(key: str) -> str:
+    """``[default: 30]`` for a setting (click's own show_default format), from
+    :class:`TerminalSettings`: options that a terminal.toml may set have no click default."""
+    value = getattr(TerminalSettings(), key)
+    return f"[default: {value:g}]" if isinstance(value, float) else f"[default: {value}]"
+
+
 @click.group()
 def terminal() -> None:
     """The payment terminal (POS or ATM): reads the card, talks to the phone and the center."""
@@ -273,23 +319,32 @@ def terminal() -> None:
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default="lab",
               show_default=True, help="Lab directory (swipepay init).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help=f"TOML settings (default: HOME/{CONFIG_FILE} when it exists).")
-@click.option("--terminal-id", help="Terminal ID (a terminal of the lab) [POS00001].")
+              help=f"TOML settings.  [default: HOME/{CONFIG_FILE} when it exists]")
+@click.option("--terminal-id",
+              help=f"Terminal ID (a terminal of the lab).  {_default('terminal_id')}")
 @click.option("--card", "card_url", help="Card reader URL, e.g. pcsc:Virtual PCD 00 00, "
-              "serial:/dev/ttyUSB0?proto=msr605, mock: (offer the lab's cards) [mock:].")
+              "serial:/dev/ttyUSB0?proto=msr605, mock: (offer the lab's cards), "
+              f"mock:alice-visa?via=tap.  {_default('card')}")
 @click.option("--phone", "phone_url", help="Phone link URL, e.g. pcsc:Virtual PCD 00 01, "
-              "nfcpy:udp:localhost:54321, mock:alice-phone [pcsc:Virtual PCD 00 01].")
-@click.option("--center", help="Center HOST:PORT (TLS), or 'local' (in-process) [127.0.0.1:8583].")
+              f"tcp:127.0.0.1:7000, nfcpy:udp:localhost:54321, mock:alice-phone.  "
+              f"{_default('phone')}")
+@click.option("--center", help="Center HOST:PORT (TLS), or 'local' (in-process).  "
+              f"{_default('center')}")
 @click.option("--type", "type_name", type=click.Choice(TYPES), help="One transaction, no menu.")
 @click.option("--amount", help="Amount, e.g. 12.34 (not for a balance inquiry).")
-@click.option("--completes", metavar="STAN", help="Completion: the pre-auth STAN [latest].")
+@click.option("--completes", metavar="STAN",
+              help="Completion: the pre-auth STAN.  [default: the latest]")
 @click.option("--card-data", help="Track data or a lab card's PAN instead of reading a card.")
 @click.option("--json", "as_json", is_flag=True, help="One-shot: print the result as JSON.")
-@click.option("--card-timeout", type=float, help="Seconds to wait for a card [30].")
-@click.option("--phone-timeout", type=float, help="Seconds to wait for the phone [30].")
-@click.option("--host-timeout", type=float, help="Seconds to wait for the center [15].")
-@click.option("--confirm-timeout", type=float, help="Seconds the user has on the phone [60].")
-@click.option("--aid", help="Phone-link AID, hex [the lab's aid, F0535750415901].")
+@click.option("--card-timeout", type=float,
+              help=f"Seconds to wait for a card.  {_default('card_timeout')}")
+@click.option("--phone-timeout", type=float,
+              help=f"Seconds to wait for the phone.  {_default('phone_timeout')}")
+@click.option("--host-timeout", type=float,
+              help=f"Seconds to wait for the center.  {_default('host_timeout')}")
+@click.option("--confirm-timeout", type=float,
+              help=f"Seconds the user has on the phone.  {_default('confirm_timeout')}")
+@click.option("--aid", help="Phone-link AID, hex.  [default: the lab's aid, F0535750415901]")
 def terminal_run(
     home: Path, config_path: Path | None, terminal_id: str | None, card_url: str | None,
     phone_url: str | None, center: str | None, type_name: str | None, amount: str | None,
@@ -299,21 +354,32 @@ def terminal_run(
 ) -> None:
     """Run the terminal: a menu by default, one transaction with --type.
 
+    The center must answer before the card is read: when it cannot be reached the run ends at
+    once (HOST_UNAVAILABLE) without asking the phone.  Ctrl-C cancels the transaction (the
+    phone is told; a request that already left is reversed); in the menu a second Ctrl-C quits.
+
     \b
     Exit codes (one-shot), one per ending:
-      0  APPROVED          13  NO_PHONE (none, or not bound to the card)
+      0  APPROVED          13  NO_PHONE (none answered, or not bound to the card)
       10 DECLINED_BY_HOST  14  PHONE_GONE (left the field; approval reversed)
       11 DECLINED_BY_USER  15  LINK_ERROR (phone-link protocol or security failure)
-      12 USER_TIMEOUT      16  HOST_UNAVAILABLE (reversal queued, sent on next connect)
+      12 USER_TIMEOUT      16  HOST_UNAVAILABLE (center not reachable, or no answer in time)
                            17  CARD_ERROR (no card, unreadable card)
-    Errors before a transaction starts (bad option, missing lab) use the error's own code.
+      130 cancelled (Ctrl-C; also the menu's exit code when quit with Ctrl-C)
+    Errors before a transaction starts (bad option or amount, missing lab) use the error's
+    own code (3 for a bad option, 4 for a bad amount).
     """
+    from swipepay.cli.app.terminal_app import CANCELLED_EXIT, order_amount
+    from swipepay.firmware_sim.transaction import TxnType
+
     given = {
         "terminal_id": terminal_id, "card": card_url, "phone": phone_url, "center": center,
         "card_timeout": card_timeout, "phone_timeout": phone_timeout,
         "host_timeout": host_timeout, "confirm_timeout": confirm_timeout, "aid": aid,
     }  # fmt: skip
     try:
+        if type_name is not None:
+            order_amount(TxnType(type_name), amount)  # before any link or card is touched
         settings = load_settings(home, config_path, given)
         if type_name is None and as_json:
             raise ConfigError("--json needs --type (one-shot mode)")
@@ -321,6 +387,9 @@ def terminal_run(
     except SwipepayError as exc:
         fail(exc)
         return
+    except KeyboardInterrupt:
+        _say_cancelled(as_json, None)
+        sys.exit(CANCELLED_EXIT)
     try:
         if type_name is not None:
             code = _one_shot(session, type_name, amount, completes, card_data, as_json)
@@ -329,35 +398,70 @@ def terminal_run(
     except SwipepayError as exc:
         fail(exc)
         return
+    except KeyboardInterrupt:  # between the steps of a run: nothing was left half done
+        _say_cancelled(as_json, None)
+        code = CANCELLED_EXIT
     finally:
         session.close()
     sys.exit(code)
+
+
+def _say_cancelled(as_json: bool, reversal: str | None) -> None:
+    """The one line a cancelled one-shot prints (or its JSON object)."""
+    from swipepay.cli.app.terminal_app import CANCELLED_EXIT
+
+    if as_json:
+        click.echo(json.dumps({"ending": "CANCELLED", "exit_code": CANCELLED_EXIT,
+                               "reversal": reversal}, indent=2))  # fmt: skip
+    else:
+        click.echo("cancelled" + (f" (reversal {reversal})" if reversal else ""))
 
 
 def _one_shot(
     session: Session, type_name: str, amount: str | None, completes: str | None,
     card_data: str | None, as_json: bool,
 ) -> int:
+    from swipepay.cli.app.terminal_app import TransactionCancelled
+
     order = session.app.order(type_name, amount, completes)
     reader = _reader(session, card_data, order)
     echo: Callable[[str], None] = (lambda s: None) if as_json else click.echo
     try:
-        observe = _quiet if as_json else Console(echo, sys.stdout.isatty())
+        hint = _card_hint(session, reader)
+        observe = _quiet if as_json else Console(echo, sys.stdout.isatty(), hint)
         result = session.run(order, reader, observe)
+    except TransactionCancelled as exc:
+        _say_cancelled(as_json, exc.reversal)
+        return exc.exit_code
     finally:
         if reader is not None:
             reader.close()
+    home = result.pop("home")
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        _render(result, echo)
+        _render({**result, "home": home}, echo)
     return int(result["exit_code"])
 
 
-def _interactive(session: Session) -> int:
-    from swipepay.firmware_sim.transaction import TXN_TYPES, TxnType
+def _card_hint(session: Session, reader: CardReader | None) -> str | None:
+    """"to pcsc:Virtual PCD 00 00 (up to 30 s)" for a reader that waits for a card."""
+    if reader is None or isinstance(reader, GivenCardReader):
+        return None
+    url = getattr(reader, "url", session.app.settings.card)
+    return f"to {url} (up to {session.app.settings.card_timeout:.0f} s)"
 
-    cfg, settings = session.app.config, session.app.settings
+
+def _interactive(session: Session) -> int:
+    """The line console: a menu of the transaction types this terminal kind supports.
+
+    Ctrl-C during a transaction (or its prompts) cancels it and comes back here; Ctrl-C at the
+    menu quits with the cancelled exit code."""
+    from swipepay.cli.app.terminal_app import CANCELLED_EXIT, TransactionCancelled
+
+    app = session.app
+    cfg, settings = app.config, app.settings
+    types = app.supported_types()
     click.echo(click.style(f"{cfg.merchant_name} — terminal {cfg.terminal_id} ({cfg.kind})",
                            bold=True))
     click.echo(f"  card reader {settings.card}, phone {settings.phone}, "
@@ -365,32 +469,58 @@ def _interactive(session: Session) -> int:
     last = 0
     while True:
         click.echo("")
-        for n, name in enumerate(TYPES, 1):
-            click.echo(f"  {n}. {TXN_TYPES[TxnType(name)].label}")
+        for n, txn_type in enumerate(types, 1):
+            click.echo(f"  {n}. {_label(txn_type)}")
         try:
             answer = click.prompt("transaction (number or name, q to quit)", default="1").strip()
         except click.Abort:
-            return last
+            click.echo("")
+            return CANCELLED_EXIT
         if answer.lower() in ("q", "quit", "exit"):
             return last
-        by_number = answer.isdigit() and 1 <= int(answer) <= len(TYPES)
-        name = TYPES[int(answer) - 1] if by_number else answer
-        if name not in TYPES:
-            click.echo(f"  no such transaction: {answer}")
+        by_number = answer.isdigit() and 1 <= int(answer) <= len(types)
+        name = types[int(answer) - 1].value if by_number else answer
+        if name not in (t.value for t in types):
+            click.echo(f"  no such transaction here: {answer}")
             continue
         try:
             last = _interactive_one(session, name)
-        except click.Abort:
-            return last
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("\n  cancelled")
+        except TransactionCancelled as exc:
+            click.echo(f"\n  {exc}")
+            last = exc.exit_code
         except SwipepayError as exc:
             click.echo(click.style("  error: ", fg="red") + str(exc))
 
 
-def _interactive_one(session: Session, name: str) -> int:
-    from swipepay.firmware_sim.transaction import TXN_TYPES, TxnType
+def _label(txn_type: Any) -> str:
+    from swipepay.firmware_sim.transaction import TXN_TYPES
 
-    spec = TXN_TYPES[TxnType(name)]
-    amount = click.prompt("amount", default="12.34") if spec.has_amount else None
+    return TXN_TYPES[txn_type].label
+
+
+def _ask_amount(txn_type: Any) -> str | None:
+    """Ask until the amount is one the terminal accepts (each mistake says what is wrong)."""
+    from swipepay.cli.app.terminal_app import order_amount
+    from swipepay.firmware_sim.transaction import TXN_TYPES
+
+    if not TXN_TYPES[txn_type].has_amount:
+        return None
+    while True:
+        text = click.prompt("amount", default="12.34")
+        try:
+            order_amount(txn_type, text)
+        except SwipepayError as exc:
+            click.echo(f"  {exc}")
+            continue
+        return str(text)
+
+
+def _interactive_one(session: Session, name: str) -> int:
+    from swipepay.firmware_sim.transaction import TxnType
+
+    amount = _ask_amount(TxnType(name))
     completes = None
     if name == "completion":
         pending = session.app.preauths()
@@ -405,10 +535,9 @@ def _interactive_one(session: Session, name: str) -> int:
             reader = _ask_card(session, order)
         else:
             reader = _reader(session, None, order)
-            wait = session.app.settings.card_timeout
-            click.echo(f"  present the card to {card_url} (up to {wait:.0f} s)")
     try:
-        result = session.run(order, reader, Console(click.echo, sys.stdout.isatty()))
+        console = Console(click.echo, sys.stdout.isatty(), _card_hint(session, reader))
+        result = session.run(order, reader, console)
     finally:
         if reader is not None:
             reader.close()
@@ -441,7 +570,7 @@ def _ask_card(session: Session, order: Order) -> CardReader:
               show_default=True, help="Lab directory.")
 @click.option("--card", "name", required=True, help="Lab card name, e.g. alice-visa.")
 @click.option("--via", type=click.Choice(["insert", "tap"]), default=None,
-              help="Contact (insert) or contactless (tap) [tap when the card has it].")
+              help="Contact (insert) or contactless (tap) [default: tap when the card has it]")
 @click.option("--vpcd", "address", default="127.0.0.1:35963", show_default=True,
               help="vpcd slot HOST:PORT (35963 = Virtual PCD 00 00).")
 def card_serve(home: Path, name: str, via: str | None, address: str) -> None:

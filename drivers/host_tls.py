@@ -19,17 +19,30 @@ import secrets
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from swipepay.drivers.store.reversal_queue import ReversalQueue
 from swipepay.drivers.store.terminal_store import TerminalStore, terminal_dir
-from swipepay.firmware_sim.errors import DecodeError, LinkTimeout, TransportError
+from swipepay.firmware_sim.errors import DecodeError, LinkTimeout, NotSent, TransportError
 from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
 from swipepay.firmware_sim.transaction import Transaction
 
-__all__ = ["PROCESS_TOKEN", "ReversalQueue", "TlsHost", "client_context", "lab_client_context"]
+__all__ = [
+    "PROCESS_TOKEN",
+    "CenterUnreachable",
+    "ReversalQueue",
+    "TlsHost",
+    "client_context",
+    "lab_client_context",
+]
+
+
+class CenterUnreachable(NotSent):
+    """The center could not be reached, or its TLS identity is not the lab's: no request left,
+    so nothing needs reversing."""
 
 #: Response codes after which a queued reversal stays queued (the center could not decide).
 _RETRY_CODES = frozenset({"91", "96"})
@@ -80,6 +93,8 @@ class TlsHost:
         #: Names this process's armed (write-ahead) reversals in the queue file.
         self._owner = PROCESS_TOKEN
         self._store: TerminalStore | None = None
+        #: Whether the request being sent has been written to a connection at least once.
+        self._sent = False
 
     @classmethod
     def for_lab(cls, home: Path, terminal_id: str, host: str, port: int, **kw: Any) -> TlsHost:
@@ -120,6 +135,47 @@ class TlsHost:
         raise LinkTimeout(
             f"center {self.url} not reachable" + (f": {type(last).__name__}" if last else "")
         )
+
+    def check(
+        self, terminal_id: str, stan: Callable[[], str], transmitted_at: str, timeout: float
+    ) -> None:
+        """Make sure the center is there before a transaction asks anything of anyone: open
+        the connection (unless it is open) and have an echo (0800/301) answered.
+
+        Raises :class:`CenterUnreachable` at once when nothing listens, the TLS handshake fails
+        (the certificates come from another lab) or no answer comes within ``timeout``.
+        """
+        if self._sock is not None:
+            return
+        where = f"{self._addr[0]}:{self._addr[1]}"
+        deadline = time.monotonic() + timeout
+        try:
+            raw = socket.create_connection(self._addr, timeout=timeout)
+        except OSError:
+            raise CenterUnreachable(
+                f"center {where} not reachable — is `swipepay center serve` running?"
+            ) from None
+        try:
+            sock = self._ctx.wrap_socket(raw)
+            self._sock, self._decoder = sock, codec.FrameDecoder()
+            self._flush_reversals(deadline)
+            number = stan()  # a STAN only for an echo that will be sent
+            fields = codec.network_fields(terminal_id, number, transmitted_at, "301")
+            self._exchange(sock, codec.encode(fields), number, deadline)
+        except ssl.SSLError as exc:
+            raw.close()
+            self._drop()
+            raise CenterUnreachable(
+                f"TLS with center {where} failed ({exc.reason or exc}): the certificates come "
+                "from another lab — give the --home of the lab the center serves"
+            ) from None
+        except (OSError, DecodeError) as exc:
+            raw.close()
+            self._drop()
+            raise CenterUnreachable(
+                f"center {where} did not answer ({type(exc).__name__ or exc}) — is it "
+                "`swipepay center serve` of this lab?"
+            ) from None
 
     def _drop(self) -> None:
         if self._sock is not None:
@@ -174,6 +230,7 @@ class TlsHost:
         deadline = time.monotonic() + timeout
         while True:
             sock = self._connect(deadline)
+            self._sent = True  # from here on the request may have reached the center
             try:
                 answer = self._exchange(sock, body, str(fields["11"]), deadline)
                 return codec.parse_response(answer)
@@ -196,9 +253,16 @@ class TlsHost:
         item = self.queue.arm(
             codec.encode(codec.reversal_fields(txn)), self._owner, _txn_key(txn)
         )
+        self._sent = False
         try:
             response = self.request(codec.request_fields(request), timeout)
         except LinkTimeout:
+            if not self._sent:  # never left this terminal: nothing to reverse
+                self.queue.done(item)
+                raise CenterUnreachable(
+                    f"center {self._addr[0]}:{self._addr[1]} not reachable — is "
+                    "`swipepay center serve` running?"
+                ) from None
             self.queue.release(item)
             # Stays queued if this fails: sent first on the next connection.
             with contextlib.suppress(TransportError):

@@ -128,7 +128,8 @@ def card_present(reader_name: str) -> bool | None:
 
 
 def find_reader(part: str) -> Any:
-    """The pyscard reader whose name contains ``part`` (case-insensitive)."""
+    """The pyscard reader named ``part``, or the only one whose name contains it
+    (case-insensitive); a part that several names contain is refused with their list."""
     _smartcard()
     from smartcard.System import readers
 
@@ -144,6 +145,9 @@ def find_reader(part: str) -> Any:
         names = ", ".join(repr(str(r)) for r in found) or "none"
         raise ConfigError(f"no PC/SC reader matches {part!r}; readers: {names}")
     exact = [r for r in matches if str(r) == part]
+    if not exact and len(matches) > 1:  # "Virtual" matches both vpcd slots: never guess
+        names = ", ".join(repr(str(r)) for r in matches)
+        raise ConfigError(f"{part!r} matches {len(matches)} PC/SC readers ({names}); name one")
     return (exact or matches)[0]
 
 

@@ -14,7 +14,13 @@ from datetime import UTC, datetime
 
 from swipepay.drivers.base import CardReader, Host, PhoneLink
 from swipepay.firmware_sim.apdu import ResponseApdu
-from swipepay.firmware_sim.errors import DecodeError, LinkTimeout, SwipepayError, TransportError
+from swipepay.firmware_sim.errors import (
+    DecodeError,
+    LinkTimeout,
+    NotSent,
+    SwipepayError,
+    TransportError,
+)
 from swipepay.firmware_sim.terminal import (
     CardFailed,
     CardRead,
@@ -165,7 +171,7 @@ def run_transaction(
                 try:
                     event = HostAnswer(host.authorize(request, timeout_ms / 1000))
                 except (LinkTimeout, TransportError) as exc:
-                    event = HostSilent(str(exc))
+                    event = HostSilent(str(exc), sent=not isinstance(exc, NotSent))
             case QueueReversal(txn=txn):
                 try:
                     reversal = host.reverse(txn).response_code

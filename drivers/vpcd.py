@@ -40,6 +40,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final
 
 from swipepay.drivers.base import NO_CONTEXT, DriverContext
@@ -178,6 +179,13 @@ class VpcdClient:
         return str(Address(self.host, self.port))
 
     def connect(self, timeout: float = 2.0) -> None:
+        """Connect to the slot (the card appears).  A slot another client holds is refused:
+        vpcd serves one client per slot and would leave a second one waiting unseen."""
+        if slot_taken(self.host, self.port):
+            raise ConfigError(
+                f"vpcd slot {self.address} is already taken (another `card serve` or "
+                "`phone run` on it?); stop that one or use the other slot"
+            )
         try:
             sock = socket.create_connection((self.host, self.port), timeout=timeout)
         except OSError as exc:
@@ -347,6 +355,19 @@ class VpcdPhoneServer:
 
     def close(self) -> None:
         self.pull()
+
+
+def slot_taken(host: str, port: int, table: Path = Path("/proc/net/tcp")) -> bool:
+    """Whether a TCP connection to ``host:port`` is established right now (Linux: read from
+    ``/proc/net/tcp``; elsewhere unknown, so False)."""
+    try:
+        packed = socket.inet_aton(socket.gethostbyname(host))
+        lines = table.read_text(encoding="ascii").splitlines()[1:]
+    except (OSError, UnicodeDecodeError):
+        return False
+    # /proc/net/tcp: "sl local rem st ...", addresses as little-endian hex IP : hex port.
+    want = f"{int.from_bytes(packed, 'little'):08X}:{port:04X}"
+    return any(len(f) > 3 and f[2] == want and f[3] == "01" for f in map(str.split, lines))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

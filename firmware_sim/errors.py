@@ -101,3 +101,9 @@ class LinkTimeout(TransportError):
     """A peer did not answer in time."""
 
     exit_code = 5
+
+
+class NotSent(TransportError):
+    """The message never left: the peer could not be reached, so nothing needs undoing."""
+
+    exit_code = 5

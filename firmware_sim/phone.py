@@ -17,6 +17,7 @@ from swipepay.firmware_sim.phonelink.applet import (
     PhoneApplet,
     PhoneEvent,
     ResultShown,
+    SessionWiped,
 )
 
 
@@ -34,6 +35,10 @@ class UserAgent(Protocol):
         """Called on every exchange while the phone waits for the user."""
 
     def on_result(self, shown: ResultShown) -> None: ...
+
+    def on_end(self, wiped: SessionWiped) -> None:
+        """The phone's session ended (result delivered, field gone, terminal deselected us or
+        broke the protocol): a payment still on screen can no longer be answered."""
 
 
 @dataclass
@@ -66,6 +71,9 @@ class ScriptedUser:
     def on_result(self, shown: ResultShown) -> None:
         self.results.append(shown)
 
+    def on_end(self, wiped: SessionWiped) -> None:
+        return None
+
 
 class Phone:
     """Applet + user: what the phone-side drivers serve to the field."""
@@ -91,3 +99,5 @@ class Phone:
                 self.user.on_payment(event)
             elif isinstance(event, ResultShown):
                 self.user.on_result(event)
+            else:
+                self.user.on_end(event)

@@ -130,6 +130,8 @@ class HostAnswer:
 @dataclass(frozen=True)
 class HostSilent:
     reason: str = "no answer in time"
+    #: False when the request never left (the center was unreachable): nothing to reverse.
+    sent: bool = True
 
 
 @dataclass(frozen=True)
@@ -334,13 +336,17 @@ class Terminal:
         self._send(run, self.link.confirmation_command())
 
     def _phone_gone(self, run: _Run, event: PhoneGone) -> None:
+        # Gone before it answered the SELECT: there never was a phone (NO_PHONE, not GONE).
+        ending = Ending.NO_PHONE if run.pending is Ins.SELECT else Ending.PHONE_GONE
+        message = f"no phone answered: {event.reason}" if ending is Ending.NO_PHONE else ""
         self._end_on_phone(
-            Outcome(Ending.PHONE_GONE, run.txn, message=event.reason, polls=run.polls)
+            Outcome(ending, run.txn, message=message or event.reason, polls=run.polls)
         )
 
     def _host_silent(self, run: _Run, event: HostSilent) -> None:
         assert run.txn is not None
-        run.actions.append(QueueReversal(run.txn))
+        if event.sent:
+            run.actions.append(QueueReversal(run.txn))
         self._end_on_phone(
             Outcome(Ending.HOST_UNAVAILABLE, run.txn, "91", message=event.reason, polls=run.polls)
         )

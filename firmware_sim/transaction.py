@@ -118,13 +118,35 @@ def format_amount(amount: int, currency: str = "978") -> str:
     return f"{sign}{abs(amount) // 100}.{abs(amount) % 100:02d} {symbol}"
 
 
-def parse_amount(text: str) -> int:
-    """Parse ``"12.34"`` or ``"12"`` into minor units without going through float."""
-    m = re.fullmatch(r"([0-9]{1,10})(?:\.([0-9]{1,2}))?", text.strip())
+#: The largest amount a terminal accepts, as the operator types it.
+MAX_AMOUNT_TEXT = f"{MAX_AMOUNT // 100}.{MAX_AMOUNT % 100:02d}"
+
+
+def parse_amount(text: str, *, minimum: int = 1) -> int:
+    """Parse ``"12.34"`` or ``"12"`` into minor units without going through float.
+
+    Each way an operator gets an amount wrong has its own message: nothing, a comma, a sign,
+    more than two decimals, not a number, below ``minimum`` (zero is no payment), too large.
+    """
+    text = text.strip()
+    if not text:
+        raise DecodeError("no amount given (use e.g. 12.34)")
+    if "," in text:
+        raise DecodeError(f"use a point for the decimals: {text.replace(',', '.')!s}, not {text}")
+    if text.startswith("-"):
+        raise DecodeError(f"the amount must be positive, not {text}")
+    m = re.fullmatch(r"\+?([0-9]+)(?:\.([0-9]*))?", text)
     if not m:
         raise DecodeError(f"not an amount: {text!r} (use e.g. 12.34)")
-    whole, frac = m.group(1), (m.group(2) or "").ljust(2, "0")
-    return int(whole) * 100 + int(frac)
+    whole, frac = m.group(1), m.group(2) or ""
+    if len(frac) > 2:
+        raise DecodeError(f"at most two decimals (cents): {text}")
+    amount = int(whole) * 100 + int(frac.ljust(2, "0"))
+    if amount > MAX_AMOUNT:
+        raise DecodeError(f"amount too large: {text} (at most {MAX_AMOUNT_TEXT})")
+    if amount < minimum:
+        raise DecodeError(f"the amount must be more than 0, not {text}")
+    return amount
 
 
 CURRENCY_CODES: dict[str, str] = {"978": "EUR", "840": "USD", "826": "GBP", "156": "CNY"}

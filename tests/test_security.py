@@ -30,7 +30,7 @@ from swipepay.drivers.runner import run_transaction
 from swipepay.drivers.store.phone_store import PhoneStore
 from swipepay.drivers.trace import TraceWriter, TracingHost, TracingLink
 from swipepay.firmware_sim.apdu import ResponseApdu
-from swipepay.firmware_sim.errors import LinkTimeout
+from swipepay.firmware_sim.errors import TransportError
 from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
 from swipepay.firmware_sim.phonelink.applet import PaymentShown, PhoneApplet, State
 from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
@@ -245,8 +245,10 @@ def test_pin_is_in_no_file_a_terminal_run_writes(long_pin_lab: Lab, tmp_path: Pa
                            reversal_timeout=0.2)
     try:
         req = faults.LabSigner(lab, "alice-phone").request("555001")
-        with pytest.raises(LinkTimeout):
-            host.authorize(req, 0.3)
+        with pytest.raises(TransportError):
+            host.authorize(req, 0.3)  # the request never left: nothing to reverse...
+        assert not host.queue.pending()
+        host.queue_reversal(req.txn)  # ...so queue one as a request lost in flight would
         assert host.queue.pending(), "a reversal is queued on disk"
     finally:
         host.close()

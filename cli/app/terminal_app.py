@@ -10,20 +10,28 @@ exist once:
 * **pre-authorizations**: an approved one is remembered for its completion, an approved
   completion forgets it;
 * **reversals**: the store's queue is the one the TLS host journals into, and its length before
-  and after each run is part of the result.
+  and after each run is part of the result;
+* **the center first**: before the card is read the center must answer (an echo on a new
+  connection); when it cannot be reached the run ends at once as HOST_UNAVAILABLE, nobody was
+  asked anything and nothing is queued;
+* **cancel**: Ctrl-C (KeyboardInterrupt) or :meth:`TerminalApp.cancel` ends the running
+  transaction as :class:`TransactionCancelled`: the phone link is closed (the phone shows the
+  payment as cancelled) and a request that already left is reversed.
 
 Front-ends parse arguments and render :class:`TerminalResult`; the drivers only move bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol, runtime_checkable
 
 from swipepay.center.lab import Lab
 from swipepay.center.local_host import LocalHost
@@ -34,15 +42,55 @@ from swipepay.drivers.logsetup import transaction, txn_id
 from swipepay.drivers.mock_phone import MockField
 from swipepay.drivers.registry import open_card_reader, open_phone_link
 from swipepay.drivers.runner import Observer, TxnReport, run_transaction
+from swipepay.drivers.store.reversal_queue import ReversalQueue
 from swipepay.drivers.store.terminal_store import TerminalStore
-from swipepay.firmware_sim.errors import ConfigError
+from swipepay.firmware_sim.errors import ConfigError, SwipepayError, TransportError
 from swipepay.firmware_sim.phone import Choice
 from swipepay.firmware_sim.phonelink.protocol import parse_aid
 from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
-from swipepay.firmware_sim.terminal import Order, Outcome, Terminal, TerminalConfig
+from swipepay.firmware_sim.terminal import Ending, Order, Outcome, Terminal, TerminalConfig
 from swipepay.firmware_sim.transaction import TXN_TYPES, Transaction, TxnType, parse_amount
 
 _log = logging.getLogger("swipepay.terminal")
+
+#: Exit code of a transaction cancelled by the operator (Ctrl-C): 128 + SIGINT, as shells do.
+CANCELLED_EXIT: Final = 130
+
+#: How long a run waits for the center's echo before it gives up (seconds, at most).
+CENTER_CHECK_TIMEOUT: Final = 3.0
+
+
+class TransactionCancelled(SwipepayError):
+    """The operator cancelled the running transaction (Ctrl-C, or :meth:`TerminalApp.cancel`)."""
+
+    exit_code = CANCELLED_EXIT
+
+    def __init__(self, reversal: str | None = None) -> None:
+        super().__init__("cancelled" + (f"; reversal {reversal}" if reversal else ""))
+        #: What became of a request that had already left: ``sent`` / ``queued``; None if none.
+        self.reversal = reversal
+
+
+def order_amount(txn_type: TxnType, amount_text: str | None) -> int:
+    """The amount the operator keyed for a ``txn_type``, checked before anything is touched
+    (zero, negative, a comma, more than two decimals, too large: each its own message)."""
+    spec = TXN_TYPES[txn_type]
+    if not spec.has_amount:
+        if amount_text not in (None, "0", "0.00"):
+            raise ConfigError(f"a {spec.label.lower()} has no amount")
+        return 0
+    if amount_text is None:
+        raise ConfigError(f"--amount is required for a {spec.label.lower()}")
+    return parse_amount(amount_text)
+
+
+@runtime_checkable
+class CheckedHost(Protocol):
+    """A host that can tell, before a transaction, whether the center answers."""
+
+    def check(
+        self, terminal_id: str, stan: Callable[[], str], transmitted_at: str, timeout: float
+    ) -> None: ...
 
 
 class CenterConnection(Host, Protocol):
@@ -56,6 +104,20 @@ class _CenterInProcess(LocalHost):
 
     def close(self) -> None:
         self.center.close()
+
+
+class _Cancel:
+    """The sleep between confirmation polls, ending the run when a cancel was asked for."""
+
+    def __init__(self, sleep: Callable[[float], None], flag: threading.Event) -> None:
+        self._sleep, self._flag = sleep, flag
+
+    def __call__(self, seconds: float) -> None:
+        if self._flag.is_set():
+            raise KeyboardInterrupt
+        self._sleep(seconds)
+        if self._flag.is_set():
+            raise KeyboardInterrupt
 
 
 @dataclass(frozen=True)
@@ -95,6 +157,7 @@ class TerminalApp:
             aid=base.aid if settings.aid is None else parse_aid(settings.aid),
         )
         self._identity = lab.terminal_link_identity(tid)
+        self._cancel = threading.Event()
 
     @classmethod
     def open(cls, home: Path, settings: TerminalSettings | None = None) -> TerminalApp:
@@ -163,6 +226,14 @@ class TerminalApp:
 
     # -- orders ----------------------------------------------------------------------------------
 
+    def supported_types(self) -> list[TxnType]:
+        """The transaction types the center accepts from this kind of terminal (a POS sells,
+        an ATM handles cash), in menu order."""
+        from swipepay.center.policy import TERMINAL_KINDS
+
+        kind = TERMINAL_KINDS.get(self.config.kind)
+        return [t for t in TxnType if kind is None or t in kind.allowed]
+
     def preauths(self) -> dict[str, Transaction]:
         """Approved pre-authorizations of this terminal not yet completed, by STAN."""
         return self.store.preauths()
@@ -171,14 +242,9 @@ class TerminalApp:
         """What the operator keyed in -> an order; a completion finds its pre-authorization
         (``completes`` = its STAN, default the latest)."""
         txn_type = TxnType(type_name)
-        spec = TXN_TYPES[txn_type]
-        if not spec.has_amount:
-            if amount_text not in (None, "0", "0.00"):
-                raise ConfigError(f"a {spec.label.lower()} has no amount")
+        amount = order_amount(txn_type, amount_text)
+        if not TXN_TYPES[txn_type].has_amount:
             return Order(txn_type, 0)
-        if amount_text is None:
-            raise ConfigError(f"--amount is required for a {spec.label.lower()}")
-        amount = parse_amount(amount_text)
         original = self._original(completes) if txn_type is TxnType.COMPLETION else None
         return Order(txn_type, amount, original)
 
@@ -195,6 +261,61 @@ class TerminalApp:
 
     # -- one transaction -------------------------------------------------------------------------
 
+    def cancel(self) -> None:
+        """Ask the running transaction to end (from another thread; a full-screen console's
+        Ctrl-C).  It ends at its next wait as :class:`TransactionCancelled`."""
+        self._cancel.set()
+
+    def _check_center(self, host: Host, now: datetime) -> None:
+        if isinstance(host, CheckedHost):
+            host.check(
+                self.config.terminal_id,
+                lambda: f"{self.store.take_stan():06d}",
+                now.strftime("%m%d%H%M%S"),
+                min(CENTER_CHECK_TIMEOUT, self.settings.host_timeout),
+            )
+
+    def _unreachable(self, order: Order, exc: SwipepayError, before: int) -> TerminalResult:
+        """The run that ended before it began: the center is not there (the front-end says it;
+        the log has it at INFO so a console shows it once)."""
+        _log.info("%s", exc)
+        tid = self.config.terminal_id
+        outcome = Outcome(Ending.HOST_UNAVAILABLE, None, message=str(exc))
+        return TerminalResult(
+            order=order,
+            report=TxnReport(outcome),
+            terminal_id=tid,
+            txn_id=txn_id(tid, self.store.next_stan()),
+            currency=self.config.currency,
+            reversals_queued_before=before,
+            reversals_queued_after=len(self.store.reversals.pending()),
+        )
+
+    def _cancelled(
+        self, host: Host, link: PhoneLink | None, key: str, now: datetime
+    ) -> TransactionCancelled:
+        """Clean up after a cancel: tell the phone, reverse a request that already left."""
+        if link is not None:
+            with contextlib.suppress(Exception):
+                link.disconnect()  # the phone's session ends: it shows "Cancelled by the terminal"
+        reversal = None
+        queue: ReversalQueue = self.store.reversals
+        from swipepay.drivers.host_tls import PROCESS_TOKEN
+
+        item = queue.armed(PROCESS_TOKEN, key)
+        if item is not None:  # the request left: its write-ahead reversal becomes due now
+            queue.release(item)
+            reversal = "queued"
+            close = getattr(host, "close", None)
+            if isinstance(host, CheckedHost) and close is not None:
+                close()  # a fresh connection sends the queue first
+                with contextlib.suppress(SwipepayError):
+                    self._check_center(host, now)
+                    if not any(i == item for i, _ in queue.pending()):
+                        reversal = "sent"
+        _log.info("cancelled by the operator%s", f"; reversal {reversal}" if reversal else "")
+        return TransactionCancelled(reversal)
+
     def run(
         self,
         order: Order,
@@ -206,27 +327,42 @@ class TerminalApp:
         now: datetime | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> TerminalResult:
-        """Run one transaction to its end (never raises for what a peer or a user did)."""
+        """Run one transaction to its end (never raises for what a peer or a user did).
+
+        Raises :class:`TransactionCancelled` when the operator cancels it (Ctrl-C or
+        :meth:`cancel`)."""
         config = self.config
         tid = config.terminal_id
+        now = now or datetime.now(UTC)
+        self._cancel.clear()
+        before = len(self.store.reversals.pending())  # the check below may send them
+        try:
+            self._check_center(host, now)
+        except TransportError as exc:
+            return self._unreachable(order, exc, before)
+        except KeyboardInterrupt:
+            raise TransactionCancelled() from None
         stan = self.store.take_stan()
         terminal = Terminal(config, TerminalLink(*self._identity, aid=config.aid), stan)
         ident = txn_id(tid, stan)
-        before = len(self.store.reversals.pending())
+        key = f"{tid}/{stan % 1_000_000:06d}/{now:%m%d%H%M%S}"
         with transaction(ident):
             _log.info("%s %d on %s", order.type.value, order.amount, tid)
-            report = run_transaction(
-                terminal,
-                order,
-                reader=reader,
-                link=link,
-                host=host,
-                now=now or datetime.now(UTC),
-                card_timeout=self.settings.card_timeout,
-                phone_timeout=self.settings.phone_timeout,
-                sleep=sleep,
-                observe=observe,
-            )
+            try:
+                report = run_transaction(
+                    terminal,
+                    order,
+                    reader=reader,
+                    link=link,
+                    host=host,
+                    now=now,
+                    card_timeout=self.settings.card_timeout,
+                    phone_timeout=self.settings.phone_timeout,
+                    sleep=_Cancel(sleep, self._cancel),
+                    observe=observe,
+                )
+            except KeyboardInterrupt:
+                raise self._cancelled(host, link, key, now) from None
             out = report.outcome
             _log.info(
                 "ending %s %s%s", out.ending.name, out.response_code or "-",

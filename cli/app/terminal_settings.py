@@ -50,6 +50,51 @@ CONFIG_KEYS: Final[dict[str, type]] = {
 }
 
 
+#: What each key means (the comment above it in the terminal.toml ``swipepay init`` writes).
+CONFIG_HELP: Final[dict[str, str]] = {
+    "terminal_id": "Terminal ID: a terminal of this lab (POS00001, ATM00001).",
+    "merchant_id": "Merchant ID sent to the center (default: the lab's, from the certificate).",
+    "merchant_name": "Merchant name on the console (the phone shows the certificate's).",
+    "card": "Card reader: mock: (offer the lab's cards), mock:alice-visa?via=tap, "
+    "pcsc:Virtual PCD 00 00, serial:/dev/ttyUSB0?proto=msr605.",
+    "phone": "Phone link: pcsc:Virtual PCD 00 01, tcp:127.0.0.1:7000, mock:alice-phone.",
+    "center": "Center HOST:PORT (TLS), or local (the lab's center in this process).",
+    "card_timeout": "Seconds to wait for a card.",
+    "phone_timeout": "Seconds to wait for a phone in the field.",
+    "host_timeout": "Seconds to wait for the center's answer.",
+    "confirm_timeout": "Seconds the user has to confirm on the phone.",
+    "poll_interval_ms": "Milliseconds between the terminal's polls of the phone.",
+    "aid": "The phone-link AID, hex (default: the lab's aid); the phone's must match.",
+}
+
+
+#: Example values for the keys whose default is the lab's own value.
+_EXAMPLES: Final[dict[str, str]] = {
+    "merchant_id": "MERCH0000000001",
+    "merchant_name": "Kiosk",
+    "aid": "F0535750415901",
+}
+
+
+def commented_config() -> str:
+    """A terminal.toml that sets nothing: every key commented out at its default, explained."""
+    lines = [
+        "# Settings of `swipepay terminal run` for this lab (command-line options win).",
+        "# Uncomment a line to change it; the values shown are the defaults.",
+    ]
+    defaults = TerminalSettings()
+    for key in CONFIG_KEYS:
+        value = getattr(defaults, key)
+        lines += ["", f"# {CONFIG_HELP[key]}"]
+        if value is None:  # no default: the lab's own value; show an example
+            lines.append(f'# {key} = "{_EXAMPLES[key]}"')
+        elif isinstance(value, str):
+            lines.append(f'# {key} = "{value}"')
+        else:
+            lines.append(f"# {key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
 def load_settings(home: Path, config: Path | None, given: Mapping[str, Any]) -> TerminalSettings:
     """Defaults, then ``HOME/terminal.toml`` (or ``--config``), then ``given`` (None: not given)."""
     path = config if config is not None else home / CONFIG_FILE

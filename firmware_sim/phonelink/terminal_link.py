@@ -52,7 +52,13 @@ class PhoneRefused(RemoteError):
     """The phone answered a command with an error status word."""
 
     def __init__(self, ins: Ins, sw: int) -> None:
-        super().__init__(f"phone refused {ins.name}: {sw:04X} {describe(sw)}", status_word=sw)
+        text = f"phone refused {ins.name}: {describe(sw)}"
+        if ins is Ins.AUTHENTICATE and sw == SW.SECURITY_NOT_SATISFIED:
+            text += (
+                " — the phone does not trust this terminal's certificate: the certificates come"
+                " from another lab (give the --home the phone was enrolled in)"
+            )
+        super().__init__(text, status_word=sw)
         self.ins = ins
         self.sw = sw
 

@@ -70,7 +70,7 @@ def run_suite(lab: Lab, phone_url: str, terminal_url: str) -> None:
     transaction = report["checks"][-1]
     assert "signature verified" in transaction["detail"], transaction
     # The phone saw the whole purchase and its result, and stopped cleanly on SIGINT.
-    assert "PAY Corner Coffee (POS00001) purchase 1.00 -> confirm" in phone_out, phone_err
+    assert "PAY Corner Coffee (POS00001) purchase 1.00 EUR -> confirm" in phone_out, phone_err
     assert "result: APPROVED 00" in phone_out
     assert "Traceback" not in phone_err
     for text in (result.stdout, result.stderr, phone_out, phone_err):

@@ -7,10 +7,7 @@ import os
 import re
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,6 @@ from swipepay.center.lab import Lab
 from swipepay.cli.main import main
 from swipepay.cli.phone_cmds import pin_from_env, pin_from_file
 from swipepay.firmware_sim.errors import ConfigError
-from tests.support.phonelink import conformance_setup
 
 
 def swipepay(*args: str) -> list[str]:
@@ -175,46 +171,3 @@ def test_lazy_commands_are_listed() -> None:
     result = CliRunner().invoke(main, ["--help"])
     for name in ("phone", "conformance", "trace"):
         assert name in result.output
-
-
-def test_prompt_user_confirms_with_a_hidden_pin(monkeypatch: pytest.MonkeyPatch) -> None:
-    from swipepay.cli.phone_cmds import PromptUser
-    from swipepay.firmware_sim.conformance import run_check, select_checks
-    from swipepay.firmware_sim.phone import Phone
-
-    asked: list[dict[str, object]] = []
-    monkeypatch.setattr("click.confirm", lambda *a, **k: True)
-
-    def prompt(*args: object, **kwargs: object) -> str:
-        asked.append(kwargs)
-        return "1234"
-
-    monkeypatch.setattr("click.prompt", prompt)
-    ctx, scripted = conformance_setup()
-    phone = Phone(scripted.applet, PromptUser(timeout=30), lambda: ctx.now)
-    check = select_checks(["transaction"])[0]
-    result = run_check(check, replace(ctx, max_polls=2000), phone.process,
-                       lambda s: time.sleep(0.005))
-    assert result.passed, result.detail
-    assert asked == [{"hide_input": True}]
-
-
-def test_prompt_user_expires_after_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    from swipepay.cli.phone_cmds import PromptUser
-    from swipepay.firmware_sim.conformance import run_check, select_checks
-    from swipepay.firmware_sim.phone import Phone
-
-    release = threading.Event()
-    monkeypatch.setattr("click.confirm", lambda *a, **k: release.wait(5) and False)
-    now = [0.0]
-    ctx, scripted = conformance_setup()
-    phone = Phone(scripted.applet, PromptUser(timeout=10, clock=lambda: now[0]), lambda: ctx.now)
-
-    def pause(seconds: float) -> None:
-        now[0] += 5  # the user's clock moves on; nobody answers
-
-    try:
-        result = run_check(select_checks(["transaction"])[0], ctx, phone.process, pause)
-    finally:
-        release.set()
-    assert not result.passed and "TIMED_OUT" in result.detail

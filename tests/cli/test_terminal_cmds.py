@@ -90,11 +90,13 @@ def test_card_data_accepts_tracks_and_a_lab_pan(lab: Lab) -> None:
 
 
 def test_interactive_console_offers_lab_cards(lab: Lab) -> None:
-    # balance inquiry (6) with card 2 (alice-visa by insert), then quit
+    # an ATM offers withdrawal, deposit, balance: balance inquiry (3) with card 2 (alice-visa
+    # by insert), then quit
     code, out = run(lab, "--phone", "mock:alice-phone", "--card", "mock:",
-                    "--terminal-id", "ATM00001", input="6\n2\nq\n")  # fmt: skip
+                    "--terminal-id", "ATM00001", input="3\n2\nq\n")  # fmt: skip
     assert code == 0, out
-    assert "insert alice-visa" in out and "[8] result forwarded to phone" in out
+    assert "Purchase" not in out  # the center refuses it from an ATM: not offered
+    assert "insert alice-visa" in out and "[8] forwarding the result to the phone" in out
     assert "APPROVED 00" in out and "balance shown on the phone" in out
 
 
@@ -116,7 +118,7 @@ def test_settings_file_is_overridden_by_options(lab: Lab) -> None:
 
 def test_bad_inputs_are_one_line_errors(lab: Lab) -> None:
     code, out = run(lab, "--type", "purchase", "--amount", "12,34", "--phone", "mock:")
-    assert code != 0 and "not an amount" in out and "Traceback" not in out
+    assert code != 0 and "use a point" in out and "Traceback" not in out
     code, out = run(lab, "--type", "purchase", "--amount", "1", "--phone", "mock:",
                     "--card-data", "%B garbage")  # fmt: skip
     assert code != 0 and "Traceback" not in out
@@ -151,3 +153,39 @@ def test_log_lines_carry_txn_id_and_no_pan() -> None:
     assert line["txn"] == "POS00001-000042"
     assert "4761739001010119" not in line["msg"] and "476173******0119" in line["msg"]
     assert redact("PAN 5413330000000019 ok") == "PAN 541333******0019 ok"
+
+
+@pytest.mark.parametrize(
+    ("amount", "says"),
+    [
+        ("0", "more than 0"),
+        ("-5", "must be positive"),
+        ("1.234", "at most two decimals"),
+        ("12,34", "use a point"),
+        ("99999999999", "too large"),
+        ("abc", "not an amount"),
+    ],
+)
+def test_bad_amounts_are_refused_before_anything_is_opened(
+    lab: Lab, amount: str, says: str
+) -> None:
+    # no phone link, no center, no card exists here: a refusal must come first
+    code, out = run(lab, "--phone", "tcp:127.0.0.1:1", "--center", "127.0.0.1:1",
+                    "--type", "purchase", "--amount", amount)  # fmt: skip
+    assert code != 0 and says in out and "Traceback" not in out, out
+
+
+def test_console_asks_the_amount_again(lab: Lab) -> None:
+    code, out = run(lab, "--phone", "mock:alice-phone", "--card", "mock:",
+                    input="1\n0\n1,5\n1.50\n1\nq\n")  # fmt: skip
+    assert code == 0, out
+    assert "more than 0" in out and "use a point" in out
+    assert "APPROVED 00" in out
+
+
+def test_host_decline_says_the_reason_in_full(lab: Lab) -> None:
+    code, out = run(lab, "--phone", "mock:alice-phone", "--card", "mock:alice-visa?via=tap",
+                    "--type", "balance")  # a POS may not ask for a balance: 58
+    assert code == Ending.DECLINED_BY_HOST.exit_code, out
+    assert "transaction not permitted to terminal" in out
+    assert "present the card" in out

@@ -13,7 +13,13 @@ import pytest
 
 from swipepay.center.lab import Lab, create_lab
 from swipepay.cli.app.phone_app import PhoneApp, lab_phone
-from swipepay.cli.app.terminal_app import CenterConnection, TerminalApp, TerminalResult
+from swipepay.cli.app.terminal_app import (
+    CANCELLED_EXIT,
+    CenterConnection,
+    TerminalApp,
+    TerminalResult,
+    TransactionCancelled,
+)
 from swipepay.cli.app.terminal_settings import CONFIG_KEYS, TerminalSettings, load_settings
 from swipepay.cli.harness.processes import free_port
 from swipepay.drivers.base import DriverContext
@@ -84,7 +90,7 @@ def test_the_stan_is_on_disk_before_the_request_leaves(app: TerminalApp) -> None
         [(stan, stored)] = host.stored_at_send
         assert stored == int(stan) + 1
         dying = Watching(center, app.store, fail=True)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(TransactionCancelled):
             purchase(app, dying)
     finally:
         center.close()
@@ -107,18 +113,49 @@ def test_preauth_is_remembered_until_its_completion(app: TerminalApp) -> None:
         app.order("completion", "1", None)
 
 
-def test_a_silent_center_leaves_a_counted_reversal(template: Path, tmp_path: Path) -> None:
+def test_an_unreachable_center_ends_the_run_before_the_card(
+    template: Path, tmp_path: Path
+) -> None:
     shutil.copytree(template, tmp_path / "lab")
     settings = TerminalSettings(center=f"127.0.0.1:{free_port()}", host_timeout=0.3)
     with TerminalApp.open(tmp_path / "lab", settings) as app:
+        stan = app.store.next_stan()
         host = app.open_center()
         try:
             result = purchase(app, host, 3_00)
         finally:
             host.close()
         assert result.outcome.ending is Ending.HOST_UNAVAILABLE
-        assert (result.reversals_queued_before, result.reversals_queued_after) == (0, 1)
-        assert len(app.store.reversals.pending()) == 1
+        assert "not reachable — is `swipepay center serve` running?" in result.outcome.message
+        assert result.report.steps == [] and result.report.apdu_count == 0  # no card, no phone
+        assert (result.reversals_queued_before, result.reversals_queued_after) == (0, 0)
+        assert app.store.reversals.pending() == []
+        assert app.store.next_stan() == stan  # no transaction was started
+
+
+def test_cancel_while_the_user_thinks_ends_the_phone_session(app: TerminalApp) -> None:
+    field = MockField()
+    phone = lab_phone(app.lab, "alice-phone", delay_polls=1_000)
+    phone.enter(field)
+    order = app.order("purchase", "8.88", None)
+    polls: list[float] = []
+
+    def wait(seconds: float) -> None:
+        polls.append(seconds)
+        if len(polls) == 3:
+            app.cancel()  # another thread's Ctrl-C (the full-screen console)
+
+    center = app.open_center()
+    try:
+        with pytest.raises(TransactionCancelled) as caught:
+            app.run(order, reader=app.open_reader("mock:alice-visa", order),
+                    link=open_phone_link("mock:", DriverContext(field=field)),
+                    host=center, sleep=wait)  # fmt: skip
+    finally:
+        center.close()
+    assert caught.value.exit_code == CANCELLED_EXIT and caught.value.reversal is None
+    assert not phone.phone.applet.awaiting_user  # its session was ended by the terminal
+    assert app.store.reversals.pending() == []
 
 
 def test_the_reader_is_opened_with_the_orders_amount(app: TerminalApp) -> None:
@@ -173,3 +210,33 @@ def test_an_old_labs_terminal_continues_its_stans(template: Path, tmp_path: Path
             center.close()
     assert (result.outcome.ending, result.txn_id) == (Ending.APPROVED, "POS00001-000042")
     assert not (tmp_path / "lab" / "terminals" / "POS00001" / "state.json").exists()
+
+
+def test_the_commented_settings_file_sets_the_defaults(tmp_path: Path) -> None:
+    from swipepay.cli.app.terminal_settings import CONFIG_HELP, commented_config
+
+    assert set(CONFIG_KEYS) <= set(CONFIG_HELP)  # every key explained
+    text = commented_config()
+    (tmp_path / "terminal.toml").write_text(text)
+    assert load_settings(tmp_path, None, {}) == TerminalSettings()
+    for key in CONFIG_KEYS:  # uncommenting any one line gives a valid file
+        line = next(x for x in text.splitlines() if x.startswith(f"# {key} = "))
+        (tmp_path / "terminal.toml").write_text(line[2:] + "\n")
+        if key not in ("merchant_id", "merchant_name", "aid"):
+            assert load_settings(tmp_path, None, {}) == TerminalSettings()
+
+
+def test_a_request_that_never_left_queues_no_reversal(app: TerminalApp) -> None:
+    from swipepay.drivers.host_tls import CenterUnreachable
+
+    class GoneAfterTheCheck(Watching):
+        def authorize(self, request: AuthRequest, timeout: float) -> AuthResponse:
+            raise CenterUnreachable("center 127.0.0.1:1 not reachable")
+
+    center = app.open_center()
+    try:
+        result = purchase(app, GoneAfterTheCheck(center, app.store))
+    finally:
+        center.close()
+    assert result.outcome.ending is Ending.HOST_UNAVAILABLE
+    assert result.report.reversal is None and app.store.reversals.pending() == []
