@@ -129,7 +129,12 @@ class PromptUser:
 def _echo_result(shown: ResultShown) -> None:
     verdict = "APPROVED" if shown.response_code == "00" else "DECLINED"
     auth = f" (auth {shown.auth_code})" if shown.auth_code else ""
-    click.echo(f"  result: {verdict} {shown.response_code}{auth}")
+    balance = ""
+    if shown.balance is not None:  # opened here from the center's sealed balance
+        from swipepay.firmware_sim.transaction import format_amount
+
+        balance = f"; balance {format_amount(shown.balance, shown.currency or '978')}"
+    click.echo(f"  result: {verdict} {shown.response_code}{auth}{balance}")
 
 
 @click.group()
