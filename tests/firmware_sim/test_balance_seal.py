@@ -84,3 +84,14 @@ def test_wrong_length_is_a_decode_error_and_bad_inputs_are_local_errors() -> Non
         seal_balance(KEY, KSN, CONTEXT, 1, "EUR")
     with pytest.raises(LocalError):
         BalanceContext("ATM1", "000042", "1126120000").aad()
+
+
+def test_the_notes_show_these_bytes() -> None:
+    """phone-link.md §5 and iso8583.md document the same example the code produces."""
+    from pathlib import Path
+
+    notes = Path(__file__).resolve().parents[2] / "hardware_notes"
+    for name in ("phone-link.md", "iso8583.md"):
+        text = (notes / name).read_text(encoding="utf-8")
+        assert EXAMPLE.hex().upper() in text, name
+        assert KEY.hex().upper() in text and "0002978C000000150000" in text, name
