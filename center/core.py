@@ -29,7 +29,8 @@ code  check
  51   purchase / withdrawal / pre-auth above the available balance
  12   completion: no approved, uncompleted pre-auth of this card at this terminal referenced
  13   completion: amount above the held amount
- 00   approved, with a 6-digit authorization code
+ 00   approved, with a 6-digit authorization code (a balance inquiry: and its balance sealed
+      for the phone, :mod:`firmware_sim.balance_seal`; no answer carries a balance in clear)
  96   any unexpected internal error (everything of this request rolled back)
 ====  =========================================================================================
 
@@ -72,6 +73,8 @@ from swipepay.center.storage import (
     TerminalRecord,
 )
 from swipepay.center.verifier import SignatureCheck
+from swipepay.firmware_sim.balance_seal import KEY_USAGE as BALANCE_KEY_USAGE
+from swipepay.firmware_sim.balance_seal import BalanceContext, seal_balance
 from swipepay.firmware_sim.confirmation import transaction_digest
 from swipepay.firmware_sim.dukpt import DukptHost, split_ksn
 from swipepay.firmware_sim.ecc import decode_point
@@ -111,6 +114,9 @@ class _Outcome:
     response: AuthResponse
     state: MessageState
     account_id: str | None
+    #: The account's available balance after the decision, for the center's own records only:
+    #: it never goes to the terminal (a balance inquiry's goes to the phone, sealed).
+    available_balance: int | None = None
 
 
 #: How many cards' phone keys :meth:`Center.signature_check` can know (~100 bytes each).
@@ -342,7 +348,7 @@ class Center:
                 stored = self._storage.get_message(key)
                 if stored is not None:
                     if hmac.compare_digest(stored.content_hash, digest):
-                        return _response_of(stored)
+                        return self._response_of(stored, req)
                     _log.warning("message %s reused with different content", key)
                     return AuthResponse(
                         RC.DUPLICATE_TRANSMISSION.value,
@@ -361,7 +367,7 @@ class Center:
                         account_id=outcome.account_id,
                         response_code=r.response_code,
                         auth_code=r.auth_code,
-                        available_balance=r.available_balance,
+                        available_balance=outcome.available_balance,
                         message=r.message,
                         state=outcome.state,
                         received_at=now.isoformat(),
@@ -397,12 +403,10 @@ class Center:
             self._check_amount(req.txn, card, terminal)
             if TXN_TYPES[req.txn.type].needs_phone:
                 self._verify_phone(req, card, checked)
-            return self._post(req.txn, key, card, terminal)
+            return self._post(req, key, card, terminal)
         except _Declined as d:
-            response = AuthResponse(
-                d.code.value, available_balance=d.available_balance, message=d.message
-            )
-            return _Outcome(response, MessageState.DECLINED, account_id)
+            response = AuthResponse(d.code.value, message=d.message)
+            return _Outcome(response, MessageState.DECLINED, account_id, d.available_balance)
 
     def _check_terminal(self, txn: Transaction) -> TerminalRecord:
         terminal = self._storage.get_terminal(txn.terminal_id)
@@ -486,8 +490,9 @@ class Center:
             raise _Declined(code, message)
 
     def _post(
-        self, txn: Transaction, key: MessageKey, card: CardRecord, terminal: TerminalRecord
+        self, req: AuthRequest, key: MessageKey, card: CardRecord, terminal: TerminalRecord
     ) -> _Outcome:
+        txn = req.txn
         parties: Mapping[Party, str] = {
             Party.CARDHOLDER: card.account_id,
             Party.TERMINAL: terminal.account_id,
@@ -500,13 +505,37 @@ class Center:
             if txn.amount > available:
                 raise _Declined(RC.INSUFFICIENT_FUNDS, "insufficient funds", available)
         self._ledger.apply(txn.type, str(key), parties, txn.amount, hold_reference=hold_reference)
+        available = self._ledger.available(card.account_id)
         response = AuthResponse(
             RC.APPROVED.value,
             auth_code=_new_auth_code(),
-            available_balance=self._ledger.available(card.account_id),
             message="approved",
+            sealed_balance=self._sealed_balance(req, available),
         )
-        return _Outcome(response, MessageState.APPROVED, card.account_id)
+        return _Outcome(response, MessageState.APPROVED, card.account_id, available)
+
+    def _sealed_balance(self, req: AuthRequest, available: int | None) -> bytes | None:
+        """An approved balance inquiry's balance, sealed for the phone under the data key of
+        its KSN (:mod:`firmware_sim.balance_seal`); ``None`` for every other answer."""
+        txn = req.txn
+        if txn.type is not TxnType.BALANCE or req.ksn is None or available is None:
+            return None
+        key = self._dukpt.working_key(req.ksn, BALANCE_KEY_USAGE)
+        context = BalanceContext(txn.terminal_id, txn.stan, txn.transmitted_at)
+        return seal_balance(key, req.ksn, context, available, txn.currency)
+
+    def _response_of(self, stored: MessageRecord, req: AuthRequest) -> AuthResponse:
+        """The stored answer to a retransmission (``req`` is byte for byte the original), with
+        the same sealed balance: same key, nonce and plaintext give the same bytes."""
+        approved = stored.response_code == _APPROVED
+        return AuthResponse(
+            stored.response_code,
+            auth_code=stored.auth_code,
+            message=stored.message,
+            sealed_balance=self._sealed_balance(req, stored.available_balance)
+            if approved
+            else None,
+        )
 
     def _check_completion(self, txn: Transaction, card: CardRecord) -> str:
         """Find the pre-authorization a completion refers to; mark it completed; return its key."""
@@ -620,17 +649,4 @@ class Center:
             else MessageState.PARTIALLY_REVERSED
         )
         self._storage.update_message_state(key, state, give_back)
-        return AuthResponse(
-            RC.APPROVED.value,
-            available_balance=self._ledger.available(original.account_id),
-            message=f"reversed {give_back} of {original.amount}",
-        )
-
-
-def _response_of(stored: MessageRecord) -> AuthResponse:
-    return AuthResponse(
-        stored.response_code,
-        auth_code=stored.auth_code,
-        available_balance=stored.available_balance,
-        message=stored.message,
-    )
+        return AuthResponse(RC.APPROVED.value, message=f"reversed {give_back} of {original.amount}")

@@ -67,7 +67,13 @@ def _echo_result(shown: ResultShown, card: str) -> None:
     verdict = "APPROVED" if reason is None else "DECLINED"
     auth = f" (auth {shown.auth_code})" if shown.auth_code else ""
     why = f": {reason}" if reason else ""
-    click.echo(f"  result: {verdict} {shown.response_code}{auth}{why}")
+    balance = ""
+    if shown.balance is not None:  # opened here from the center's sealed balance
+        from swipepay.firmware_sim.transaction import format_amount
+
+        currency = shown.currency or "978"
+        balance = f"; balance {format_amount(shown.balance, currency)}"
+    click.echo(f"  result: {verdict} {shown.response_code}{auth}{why}{balance}")
 
 
 @click.group()

@@ -237,7 +237,6 @@ def result_json(result: TerminalResult) -> dict[str, Any]:
         "response_code": out.response_code,
         "auth_code": out.auth_code,
         "message": out.message,
-        "available_balance": out.available_balance,
         "reversal": report.reversal,
         "reversals_queued_before": result.reversals_queued_before,
         "reversals_queued_after": result.reversals_queued_after,
@@ -271,7 +270,6 @@ def _reader(session: Session, card_data: str | None, order: Order) -> CardReader
 
 def _render(result: dict[str, Any], echo: Callable[[str], None]) -> None:
     from swipepay.center.response_codes import describe
-    from swipepay.firmware_sim.transaction import format_amount
 
     approved = result["ending"] == "APPROVED"
     code = result["response_code"]
@@ -289,8 +287,8 @@ def _render(result: dict[str, Any], echo: Callable[[str], None]) -> None:
             detail += f"; reset the tries with `{unblock_command(result.get('card'), home)}`"
     else:
         detail = result["message"]
-    if result["type"] == "balance" and result["available_balance"] is not None:
-        detail += f"; balance shown on the phone: {format_amount(result['available_balance'])}"
+    if result["type"] == "balance" and approved:
+        detail += "; balance shown on the phone"  # sealed for it: the terminal cannot read it
     if result["reversal"]:
         detail += f"; reversal {result['reversal']}"
     echo(

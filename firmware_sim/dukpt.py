@@ -1,5 +1,8 @@
 """AES DUKPT (ANSI X9.24-3-2017), AES-128 keys only: the PIN key of every payment.
 
+It also gives the "data encryption, decrypt" key (usage ``3001``) of the same KSN, under which
+the center seals a balance inquiry's answer for the phone (:mod:`firmware_sim.balance_seal`).
+
 The phone is the PIN entry device.  It holds one *initial key* (derived by the lab from the BDK
 and the device's Initial Key ID) and a transaction counter; for each PIN it takes the next
 counter, derives that counter's *transaction key* and from it the *PIN working key*, and sends
@@ -244,6 +247,16 @@ class DukptDevice:
         key = derive_working_key(self._initial_key, ksn, "pin")
         self._counter = counter
         return key, ksn
+
+    def working_key(self, ksn: bytes, usage: str) -> bytes:
+        """Another working key (``usage`` of :data:`WORKING_KEY_USAGES`) of a KSN this device
+        issued: the phone opens the center's sealed balance with the "data-decrypt" key of the
+        inquiry's KSN.  A KSN of another device or one not issued yet is a :class:`LocalError`.
+        """
+        ikid, counter = split_ksn(ksn)
+        if ikid != self._ikid or not 0 < counter <= self._counter:
+            raise LocalError("KSN was not issued by this device")
+        return derive_working_key(self._initial_key, ksn, usage)
 
 
 #: Default bound of :class:`DukptHost`'s per-device cache (<= ~1.2 KB per device, see there).

@@ -23,12 +23,17 @@ class AuthRequest:
 
 @dataclass(frozen=True)
 class AuthResponse:
-    """The center's answer: field 39 response code, authorization code, balance, text."""
+    """The center's answer: field 39 response code, authorization code, text, and for an approved
+    balance inquiry the balance sealed for the phone (:mod:`firmware_sim.balance_seal`).
+
+    The terminal receives this and never holds a balance in clear: ``sealed_balance`` is opaque
+    to it and only relayed to the phone.
+    """
 
     response_code: str
     auth_code: str | None = None
-    available_balance: int | None = None
     message: str = ""
+    sealed_balance: bytes | None = None
 
     @property
     def approved(self) -> bool:

@@ -194,7 +194,6 @@ class Outcome:
     auth_code: str | None = None
     message: str = ""
     polls: int = 0
-    available_balance: int | None = None
 
     @property
     def approved(self) -> bool:
@@ -392,9 +391,10 @@ class Terminal:
             return
         run.actions.append(StepStarted(Step.RESULT_TO_PHONE))
         self.phase = Phase.RESULT
-        balance = response.available_balance if run.order.type is TxnType.BALANCE else None
+        # A balance inquiry's balance is sealed for the phone: relayed, never read here.
+        sealed = response.sealed_balance if run.order.type is TxnType.BALANCE else None
         self._send(
-            run, self.link.result_command(response.response_code, response.auth_code, balance)
+            run, self.link.result_command(response.response_code, response.auth_code, sealed)
         )
 
     def _finish_result(self, run: _Run, response: AuthResponse) -> None:
@@ -406,7 +406,6 @@ class Terminal:
             response.auth_code,
             response.message,
             run.polls,
-            response.available_balance,
         )
         if run.order.type is TxnType.COMPLETION:
             self._finish(outcome)

@@ -340,5 +340,4 @@ def _real_scenario(
         "apdu_count": result["apdu_count"],
         "bytes_to_phone": result["bytes_to_phone"],
         "bytes_from_phone": result["bytes_from_phone"],
-        "available_balance": result["available_balance"],
     }

@@ -6,7 +6,9 @@ it, so the two sides can never disagree about a field.  The field map with worke
 ``hardware_notes/iso8583.md``.
 
 Encoding: pyiso8583's ``default_ascii`` spec with the overrides in :data:`SPEC_OVERRIDES` (binary
-fields for the AES PIN block, the AES-DUKPT KSN and the phone's confirmation signature).
+fields for the AES PIN block, the AES-DUKPT KSN, the phone's confirmation signature and the
+balance the center seals for the phone).  No response carries a balance in clear (no field 54):
+the terminal must never learn it (:mod:`firmware_sim.balance_seal`).
 
 Framing: the shared 2-byte length prefix of :mod:`firmware_sim.framing`, with bodies of 1 to
 :data:`MAX_FRAME` bytes (:data:`FRAMING`): :func:`frame` and :class:`FrameDecoder` apply it.
@@ -22,6 +24,7 @@ import iso8583
 import iso8583.specs
 
 from swipepay.firmware_sim import framing
+from swipepay.firmware_sim.balance_seal import SEALED_LEN
 from swipepay.firmware_sim.errors import DecodeError
 from swipepay.firmware_sim.framing import FrameError as FrameError
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
@@ -54,6 +57,13 @@ SPEC_OVERRIDES: dict[str, dict[str, Any]] = {
         "len_type": 3,
         "max_len": 64,
         "desc": "Phone confirmation signature (ECDSA P-256 raw r||s, 64 bytes)",
+    },
+    "63": {
+        "data_enc": "b",
+        "len_enc": "ascii",
+        "len_type": 3,
+        "max_len": SEALED_LEN,
+        "desc": "Balance sealed for the phone (AES-GCM under the KSN's DUKPT data key, 36 bytes)",
     },
 }
 
@@ -302,14 +312,8 @@ def network_fields(terminal_id: str, stan: str, transmitted_at: str, code: str) 
     return {"t": "0800", "7": transmitted_at, "11": stan, "41": terminal_id, "70": code}
 
 
-def _balance_field(balance: int, currency: str) -> str:
-    """Field 54, one amount: account type 00, amount type 02 (available), currency, C/D, 12n."""
-    sign = "C" if balance >= 0 else "D"
-    return f"0002{currency}{sign}{abs(balance):012d}"
-
-
 def response_fields(request: dict[str, Any], response: AuthResponse) -> dict[str, Any]:
-    """The response to a decoded request: its MTI +10, echoed fields, 38, 39 and 54."""
+    """The response to a decoded request: its MTI +10, echoed fields, 38, 39, 44 and 63."""
     mti = _text(request, "t")
     answer = response_mti(mti)
     if answer is None:
@@ -324,8 +328,8 @@ def response_fields(request: dict[str, Any], response: AuthResponse) -> dict[str
     out["39"] = response.response_code
     if response.auth_code:
         out["38"] = response.auth_code
-    if response.available_balance is not None:
-        out["54"] = _balance_field(response.available_balance, _text(request, "49") or "978")
+    if response.sealed_balance is not None:
+        out["63"] = bytes(response.sealed_balance).hex().upper()
     if response.message:
         out["44"] = response.message.encode("ascii", "replace").decode("ascii")[:25]
     return out
@@ -344,17 +348,13 @@ def format_error_fields(raw: bytes, reason: str) -> dict[str, Any] | None:
 
 
 def parse_response(fields: dict[str, Any]) -> AuthResponse:
-    """Read an answer's 39, 38, 54 and 44 into an :class:`AuthResponse`."""
+    """Read an answer's 39, 38, 44 and 63 into an :class:`AuthResponse` (63 stays opaque)."""
     code = _text(fields, "39")
     if len(code) != 2:
         raise DecodeError("response has no field 39")
-    balance: int | None = None
-    f54 = _text(fields, "54")
-    if len(f54) >= 20 and f54[7] in "CD" and f54[8:20].isdigit():
-        balance = int(f54[8:20]) * (1 if f54[7] == "C" else -1)
     return AuthResponse(
         code,
         auth_code=_text(fields, "38") or None,
-        available_balance=balance,
         message=_text(fields, "44"),
+        sealed_balance=_binary(fields, "63"),
     )

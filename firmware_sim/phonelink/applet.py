@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from swipepay.firmware_sim import ecc
 from swipepay.firmware_sim.apdu import CommandApdu, ResponseApdu
+from swipepay.firmware_sim.balance_seal import KEY_USAGE as BALANCE_KEY_USAGE
+from swipepay.firmware_sim.balance_seal import BalanceContext, open_balance
 from swipepay.firmware_sim.certificate import (
     CertificateError,
     TerminalCertificate,
@@ -63,7 +65,7 @@ from swipepay.firmware_sim.secure_channel import (
     key_confirmation,
 )
 from swipepay.firmware_sim.statuswords import SW
-from swipepay.firmware_sim.transaction import PHONE_CODE_TO_TYPE, TXN_TYPES
+from swipepay.firmware_sim.transaction import PHONE_CODE_TO_TYPE, TXN_TYPES, TxnType
 
 
 class State(Enum):
@@ -119,9 +121,14 @@ class PaymentShown:
 
 @dataclass(frozen=True)
 class ResultShown:
+    """The center's answer; ``balance`` (minor units, in the request's currency) only after an
+    approved balance inquiry, opened from the center's sealed balance (the terminal never has
+    it in clear)."""
+
     response_code: str
     auth_code: str | None
     balance: int | None = None
+    currency: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,8 @@ class _Session:
     certificate: TerminalCertificate | None = None
     request: PaymentRequestBody | None = None
     answer: ConfirmationBody | None = None
+    #: DUKPT "data-decrypt" key of the KSN the user's confirmation used (balance inquiry only).
+    balance_key: bytes | None = field(default=None, repr=False)
 
 
 class PhoneApplet:
@@ -204,7 +213,10 @@ class PhoneApplet:
         pin_key, ksn = self.dukpt.next_pin_key()
         pin_block = encode_format4(pin, self.identity.pan, pin_key, self._random(8))
         del pin, pin_key
-        spec = TXN_TYPES[PHONE_CODE_TO_TYPE[s.request.txn_code]]
+        txn_type = PHONE_CODE_TO_TYPE[s.request.txn_code]
+        if txn_type is TxnType.BALANCE:
+            s.balance_key = self.dukpt.working_key(ksn, BALANCE_KEY_USAGE)
+        spec = TXN_TYPES[txn_type]
         digest = confirmation_digest(
             pan=self.identity.pan,
             processing_code=spec.processing_code,
@@ -391,8 +403,29 @@ class PhoneApplet:
         s = self._session
         assert s is not None and s.answer is not None
         result = ResultBody.decode(body)
-        self._events.append(ResultShown(result.response_code, result.auth_code, result.balance))
+        balance = None if result.sealed_balance is None else self._open_balance(s, result)
+        currency = None if balance is None or s.request is None else s.request.currency
+        self._events.append(ResultShown(result.response_code, result.auth_code, balance, currency))
         return b""
+
+    def _open_balance(self, s: _Session, result: ResultBody) -> int:
+        """Open the center's sealed balance (:mod:`firmware_sim.balance_seal`): only after an
+        approved balance inquiry, bound to this transaction, in the request's currency.  A
+        terminal that altered it gets 6982 (SecurityError) and the phone shows nothing."""
+        request, answer, cert = s.request, s.answer, s.certificate
+        assert request is not None and answer is not None and cert is not None
+        if (
+            result.response_code != "00"
+            or s.balance_key is None
+            or answer.ksn is None
+            or result.sealed_balance is None
+        ):
+            raise DecodeError("a sealed balance answers only an approved balance inquiry")
+        context = BalanceContext(cert.terminal_id, request.stan, request.transmitted_at)
+        balance, currency = open_balance(s.balance_key, answer.ksn, context, result.sealed_balance)
+        if currency != request.currency:
+            raise DecodeError("sealed balance is in another currency than the request")
+        return balance
 
     _HANDLERS: ClassVar[dict[Ins, Callable[[PhoneApplet, bytes], bytes]]] = {
         Ins.CONNECT: _connect,
@@ -401,4 +434,3 @@ class PhoneApplet:
         Ins.GET_CONFIRMATION: _get_confirmation,
         Ins.RESULT: _result,
     }
-

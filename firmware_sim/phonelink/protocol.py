@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from enum import IntEnum
 
+from swipepay.firmware_sim.balance_seal import SEALED_LEN
 from swipepay.firmware_sim.errors import ConfigError, DecodeError
 from swipepay.firmware_sim.tlv import encode_tlv, parse_tlv
 
@@ -79,7 +80,7 @@ class Tag(IntEnum):
     SIGNATURE = 0xE4
     RESPONSE_CODE = 0xE5
     AUTH_CODE = 0xE6
-    BALANCE = 0xE7
+    SEALED_BALANCE = 0xE7
 
 
 class ConfirmationStatus(IntEnum):
@@ -119,7 +120,7 @@ FIXED_LENGTHS: dict[int, int] = {
     Tag.SIGNATURE: 64,
     Tag.RESPONSE_CODE: 2,
     Tag.AUTH_CODE: 6,
-    Tag.BALANCE: 7,
+    Tag.SEALED_BALANCE: SEALED_LEN,
     Tag.VERSION: 1,
 }
 
@@ -249,27 +250,22 @@ class ResultBody:
 
     response_code: str
     auth_code: str | None = None
-    #: Available balance in minor units (signed), shown on the phone after a balance inquiry.
-    balance: int | None = None
+    #: An approved balance inquiry's balance as the center sealed it for the phone
+    #: (:mod:`firmware_sim.balance_seal`): the terminal relays these bytes and cannot read them.
+    sealed_balance: bytes | None = None
 
     def encode(self) -> bytes:
         fields = [(int(Tag.RESPONSE_CODE), self.response_code.encode("ascii"))]
         if self.auth_code:
             fields.append((Tag.AUTH_CODE, self.auth_code.encode("ascii")))
-        if self.balance is not None:
-            sign = b"\x0d" if self.balance < 0 else b"\x0c"  # BCD sign nibbles D / C
-            fields.append((Tag.BALANCE, sign + bcd(str(abs(self.balance)), 6)))
+        if self.sealed_balance is not None:
+            fields.append((Tag.SEALED_BALANCE, self.sealed_balance))
         return encode_fields(fields)
 
     @classmethod
     def decode(cls, data: bytes) -> ResultBody:
-        f = decode_fields(data, (Tag.RESPONSE_CODE,), (Tag.AUTH_CODE, Tag.BALANCE))
-        balance: int | None = None
-        if Tag.BALANCE in f:
-            raw = f[Tag.BALANCE]
-            if raw[0] not in (0x0C, 0x0D):
-                raise DecodeError("balance sign must be 0C or 0D")
-            balance = int(unbcd(raw[1:])) * (-1 if raw[0] == 0x0D else 1)
+        f = decode_fields(data, (Tag.RESPONSE_CODE,), (Tag.AUTH_CODE, Tag.SEALED_BALANCE))
+        sealed = f.get(Tag.SEALED_BALANCE)
         try:
             code = f[Tag.RESPONSE_CODE].decode("ascii")
             auth = f[Tag.AUTH_CODE].decode("ascii") if Tag.AUTH_CODE in f else None
@@ -277,4 +273,4 @@ class ResultBody:
             raise DecodeError("response code is not ASCII") from exc
         if not code.isalnum() or (auth is not None and not auth.isalnum()):
             raise DecodeError("response or authorization code is not alphanumeric")
-        return cls(code, auth, balance)
+        return cls(code, auth, sealed)

@@ -141,9 +141,10 @@ class TerminalLink:
         return self._sealed(Ins.GET_CONFIRMATION, b"")
 
     def result_command(
-        self, response_code: str, auth_code: str | None, balance: int | None = None
+        self, response_code: str, auth_code: str | None, sealed_balance: bytes | None = None
     ) -> Exchange:
-        body = ResultBody(response_code, auth_code, balance)
+        """RESULT; ``sealed_balance`` is the center's field 63, relayed as it came."""
+        body = ResultBody(response_code, auth_code, sealed_balance)
         return self._sealed(Ins.RESULT, body.encode())
 
     # -- answers -------------------------------------------------------------------------

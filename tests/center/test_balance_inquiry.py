@@ -10,8 +10,9 @@ B = TxnType.BALANCE
 
 def test_balance_inquiry_answers_the_available_balance_and_moves_nothing(world: World) -> None:
     world.center.authorize(world.signed(TxnType.PREAUTH, 30_00), NOW)
-    r = world.center.authorize(world.signed(B, 0), NOW)
-    assert r.approved and r.available_balance == OPENING - 30_00
+    request = world.signed(B, 0)
+    r = world.center.authorize(request, NOW)
+    assert r.approved and world.phone.balance(request, r) == OPENING - 30_00
     assert world.center.ledger_balance(ACCOUNT) == OPENING
     assert world.center.check_balanced()
 

@@ -78,7 +78,7 @@ def test_fixture_starts_funded_and_balanced(world: World) -> None:
 
 def test_purchase_moves_money_from_cardholder_to_merchant(world: World) -> None:
     r = world.center.authorize(world.signed(P, 25_00), NOW)
-    assert r.approved and r.available_balance == OPENING - 25_00
+    assert r.approved and r.sealed_balance is None  # no balance to the terminal, not even sealed
     assert balances(world) == (OPENING - 25_00, OPENING - 25_00, 25_00, 0)
     assert world.center.check_balanced()
 
@@ -289,9 +289,9 @@ def test_third_wrong_pin_blocks_every_later_try_with_75(world: World) -> None:
     assert world.center.ledger_balance(ACCOUNT) == OPENING
 
 
-def test_insufficient_funds_is_51_with_available_balance(world: World) -> None:
+def test_insufficient_funds_is_51_without_the_balance(world: World) -> None:
     r = world.center.authorize(world.signed(P, OPENING + 1), NOW)
-    assert (r.response_code, r.available_balance, r.auth_code) == ("51", OPENING, None)
+    assert (r.response_code, r.sealed_balance, r.auth_code) == ("51", None, None)
     assert code(world, world.signed(W, OPENING + 1)) == "51"
     assert code(world, world.signed(PRE, OPENING + 1)) == "51"
     assert balances(world) == (OPENING, OPENING, 0, 0)
@@ -388,7 +388,7 @@ def test_full_reversal_restores_balances(world: World) -> None:
     approve(world, req)
     r = world.center.reverse(POS, req.txn.stan, req.txn.transmitted_at)
     assert (r.response_code, r.message) == ("00", "reversed 1000 of 1000")
-    assert r.available_balance == OPENING
+    assert r.sealed_balance is None
     assert balances(world) == (OPENING, OPENING, 0, 0)
     assert world.center.check_balanced()
 

@@ -43,7 +43,7 @@ def _load(lab: Lab) -> None:
         assert c.authorize(signed(alice, TxnType.WITHDRAWAL, 20_00, "000006"), NOW).approved
         assert c.authorize(signed(alice, TxnType.DEPOSIT, 50_00, "000007"), NOW).approved
         inquiry = c.authorize(signed(alice, TxnType.BALANCE, 0, "000008"), NOW)
-        assert inquiry.approved and inquiry.available_balance is not None
+        assert inquiry.approved and inquiry.sealed_balance is not None
         assert c.reverse(POS, "000002", "1126120000").approved  # full
         assert c.reverse(ATM, "000007", "1126120000", 20_00).approved  # partial
         assert c.reverse(ATM, "000008", "1126120000").approved  # an inquiry: nothing moves

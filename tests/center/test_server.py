@@ -43,7 +43,7 @@ def test_echo_and_purchase_raw(server: ServerThread) -> None:
         req = signed(alice, TxnType.PURCHASE, 12_34, "000002")
         resp = c.call(codec.request_fields(req))
         assert resp["t"] == "0210" and resp["39"] == "00" and len(resp["38"]) == 6
-        assert codec.parse_response(resp).available_balance == 1_500_00 - 12_34
+        assert "54" not in resp and "63" not in resp  # no balance to the terminal
     finally:
         c.close()
 
@@ -57,7 +57,7 @@ def test_all_types_reversal_and_retransmission(server: ServerThread) -> None:
     try:
         pre = signed(alice, TxnType.PREAUTH, 50_00, stan())
         r = host.authorize(pre, 5)
-        assert r.approved and r.available_balance == 1_450_00
+        assert r.approved and r.sealed_balance is None
         comp = AuthRequest(
             txn(
                 alice,
@@ -74,10 +74,13 @@ def test_all_types_reversal_and_retransmission(server: ServerThread) -> None:
         assert atm.authorize(w, 5).approved
         d = signed(alice, TxnType.DEPOSIT, 30_00, stan())
         assert atm.authorize(d, 5).approved
-        # Balance inquiry (0200, processing code 31): the balance comes back in field 54.
+        # Balance inquiry (0200, processing code 31): the balance comes back sealed for the
+        # phone in field 63; only the phone opens it.
         b = signed(alice, TxnType.BALANCE, 0, stan())
         balance = atm.authorize(b, 5)
-        assert balance.approved and balance.available_balance == 1_500_00 - 40_00 - 100_00 + 30_00
+        assert balance.approved
+        assert alice.phone.balance(b, balance) == 1_500_00 - 40_00 - 100_00 + 30_00
+        assert atm.authorize(b, 5) == balance  # a retransmission: the same sealed bytes
         p = signed(alice, TxnType.PURCHASE, 20_00, stan())
         first = host.authorize(p, 5)
         assert first.approved

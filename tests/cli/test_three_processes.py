@@ -56,7 +56,7 @@ def test_all_types_over_pcscd(stack: Stack) -> None:
         code, pre = stack.terminal(*amount_args("preauth", "80.00"))
         assert code == 0, pre
         code, bal = stack.terminal(*amount_args("balance", None, "ATM00001"))
-        assert code == 0 and bal["available_balance"] is not None, bal
+        assert code == 0 and not any("balance" in key for key in bal), bal  # phone-only
     finally:
         stack.stop(card)
         stack.stop(phone)

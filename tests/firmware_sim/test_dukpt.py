@@ -92,6 +92,43 @@ WORKING_KEYS = {
 }
 
 
+def _by_hand(transaction_key: str, usage: int, counter: int) -> bytes:
+    """X9.24-3-2017 6.3.2 written out with ``cryptography`` alone, independent of dukpt.py:
+    AES-ECB under the transaction key of 01 01 | usage | 0002 | 0080 | IKID[4:] | counter."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    data = bytes.fromhex(f"0101{usage:04X}00020080") + IKID[4:] + counter.to_bytes(4, "big")
+    enc = Cipher(algorithms.AES(bytes.fromhex(transaction_key)), modes.ECB()).encryptor()
+    return enc.update(data) + enc.finalize()
+
+
+def test_data_decrypt_key_is_usage_3001_computed_independently() -> None:
+    """The key the center seals a balance under (firmware_sim/balance_seal.py).  The supplement
+    vectors quoted above have no "data encryption, decrypt" key, so it is checked against the
+    derivation written out by hand from the published transaction keys; counter 1 also against
+    the value other AES-DUKPT implementations list (16292C6E...)."""
+    for counter in range(1, 9):
+        ksn = make_ksn(IKID, counter)
+        expected = _by_hand(TRANSACTION_KEYS[counter], 0x3001, counter)
+        assert derive_working_key(IK, ksn, "data-decrypt") == expected
+        assert DukptHost(BDK).working_key(ksn, "data-decrypt") == expected
+    assert _by_hand(TRANSACTION_KEYS[1], 0x3001, 1) == bytes.fromhex(
+        "16292C6EA8F64C5420A0584BFBC577BE"
+    )
+    # The by-hand derivation reproduces the published data-encrypt (3000) keys too.
+    published = bytes.fromhex(WORKING_KEYS[(1, "data-encrypt")])
+    assert _by_hand(TRANSACTION_KEYS[1], 0x3000, 1) == published
+
+
+def test_device_gives_other_keys_only_for_its_own_issued_ksns() -> None:
+    device = DukptDevice(IK, IKID)
+    _, ksn = device.next_pin_key()
+    assert device.working_key(ksn, "data-decrypt") == derive_working_key(IK, ksn, "data-decrypt")
+    for other in (make_ksn(IKID, 2), make_ksn(bytes(8), 1)):
+        with pytest.raises(LocalError):
+            device.working_key(other, "data-decrypt")
+
+
 def test_initial_key_vector() -> None:
     assert derive_initial_key(BDK, IKID) == IK
 

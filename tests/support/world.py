@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from swipepay.center.core import AuthRequest, Center
+from swipepay.center.core import AuthRequest, AuthResponse, Center
 from swipepay.center.keystore import CenterKeys
+from swipepay.firmware_sim.balance_seal import KEY_USAGE as BALANCE_KEY_USAGE
+from swipepay.firmware_sim.balance_seal import BalanceContext, open_balance
 from swipepay.firmware_sim.confirmation import Decision, confirmation_digest, sign_confirmation
 from swipepay.firmware_sim.dukpt import DukptDevice, derive_initial_key
 from swipepay.firmware_sim.ecc import encode_point, generate_key
@@ -70,6 +72,17 @@ class Phone:
             ksn=ksn,
         )
         return AuthRequest(txn, block, ksn, sign_confirmation(self.key, digest))
+
+    def balance(self, req: AuthRequest, resp: AuthResponse) -> int:
+        """What this phone shows for the center's answer ``resp`` to its balance inquiry
+        ``req``: the balance opened from the sealed field (the terminal cannot do this)."""
+        assert req.ksn is not None and resp.sealed_balance is not None
+        t = req.txn
+        key = self.device.working_key(req.ksn, BALANCE_KEY_USAGE)
+        context = BalanceContext(t.terminal_id, t.stan, t.transmitted_at)
+        balance, currency = open_balance(key, req.ksn, context, resp.sealed_balance)
+        assert currency == t.currency
+        return balance
 
 
 class Stans:

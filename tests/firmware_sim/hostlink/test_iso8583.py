@@ -78,12 +78,21 @@ def test_reversal_full_and_partial() -> None:
     assert codec.parse_request(codec.decode(codec.encode(part))).amount == 2_34  # type: ignore[union-attr]
 
 
-def test_response_echoes_and_carries_balance() -> None:
+def test_response_echoes_and_carries_the_sealed_balance_opaque() -> None:
     request = codec.request_fields(REQ)
-    fields = codec.response_fields(request, AuthResponse("00", "654321", 1_487_66, "approved"))
-    assert fields["t"] == "0210" and fields["54"] == "0002978C000000148766"
-    decoded = codec.decode(codec.encode(fields))
-    assert codec.parse_response(decoded) == AuthResponse("00", "654321", 1_487_66, "approved")
+    sealed = bytes(range(36))
+    answer = AuthResponse("00", "654321", "approved", sealed_balance=sealed)
+    fields = codec.response_fields(request, answer)
+    assert fields["t"] == "0210" and "54" not in fields
+    raw = codec.encode(fields)
+    assert raw.endswith(b"036" + sealed)  # field 63, LLL binary, last field of the message
+    assert codec.parse_response(codec.decode(raw)) == answer
+
+
+def test_no_response_carries_a_balance_in_clear() -> None:
+    assert "54" not in codec.SPEC_OVERRIDES
+    fields = codec.response_fields(codec.request_fields(REQ), AuthResponse("00", "654321"))
+    assert "54" not in fields and "63" not in fields
 
 
 @pytest.mark.parametrize(

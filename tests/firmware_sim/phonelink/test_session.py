@@ -189,15 +189,20 @@ def test_refused_status_is_reported_by_name(pair: Pair) -> None:
 
 
 def test_balance_is_forwarded_to_the_phone_only_in_the_result(pair: Pair) -> None:
+    """The sealed balance's own refusals are in test_sealed_balance.py."""
+    from swipepay.firmware_sim.balance_seal import BalanceContext, seal_balance
     from swipepay.firmware_sim.transaction import TxnType
 
     up_to_auth(pair)
-    pair.link.handle_payment_request(
-        pair.send(pair.link.payment_request_command(txn(0, TxnType.BALANCE)).apdu)
-    )
+    t = txn(0, TxnType.BALANCE)
+    pair.link.handle_payment_request(pair.send(pair.link.payment_request_command(t).apdu))
     shown = pair.applet.take_events()
     assert isinstance(shown[0], PaymentShown) and shown[0].txn_type == "balance"
     pair.applet.confirm("1234")
-    pair.link.handle_confirmation(pair.send(pair.link.confirmation_command().apdu))
-    pair.link.handle_result(pair.send(pair.link.result_command("00", "123456", -12_34).apdu))
-    assert ResultShown("00", "123456", -12_34) in pair.applet.take_events()
+    answer = pair.link.handle_confirmation(pair.send(pair.link.confirmation_command().apdu))
+    assert answer.ksn is not None
+    key = derive_working_key(derive_initial_key(BDK, IKID), answer.ksn, "data-decrypt")
+    sealed = seal_balance(key, answer.ksn, BalanceContext(t.terminal_id, t.stan, t.transmitted_at),
+                          -12_34, "978")  # fmt: skip
+    pair.link.handle_result(pair.send(pair.link.result_command("00", "123456", sealed).apdu))
+    assert ResultShown("00", "123456", -12_34, "978") in pair.applet.take_events()
