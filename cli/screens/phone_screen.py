@@ -11,6 +11,7 @@ through :meth:`App.call_from_thread`.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
         PaymentView,
         ResultView,
     )
+    from swipepay.drivers.store.phone_store import PhoneStore
 
 #: The PIN pad's keys, in phone order.
 PAD_KEYS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "back", "0", "ok")
@@ -48,10 +50,8 @@ class ScreenUI:
 
     def _hand_over(self, call: Callable[[], None]) -> None:
         if self.screen.is_running:
-            try:
+            with contextlib.suppress(RuntimeError):  # the screen closed meanwhile
                 self.screen.call_from_thread(call)
-            except RuntimeError:  # the screen closed meanwhile
-                pass
 
     def payment_shown(self, payment: PaymentView) -> None:
         self._hand_over(lambda: self.screen.show_payment(payment))
@@ -140,8 +140,8 @@ class PhoneScreen(App[None]):
             with Grid(id="pad", classes="hidden"):
                 for key in PAD_KEYS:
                     label = {"back": "⌫", "ok": "OK"}.get(key, key)
-                    variant = "primary" if key == "ok" else "default"
-                    yield Button(label, id=f"pad-{key}", variant=variant)
+                    yield Button(label, id=f"pad-{key}",
+                                 variant="primary" if key == "ok" else "default")
             yield Static("", id="result")
             yield Static("y confirm · n decline · digits PIN · Enter OK", id="help")
 
@@ -303,3 +303,23 @@ class PhoneScreen(App[None]):
     def action_quit_phone(self) -> None:
         self._stop.set()
         self.exit()
+
+
+def run_phone_screen(store: PhoneStore, url: str, timeout: float, once: bool = False) -> str:
+    """``swipepay phone run`` on a terminal: serve the phone on ``url`` behind the full screen
+    until the user quits (Ctrl-C) or, with ``once``, the first session ends.  Returns the last
+    thing the screen said, for the line printed after the screen closes."""
+    from swipepay.cli.app.phone_app import PhoneApp
+    from swipepay.drivers.registry import open_phone_server
+
+    profile = store.profile
+    server = open_phone_server(url)
+    try:
+        screen = PhoneScreen(f"{profile.name} · card {profile.card} · {url}")
+        phone = PhoneApp.attended(store, screen.ui, timeout)
+        screen.attach(phone.user)
+        screen.serve = lambda stop: phone.serve(server, stop=stop, once=once)
+        screen.run()
+    finally:
+        server.close()
+    return screen.last_words
