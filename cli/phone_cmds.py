@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from swipepay.cli.main import fail
+from swipepay.cli.screens import wanted as _screens_wanted
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
 if TYPE_CHECKING:
@@ -148,23 +149,26 @@ def phone() -> None:
 @click.option("--decline", is_flag=True, help="Decline every payment without asking.")
 @click.option("--once", is_flag=True, help="Stop after the first session.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds the user has to act.")
+@click.option("--line", "line_mode", is_flag=True,
+              help="Plain prompts even on a terminal (default there: the full-screen phone).")
 def phone_run(
     profile_path: Path, url: str, auto_confirm: bool, pin_env: str | None,
-    pin_file: Path | None, decline: bool, once: bool, timeout: float,
+    pin_file: Path | None, decline: bool, once: bool, timeout: float, line_mode: bool,
 ) -> None:
     """Serve the phone applet on a link until interrupted (or one session with --once).
 
     The PIN is never taken from the command line (other users see it in `ps`).
     """
     try:
-        _phone_run(profile_path, url, auto_confirm, pin_env, pin_file, decline, once, timeout)
+        _phone_run(profile_path, url, auto_confirm, pin_env, pin_file, decline, once, timeout,
+                   line_mode)
     except SwipepayError as exc:
         fail(exc)
 
 
 def _phone_run(
     profile_path: Path, url: str, auto_confirm: bool, pin_env: str | None,
-    pin_file: Path | None, decline: bool, once: bool, timeout: float,
+    pin_file: Path | None, decline: bool, once: bool, timeout: float, line_mode: bool = False,
 ) -> None:
     from swipepay.cli.app.phone_app import PhoneApp
     from swipepay.drivers.registry import open_phone_server
@@ -178,6 +182,12 @@ def _phone_run(
     if auto_confirm and bool(pin_env) == bool(pin_file):
         raise ConfigError("--auto-confirm needs exactly one of --pin-env VAR or --pin-file FILE")
     store = PhoneStore(profile_path)
+    if _screens_wanted(auto_confirm, decline, line_mode):
+        from swipepay.cli.screens.phone_screen import run_phone_screen
+
+        last = run_phone_screen(store, url, timeout, once)
+        click.echo(f"stopped (last: {last})" if last else "stopped")
+        return
 
     class EchoingUser(ScriptedUser):
         def on_payment(self, shown: PaymentShown) -> None:
