@@ -71,10 +71,10 @@ class PhoneScreen(App[None]):
     CSS = """
     Screen { align: center middle; background: $background; }
     #phone {
-        width: 38; height: 34; border: round $accent; padding: 0 1;
+        width: 38; height: 35; border: round $accent; padding: 0 1;
         background: $surface;
     }
-    #bar { height: 1; color: $text-muted; }
+    #bar, #link { height: 1; color: $text-muted; }
     #status { height: 2; text-style: bold; content-align: center middle; width: 100%; }
     .field { height: 1; }
     #merchant { text-style: bold; }
@@ -97,12 +97,15 @@ class PhoneScreen(App[None]):
     def __init__(
         self,
         owner: str = "",
+        link: str = "",
         serve: Callable[[threading.Event], None] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__()
-        #: "alice-phone (card alice-visa)" in the top bar.
+        #: "alice-phone · card alice-visa" in the top bar.
         self.owner = owner
+        #: Where the phone is served (``tcp:127.0.0.1:7000``).
+        self.link = link
         #: Serves the phone link until the event is set (run in a worker thread).
         self.serve = serve
         self.ui = ScreenUI(self)
@@ -127,6 +130,7 @@ class PhoneScreen(App[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="phone"):
             yield Static(self.owner, id="bar")
+            yield Static(self.link, id="link")
             yield Static("Hold the phone to a terminal", id="status")
             yield Static("", id="merchant", classes="field")
             yield Static("", id="terminal", classes="field")
@@ -314,8 +318,11 @@ def run_phone_screen(store: PhoneStore, url: str, timeout: float, once: bool = F
 
     profile = store.profile
     server = open_phone_server(url)
+    address = getattr(server, "address", None)  # a tcp: link on port 0: the port it got
+    if isinstance(address, tuple):
+        url = f"{url.partition(':')[0]}:{address[0]}:{address[1]}"
     try:
-        screen = PhoneScreen(f"{profile.name} · card {profile.card} · {url}")
+        screen = PhoneScreen(f"{profile.name} · card {profile.card}", url)
         phone = PhoneApp.attended(store, screen.ui, timeout)
         screen.attach(phone.user)
         screen.serve = lambda stop: phone.serve(server, stop=stop, once=once)
