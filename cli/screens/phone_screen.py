@@ -71,7 +71,7 @@ class PhoneScreen(App[None]):
     CSS = """
     Screen { align: center middle; background: $background; }
     #phone {
-        width: 38; height: 35; border: round $accent; padding: 0 1;
+        width: 38; height: 31; border: round $accent; padding: 0 1;
         background: $surface;
     }
     #bar, #link { height: 1; color: $text-muted; }
@@ -147,7 +147,7 @@ class PhoneScreen(App[None]):
                     yield Button(label, id=f"pad-{key}",
                                  variant="primary" if key == "ok" else "default")
             yield Static("", id="result")
-            yield Static("y confirm · n decline · digits PIN · Enter OK", id="help")
+            yield Static("y confirm · n decline · 0-9 PIN ⏎", id="help")
 
     def on_mount(self) -> None:
         for button in self.query(Button):

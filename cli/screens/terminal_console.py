@@ -38,6 +38,7 @@ from textual.containers import Vertical
 from textual.widgets import Footer, Input, Log, OptionList, Static
 from textual.widgets.option_list import Option
 
+from swipepay.cli.app.phone_app import currency_letters
 from swipepay.cli.app.terminal_app import CANCELLED_EXIT, TransactionCancelled, order_amount
 from swipepay.cli.terminal_cmds import (
     STEP_NOW,
@@ -127,6 +128,8 @@ class TerminalConsole(App[int]):
     #steps { height: auto; }
     #waiting { color: $warning; height: 1; }
     #result { height: auto; margin-top: 1; text-style: bold; }
+    #result.approved { color: $success; }
+    #result.declined { color: $warning; }
     #trace { height: 12; border: round $secondary; }
     .hidden { display: none; }
     """
@@ -179,6 +182,11 @@ class TerminalConsole(App[int]):
         self.set_interval(0.1, self._tick)
         self._to_menu()
 
+    @property
+    def waiting_text(self) -> str:
+        """What the terminal waits for, with the time left, as shown."""
+        return str(self.query_one("#waiting", Static).render())
+
     def _text(self, widget_id: str, text: str) -> None:
         self.query_one(f"#{widget_id}", Static).update(text)
 
@@ -223,7 +231,7 @@ class TerminalConsole(App[int]):
         self._text("waiting", "")
         if TXN_TYPES[txn_type].has_amount:
             self.state = "amount"
-            letters = self.session.app.config.currency
+            letters = currency_letters(self.session.app.config.currency)
             self._text("ask", f"{TXN_TYPES[txn_type].label}: amount ({letters})")
             amount = self.query_one("#amount", Input)
             amount.value = ""
@@ -347,6 +355,7 @@ class TerminalConsole(App[int]):
         finally:
             if reader is not None:
                 await self._in_session(reader.close)
+        approved = result is not None and result["ending"] == "APPROVED"
         if result is not None:
             words: list[str] = []
             _render(result, words.append)
@@ -355,6 +364,9 @@ class TerminalConsole(App[int]):
         self._waiting = None
         self._text("waiting", "")
         self._text("result", line)
+        shown = self.query_one("#result")
+        shown.set_class(approved, "approved")
+        shown.set_class(not approved, "declined")
         self._to_menu()
 
     def _run_traced(self, order: Order, reader: CardReader | None, pane: Log) -> dict[str, Any]:
