@@ -55,3 +55,26 @@ def test_phone_run_with_line_keeps_the_prompts(lab: Lab) -> None:
         phone.expect(r"listening on tcp:127\.0\.0\.1:\d+")
     finally:
         phone.terminate(force=True)
+
+
+def test_terminal_run_menu_on_a_terminal_is_the_console_and_ctrl_c_quits_130(lab: Lab) -> None:
+    term = spawn("terminal", "run", "--home", str(lab.root), "--center", "local",
+                 "--card", "mock:", "--phone", "mock:alice-phone")  # fmt: skip
+    try:
+        term.expect("Corner Coffee")
+        term.expect("Purchase")
+        term.sendcontrol("c")
+        term.expect(pexpect.EOF)
+        term.close()
+        assert term.exitstatus == 130
+    finally:
+        term.terminate(force=True)
+
+
+def test_terminal_run_with_line_keeps_the_prompts(lab: Lab) -> None:
+    term = spawn("terminal", "run", "--home", str(lab.root), "--center", "local",
+                 "--card", "mock:", "--phone", "mock:alice-phone", "--line")  # fmt: skip
+    try:
+        term.expect(r"transaction \(number or name")
+    finally:
+        term.terminate(force=True)

@@ -60,12 +60,14 @@ class Bench:
 
 
 @pytest.fixture
-def bench(lab: Lab) -> Iterator[Bench]:
+def bench(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Bench]:
+    """The bench; ``indirect`` parametrization gives the user's seconds to answer (15)."""
+    answer_within = float(getattr(request, "param", 15.0))
     settings = TerminalSettings(center="local", card="mock:", phone="mock:", confirm_timeout=20)
     thread = ThreadPoolExecutor(max_workers=1)
     terminal = thread.submit(TerminalApp.open, lab.root, settings).result()
     screen = PhoneScreen("alice-phone (card alice-visa)")
-    phone = PhoneApp.attended(PhoneStore(lab.phone_path("alice-phone")), screen.ui, 15.0)
+    phone = PhoneApp.attended(PhoneStore(lab.phone_path("alice-phone")), screen.ui, answer_within)
     screen.attach(phone.user)
     field = MockField()
     phone.enter(field)
@@ -174,6 +176,23 @@ def test_cancel_from_the_terminal_shows_it_at_once_and_the_next_payment_works(
             assert text(bench.screen, "amount") == "2.50 EUR"
             await pilot.press("y", *bench.pin, "enter")
             assert (await paying).outcome.approved
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("bench", [1.0], indirect=True)
+def test_a_payment_that_timed_out_cannot_be_answered(bench: Bench) -> None:
+    async def scenario() -> None:
+        async with bench.screen.run_test(size=SIZE) as pilot:
+            paying = bench.paying()
+            await until(pilot, lambda: bench.screen.state == "payment")
+            await until(pilot, lambda: bench.screen.state == "over", within=5.0)
+            assert text(bench.screen, "result").startswith(("Time is up", "Timed out"))
+            await pilot.press("y", *bench.pin, "enter")
+            assert bench.screen.state == "over"
+            result = await paying
+            assert result.outcome.ending.name == "USER_TIMEOUT"
+            await until(pilot, lambda: text(bench.screen, "result").startswith("Timed out"))
 
     run(scenario)
 
