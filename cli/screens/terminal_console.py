@@ -310,6 +310,7 @@ class TerminalConsole(App[int]):
             url, data = resolve_card_choice(answer, self.session.app.lab.cards())
         except SwipepayError as exc:
             self._text("error", f"{exc} — choose the card again")
+            self.query_one("#card", Input).value = ""
             return
         self._text("error", "")
         order = self.order

@@ -110,6 +110,25 @@ def test_a_bad_amount_asks_the_amount_again_then_a_purchase_is_approved(
     run(scenario)
 
 
+def test_a_card_by_its_label_with_number_or_by_a_pasted_pan(
+    console: TerminalConsole, lab: Lab
+) -> None:
+    pan = lab.cards()["alice-visa"].pan
+
+    async def scenario() -> None:
+        async with console.run_test(size=SIZE) as pilot:
+            for answer in ("3. alice-visa swipe", pan):
+                await pilot.press("1", *"1.00", "enter")
+                await until(pilot, lambda: console.state == "card")
+                await pilot.press(*"no-such-card", "enter")
+                assert "choose the card again" in text(console, "error")
+                await pilot.press(*answer, "enter")
+                await until(pilot, lambda: console.state == "menu")
+                assert text(console, "result").startswith("APPROVED 00"), answer
+
+    run(scenario)
+
+
 @pytest.mark.parametrize("console", [("POS00001", Choice.IGNORE)], indirect=True)
 def test_ctrl_c_cancels_the_transaction_then_quits(console: TerminalConsole) -> None:
     async def scenario() -> None:
