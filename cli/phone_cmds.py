@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from swipepay.cli.main import fail
+from swipepay.cli.screens import wanted as _screens_wanted
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
 if TYPE_CHECKING:
@@ -96,9 +97,12 @@ def phone() -> None:
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds the user has to act.")
 @click.option("--aid", default="F0535750415901", show_default=True,
               help="The AID the phone answers to (hex; the terminal's must match).")
+@click.option("--line", "line_mode", is_flag=True,
+              help="Plain prompts even on a terminal (default there: the full-screen phone).")
 def phone_run(
     profile_path: Path, url: str, auto_confirm: bool, pin_env: str | None,
     pin_file: Path | None, decline: bool, once: bool, timeout: float, aid: str,
+    line_mode: bool,
 ) -> None:
     """Serve the phone applet on a link until interrupted (or one session with --once).
 
@@ -106,7 +110,7 @@ def phone_run(
     """
     try:
         _phone_run(profile_path, url, auto_confirm, pin_env, pin_file, decline, once, timeout,
-                   aid)
+                   aid, line_mode)
     except SwipepayError as exc:
         fail(exc)
 
@@ -114,6 +118,7 @@ def phone_run(
 def _phone_run(
     profile_path: Path, url: str, auto_confirm: bool, pin_env: str | None,
     pin_file: Path | None, decline: bool, once: bool, timeout: float, aid: str,
+    line_mode: bool = False,
 ) -> None:
     from swipepay.cli.app.phone_app import PhoneApp, currency_letters
     from swipepay.cli.line_input import LineInput
@@ -131,6 +136,12 @@ def _phone_run(
         raise ConfigError("--auto-confirm needs exactly one of --pin-env VAR or --pin-file FILE")
     selected_by = parse_aid(aid)
     store = PhoneStore(profile_path)
+    if _screens_wanted(auto_confirm, decline, line_mode):
+        from swipepay.cli.screens.phone_screen import run_phone_screen
+
+        last = run_phone_screen(store, url, timeout, once, aid=selected_by)
+        click.echo(f"stopped (last: {last})" if last else "stopped")
+        return
 
     class EchoingUser(ScriptedUser):
         def on_payment(self, shown: PaymentShown) -> None:

@@ -20,6 +20,7 @@ import click
 
 from swipepay.cli.app.terminal_settings import CONFIG_FILE, TerminalSettings, load_settings
 from swipepay.cli.main import fail
+from swipepay.cli.screens import wanted as _screens_wanted
 from swipepay.drivers.runner import Observer, RunEvent, StepBegan, Waiting
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
@@ -329,6 +330,8 @@ def terminal() -> None:
 @click.option("--center", help="Center HOST:PORT (TLS), or 'local' (in-process).  "
               f"{_default('center')}")
 @click.option("--type", "type_name", type=click.Choice(TYPES), help="One transaction, no menu.")
+@click.option("--line", "line_mode", is_flag=True,
+              help="The menu as plain prompts even on a terminal (default there: full screen).")
 @click.option("--amount", help="Amount, e.g. 12.34 (not for a balance inquiry).")
 @click.option("--completes", metavar="STAN",
               help="Completion: the pre-auth STAN.  [default: the latest]")
@@ -349,6 +352,7 @@ def terminal_run(
     completes: str | None, card_data: str | None, as_json: bool, card_timeout: float | None,
     phone_timeout: float | None, host_timeout: float | None, confirm_timeout: float | None,
     aid: str | None,
+    line_mode: bool,
 ) -> None:
     """Run the terminal: a menu by default, one transaction with --type.
 
@@ -381,6 +385,10 @@ def terminal_run(
         settings = load_settings(home, config_path, given)
         if type_name is None and as_json:
             raise ConfigError("--json needs --type (one-shot mode)")
+        if type_name is None and _screens_wanted(line_mode):
+            from swipepay.cli.screens.terminal_console import run_console
+
+            sys.exit(run_console(home, settings))
         session = Session.open(home, settings)
     except SwipepayError as exc:
         fail(exc)

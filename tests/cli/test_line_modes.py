@@ -1,5 +1,5 @@
 """The line modes as a person uses them, through pseudo-terminals (pexpect): the phone
-(``phone run`` asking on its terminal) and the terminal (one-shot and console).
+(``phone run --line`` asking on its terminal) and the terminal (one-shot and ``--line`` console).
 
 Each test starts real processes on 127.0.0.1: the phone on a tcp: link, the terminal with the
 lab's center in-process (``--center local``) unless the test is about the center.
@@ -36,7 +36,7 @@ def spawn(*args: str) -> pexpect.spawn:
 def phone(lab: Lab) -> Iterator[tuple[pexpect.spawn, str]]:
     """alice's phone asking its user on a pseudo-terminal; (process, its tcp: URL)."""
     child = spawn("phone", "run", "--profile", str(lab.phone_path("alice-phone")),
-                  "--link", "tcp:127.0.0.1:0", "--timeout", "30")  # fmt: skip
+                  "--link", "tcp:127.0.0.1:0", "--timeout", "30", "--line")  # fmt: skip
     try:
         child.expect(r"listening on (tcp:127\.0\.0\.1:\d+)")
         yield child, str(child.match.group(1))
@@ -174,7 +174,7 @@ def test_amount_zero_exits_before_any_card_is_read(lab: Lab) -> None:
 def test_console_ctrl_c_cancels_then_quits(lab: Lab, phone: tuple[pexpect.spawn, str]) -> None:
     child, url = phone
     term = spawn("terminal", "run", "--home", str(lab.root), "--center", "local",
-                 "--phone", url, "--card", "mock:")  # fmt: skip
+                 "--phone", url, "--card", "mock:", "--line")  # fmt: skip
     try:
         term.expect(r"transaction \(number or name")
         term.sendline("1")
