@@ -86,12 +86,18 @@ class LinePhoneUI:
         if (answer or "").strip().lower() not in ("y", "yes"):
             taken = user.decline(payment_id)
         else:
-            pin = self.lines.read_line(cancel, prompt="  PIN (not shown): ", secret=True)
-            if self.lines.tty:
-                click.echo("")  # the Enter the user typed was not echoed either
-            if pin is None:
-                return
-            taken = user.confirm(payment_id, pin.strip())
-            del pin
+            while True:
+                pin = self.lines.read_line(cancel, prompt="  PIN (not shown): ", secret=True)
+                if self.lines.tty:
+                    click.echo("")  # the Enter the user typed was not echoed either
+                if pin is None:
+                    return
+                try:
+                    taken = user.confirm(payment_id, pin.strip())
+                    break
+                except ValueError as exc:  # the PIN's form, never its digits
+                    self.echo(f"  ({exc}; type it again)")
+                finally:
+                    del pin
         if not taken and not cancel.is_set():
             self.echo("  (that payment has ended; nothing was sent)")

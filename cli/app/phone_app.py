@@ -38,6 +38,7 @@ from swipepay.firmware_sim.phonelink.applet import (
     SessionWiped,
 )
 from swipepay.firmware_sim.phonelink.protocol import AID
+from swipepay.firmware_sim.pinblock import PIN_DIGITS
 from swipepay.firmware_sim.transaction import CURRENCY_CODES, TXN_TYPES, TxnType
 
 if TYPE_CHECKING:
@@ -227,6 +228,11 @@ def unblock_command(card: str | None, home: str = "LAB") -> str:
     return f"swipepay center unblock --home {home} --card {card or 'CARD'}"
 
 
+def pin_well_formed(pin: str) -> bool:
+    """Whether ``pin`` can be a PIN at all: 4 to 12 decimal digits (ISO 9564-1)."""
+    return len(pin) in PIN_DIGITS and pin.isascii() and pin.isdigit()
+
+
 class AttendedUser:
     """A person answering through a :class:`PhoneUI`; the phone's :class:`UserAgent`.
 
@@ -270,7 +276,12 @@ class AttendedUser:
 
     def confirm(self, payment_id: int, pin: str) -> bool:
         """The user confirmed ``payment_id`` with ``pin``; False when that payment cannot be
-        answered any more (ended, answered, past its deadline, or not the one on screen)."""
+        answered any more (ended, answered, past its deadline, or not the one on screen).
+
+        :class:`ValueError` for a PIN that is not 4 to 12 digits (ISO 9564-1): the front-end
+        asks again; such a PIN never reaches the applet."""
+        if not pin_well_formed(pin):
+            raise ValueError(f"a PIN has {PIN_DIGITS.start} to {PIN_DIGITS.stop - 1} digits")
         return self._take(payment_id, True, pin)
 
     def decline(self, payment_id: int) -> bool:

@@ -199,3 +199,26 @@ def test_results_in_words() -> None:
     assert reason is not None and "swipepay center unblock" in reason and "alice-visa" in reason
     assert decline_reason("58") == "transaction not permitted to terminal"
     assert money(-5, "EUR") == "-0.05 EUR"
+
+
+def test_a_malformed_pin_is_refused_before_the_applet_and_the_payment_stays_open() -> None:
+    holder: list[AttendedUser] = []
+    tried: list[str] = []
+
+    def answer(view: PaymentView) -> None:
+        for pin in ("123", "12345678901234", "12a4"):
+            try:
+                holder[0].confirm(view.payment_id, pin)
+            except ValueError:
+                tried.append(pin)
+        assert holder[0].confirm(view.payment_id, "1234")  # still the payment on screen
+
+    ui = RecordingUI(answer)
+    ctx, scripted = conformance_setup()
+    user = AttendedUser(ui, 60, card="alice-visa", clock=Clock())
+    holder.append(user)
+    phone = Phone(scripted.applet, user, lambda: ctx.now)
+    result = run_check(select_checks(["transaction"])[0], ctx, phone.process, lambda s: None)
+    assert result.passed, result.detail
+    assert tried == ["123", "12345678901234", "12a4"]
+    assert [r.words for r in ui.results] == ["Approved"]
