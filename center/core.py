@@ -379,7 +379,7 @@ class Center:
                 RC.SYSTEM_MALFUNCTION.value, message="system malfunction; nothing done"
             )
         # Every decision at INFO, in words, so an operator watching `center serve` sees each
-        # payment (a load test raises the level to WARNING to save the formatting).
+        # payment (`swipepay --log-level warning center serve` skips the formatting).
         if _log.isEnabledFor(logging.INFO):
             _log.info(
                 "authorization %s %s %d card %s: %s %s", key, txn.type.value, txn.amount,

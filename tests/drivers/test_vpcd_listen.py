@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from swipepay.center.lab import Lab
+from swipepay.cli.harness.processes import wait_for
 from swipepay.drivers.listener import SessionLimits
 from swipepay.drivers.registry import open_phone_server
 from swipepay.drivers.vpcd import HCE_PHONE_ATR
@@ -61,7 +62,7 @@ class App:
         self.sock.close()
 
 
-class Served:
+class RelayedPhone:
     def __init__(self, lab: Lab, limits: SessionLimits | None = None, once: bool = False,
                  choice: Choice = Choice.CONFIRM, aid: bytes = AID) -> None:
         profile = lab.phone_profile("alice-phone")
@@ -86,17 +87,15 @@ class Served:
 
 
 @pytest.fixture
-def served(lab: Lab) -> Iterator[Served]:
-    s = Served(lab)
+def relayed(lab: Lab) -> Iterator[RelayedPhone]:
+    s = RelayedPhone(lab)
     yield s
     s.close()
 
 
 def wait(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
+    """Until the server thread reached the state the test waits for (bounded)."""
+    wait_for(predicate, timeout, "the phone server's state")
 
 
 def test_url_and_registry() -> None:
@@ -109,23 +108,25 @@ def test_url_and_registry() -> None:
         listen_address("vpcd-listen:127.0.0.1:notaport")
 
 
-def test_power_on_apdus_power_off_and_a_second_tap_on_the_same_socket(served: Served) -> None:
-    app = served.app()
+def test_power_on_apdus_power_off_and_a_second_tap_on_the_same_socket(
+    relayed: RelayedPhone,
+) -> None:
+    app = relayed.app()
     app.send(b"\x01")  # the app connects and powers on
     assert app.ask(SELECT)[-2:] == b"\x90\x00"
-    assert served.applet.state is State.SELECTED
+    assert relayed.applet.state is State.SELECTED
     app.send(b"\x00")  # the phone leaves the field
-    wait(lambda: served.applet.state is State.IDLE)
+    wait(lambda: relayed.applet.state is State.IDLE)
     # the next tap: no power on, the APDUs come on the same socket
     assert app.ask(bytes.fromhex("8030000000"))[-2:] == b"\x69\x85"  # fresh: not selected
     assert app.ask(SELECT)[-2:] == b"\x90\x00"
     assert app.ask(b"\x04") == HCE_PHONE_ATR  # vpcd's get-ATR code
-    assert served.server.sessions == 0  # still the first connection
+    assert relayed.server.sessions == 0  # still the first connection
     app.close()
 
 
 def test_power_off_in_the_middle_of_a_confirmation_cancels_the_payment(lab: Lab) -> None:
-    s = Served(lab, choice=Choice.IGNORE)  # the user has not answered yet
+    s = RelayedPhone(lab, choice=Choice.IGNORE)  # the user has not answered yet
     try:
         cert, key = lab.terminal_link_identity("POS00001")
         link = TerminalLink(cert, key)
@@ -150,21 +151,21 @@ def test_power_off_in_the_middle_of_a_confirmation_cancels_the_payment(lab: Lab)
         s.close()
 
 
-def test_the_app_connecting_again_after_its_socket_broke(served: Served) -> None:
-    first = served.app()
+def test_the_app_connecting_again_after_its_socket_broke(relayed: RelayedPhone) -> None:
+    first = relayed.app()
     first.send(b"\x01")
     assert first.ask(SELECT)[-2:] == b"\x90\x00"
     first.close()  # the app's process went away
-    wait(lambda: served.server.sessions == 1)
-    assert served.applet.state is State.IDLE
-    again = served.app()
+    wait(lambda: relayed.server.sessions == 1)
+    assert relayed.applet.state is State.IDLE
+    again = relayed.app()
     again.send(b"\x01")
     assert again.ask(SELECT)[-2:] == b"\x90\x00"
     again.close()
 
 
 def test_a_frame_begun_and_never_finished_drops_the_app(lab: Lab) -> None:
-    s = Served(lab, FAST)
+    s = RelayedPhone(lab, FAST)
     try:
         app = s.app()
         app.sock.sendall(b"\x00\x0d\x00\xa4")  # 13 bytes announced, 2 sent
@@ -174,7 +175,7 @@ def test_a_frame_begun_and_never_finished_drops_the_app(lab: Lab) -> None:
 
 
 def test_silence_inside_a_tap_ends_the_tap_but_keeps_the_connection(lab: Lab) -> None:
-    s = Served(lab, FAST)
+    s = RelayedPhone(lab, FAST)
     try:
         app = s.app()
         app.send(b"\x01")
@@ -188,7 +189,7 @@ def test_silence_inside_a_tap_ends_the_tap_but_keeps_the_connection(lab: Lab) ->
 
 
 def test_a_silent_connection_gives_way_to_a_new_one(lab: Lab) -> None:
-    s = Served(lab, FAST)
+    s = RelayedPhone(lab, FAST)
     try:
         stale = s.app()
         stale.send(b"\x01")
@@ -202,7 +203,7 @@ def test_a_silent_connection_gives_way_to_a_new_one(lab: Lab) -> None:
 
 
 def test_once_returns_after_the_first_tap(lab: Lab) -> None:
-    s = Served(lab, once=True, aid=PERSOSIM_AID)
+    s = RelayedPhone(lab, once=True, aid=PERSOSIM_AID)
     app = s.app()
     app.send(b"\x01")
     assert app.ask(SELECT)[-2:] == b"\x6a\x82"  # this phone answers to PersoSim's AID only
