@@ -34,6 +34,7 @@ pytest_plugins = [
     "tests.support.phones",
     "tests.support.pty",
     "tests.support.pcsc",
+    "tests.support.postgres",
 ]
 
 SOAK_EXAMPLES = 100_000
