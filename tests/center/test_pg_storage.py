@@ -5,15 +5,21 @@ in test_storage.py and test_ledger.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import pytest
 
-from swipepay.center.core import AuthRequest
-from swipepay.center.pg_storage import PostgresStorage
+from swipepay.center.core import AuthRequest, AuthResponse, Center, request_hash
+from swipepay.center.keystore import CenterKeys
+from swipepay.center.pg_storage import CONNECT_TIMEOUT_S, PostgresStorage
+from swipepay.center.server import CenterServer
 from swipepay.center.storage import (
     AccountRecord,
     CardRecord,
@@ -23,9 +29,10 @@ from swipepay.center.storage import (
     StorageConflict,
     StorageUnavailable,
 )
+from swipepay.cli.harness.postgres import PostgresCluster
 from swipepay.cli.harness.processes import wait_for
 from swipepay.firmware_sim.transaction import TxnType
-from tests.support.world import ACCOUNT, NOW, OPENING, World
+from tests.support.world import ACCOUNT, NOW, OPENING, World, new_world
 
 P, PRE, COMP = TxnType.PURCHASE, TxnType.PREAUTH, TxnType.COMPLETION
 
@@ -269,3 +276,118 @@ def test_center_decides_on_postgresql(pg_world: World) -> None:
         wrong = w.phone.request(w.txn(P, 1_00), pin="0000")
         assert w.center.authorize(wrong, NOW).response_code == "55"
     assert w.center.authorize(w.signed(P, 1_00), NOW).response_code == "75"
+
+
+# -- the server's batch decision under conflicts and outages -----------------------------------
+
+
+def _server(center: Center) -> CenterServer:
+    """A server around ``center`` whose batch decision a test calls directly (no network)."""
+    server = CenterServer(
+        lambda: center, ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), use_verifier=False
+    )
+    server._clock = lambda: NOW
+    return server
+
+
+def decide(server: CenterServer, center: Center, reqs: list[AuthRequest]) -> list[AuthResponse]:
+    """What :meth:`CenterServer._decide` answers for ``reqs`` as one batch."""
+
+    async def run() -> list[AuthResponse]:
+        loop = asyncio.get_running_loop()
+        jobs: list[Any] = [(r, request_hash(r), None, loop.create_future()) for r in reqs]
+        return await server._decide(center, jobs)
+
+    return asyncio.run(run())
+
+
+def test_a_concurrent_duplicate_is_decided_again_and_gets_the_stored_answer(
+    pg_world: World, pg_url: str
+) -> None:
+    """Another center stores the same request while this one decides it: this one's insert
+    waits, fails on the primary key, the batch is rolled back and decided again, and the
+    answer is the stored one; nothing of the first attempt stays."""
+    w = pg_world
+    req = w.signed(P, 10_00)
+    t = req.txn
+    key = MessageKey(t.terminal_id, t.stan, t.transmitted_at)
+    theirs = MessageRecord(
+        key, request_hash(req), "purchase", 10_00, t.pan, ACCOUNT, "00", "654321", None,
+        "approved", "approved", received_at=NOW.isoformat(),
+    )  # fmt: skip
+    other = PostgresStorage(pg_url)
+    try:
+        with other.transaction():
+            other.insert_message(theirs)
+            deciding = Background(lambda: decide(_server(w.center), w.center, [req]))
+            wait_for(lambda: waiting_for_a_lock(pg_url) == 1, 10, "the duplicate insert to wait")
+    finally:
+        other.close()
+    [answer] = deciding.result()
+    assert (answer.response_code, answer.auth_code) == ("00", "654321")
+    assert w.center.ledger_balance(ACCOUNT) == OPENING  # the first attempt's posting is gone
+
+
+class _Refusing:
+    """A stand-in Center whose every batch fails with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.batches = 0
+
+    @contextmanager
+    def batch(self, requests: object = ()) -> Iterator[None]:
+        self.batches += 1
+        raise self.error
+        yield
+
+
+def test_conflicts_are_retried_a_bounded_number_of_times(pg_world: World) -> None:
+    refusing = _Refusing(StorageConflict("always"))
+    server = _server(pg_world.center)
+    answers = decide(server, refusing, [pg_world.signed(P, 1_00)] * 2)  # type: ignore[arg-type]
+    assert [a.response_code for a in answers] == ["96", "96"]
+    assert refusing.batches == 5
+
+
+def test_database_unavailable_answers_91_for_the_batch_and_logs_once(
+    pg_world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    refusing = _Refusing(StorageUnavailable("gone"))
+    server = _server(pg_world.center)
+    for _ in range(3):
+        answers = decide(server, refusing, [pg_world.signed(P, 1_00)] * 3)  # type: ignore[arg-type]
+        assert [a.response_code for a in answers] == ["91"] * 3
+    assert refusing.batches == 3  # no retry: answered at once
+    assert len([r for r in caplog.records if "database unavailable" in r.message]) == 1
+
+
+def test_postgresql_killed_answers_91_at_once_and_recovers(
+    pg_private_cluster: PostgresCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server SIGKILLed (postmaster and backends): the next batches are answered 91 at
+    once, the outage logged once; when it is back the center reconnects by itself, and every
+    approval from before the crash is still there."""
+    cluster = pg_private_cluster
+    w = new_world(CenterKeys.generate(bdk_id=bytes.fromhex("12345678")), cluster.create_database())
+    try:
+        server = _server(w.center)
+        first = w.signed(P, 10_00)
+        assert [a.response_code for a in decide(server, w.center, [first])] == ["00"]
+        cluster.kill()
+        second, third = w.signed(P, 20_00), w.signed(P, 30_00)
+        for _ in range(2):
+            started = time.monotonic()
+            answers = decide(server, w.center, [second, third])
+            assert [a.response_code for a in answers] == ["91", "91"]
+            assert time.monotonic() - started < CONNECT_TIMEOUT_S + 1
+        assert len([r for r in caplog.records if "database unavailable" in r.message]) == 1
+        cluster.start()
+        # the terminal sends the unanswered request again: decided now, once
+        assert [a.response_code for a in decide(server, w.center, [second])] == ["00"]
+        assert [a.response_code for a in decide(server, w.center, [second])] == ["00"]
+        assert any("reachable again" in r.message for r in caplog.records)
+        assert w.center.ledger_balance(ACCOUNT) == OPENING - 30_00
+        assert w.center.check_balanced()
+    finally:
+        w.center.close()
