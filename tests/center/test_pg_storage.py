@@ -52,10 +52,11 @@ def two(pg_url: str) -> Iterator[tuple[PostgresStorage, PostgresStorage]]:
 
 
 def waiting_for_a_lock(url: str) -> int:
-    """How many sessions of the server wait for a lock now."""
+    """How many sessions of this database wait for a lock now."""
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
         ).fetchone()
         assert row is not None
         return int(row[0])
