@@ -6,18 +6,22 @@ in test_storage.py and test_ledger.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
 from swipepay.center.core import AuthRequest, AuthResponse, Center, request_hash
 from swipepay.center.keystore import CenterKeys
+from swipepay.center.lab import create_lab
 from swipepay.center.pg_storage import CONNECT_TIMEOUT_S, PostgresStorage
 from swipepay.center.server import CenterServer
 from swipepay.center.storage import (
@@ -31,7 +35,10 @@ from swipepay.center.storage import (
 )
 from swipepay.cli.harness.postgres import PostgresCluster
 from swipepay.cli.harness.processes import wait_for
+from swipepay.cli.main import main
+from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.transaction import TxnType
+from tests.support.lab_center import RawClient, ServerThread, cardholder, signed
 from tests.support.world import ACCOUNT, NOW, OPENING, World, new_world
 
 P, PRE, COMP = TxnType.PURCHASE, TxnType.PREAUTH, TxnType.COMPLETION
@@ -392,3 +399,27 @@ def test_postgresql_killed_answers_91_at_once_and_recovers(
         assert w.center.check_balanced()
     finally:
         w.center.close()
+
+
+def test_a_lab_on_postgresql_is_served_over_tls_and_reported(tmp_path: Path, pg_url: str) -> None:
+    """``init --db``'s lab end to end: the TLS server decides on PostgreSQL, a retransmission
+    gets the stored answer, and ``center report`` reconciles it with the ledger."""
+    lab = create_lab(tmp_path / "lab", database=pg_url)
+    alice = cardholder(lab, "alice-phone")
+    server = ServerThread(lab, use_verifier=False)
+    try:
+        client = RawClient(lab, server.port)
+        try:
+            fields = codec.request_fields(signed(alice, TxnType.PURCHASE, 12_34, "000001"))
+            first = client.call(fields)
+            assert first["39"] == "00"
+            assert client.call(fields)["38"] == first["38"]
+        finally:
+            client.close()
+    finally:
+        server.stop()
+    report = ["center", "report", "--home", str(lab.root), "--format", "json"]
+    out = CliRunner().invoke(main, report)
+    assert out.exit_code == 0, out.output
+    [row] = json.loads(out.output)
+    assert (row["terminal_id"], row["count"], row["net"]) == ("POS00001", 1, 12_34)
