@@ -203,6 +203,14 @@ class PostgresStorage:
             self._depth -= 1
             try:
                 self._execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
+            except StorageUnavailable as exc:
+                self._forget_cached()
+                self._roll_back(depth, savepoint)
+                if depth:
+                    raise
+                # The server may have committed before the connection went: a retransmission
+                # of any request of it finds the stored answer if so, or is decided afresh.
+                raise StorageUnavailable(f"{exc}; the COMMIT's outcome is unknown") from exc
             except BaseException:
                 self._forget_cached()
                 self._roll_back(depth, savepoint)
