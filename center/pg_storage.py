@@ -89,6 +89,9 @@ class PostgresStorage:
         self._conn: psycopg.Connection[Any] | None = None
         self._accounts: dict[str, AccountRecord] = {}
         self._terminals: dict[str, TerminalRecord] = {}
+        #: Balance rows :meth:`lock_rows` locked in the current outermost transaction (outside
+        #: any savepoint, so held until it ends): a funds check on them needs no lock of its own.
+        self._locked: set[str] = set()
         with self.transaction():
             self._migrate()
 
@@ -189,6 +192,7 @@ class PostgresStorage:
             depth = self._depth
             savepoint = f"sp{depth}"
             if depth == 0:
+                self._locked.clear()
                 self._begin()
             else:
                 self._execute(f"SAVEPOINT {savepoint}")
@@ -268,6 +272,7 @@ class PostgresStorage:
     ) -> None:
         """Cards by PAN, then balance rows by account ID, ``FOR UPDATE`` (see the protocol)."""
         self._require_txn()
+        outermost = self._depth == 1  # a savepoint's locks go if it is rolled back
         accounts: set[str] = set()
         if pans:
             rows = self._execute(
@@ -293,11 +298,13 @@ class PostgresStorage:
             ).fetchall()
             accounts.update(r[0] for r in rows)
         if accounts:
-            self._execute(
+            rows = self._execute(
                 "SELECT account_id FROM balances WHERE account_id = ANY(%s) "
                 "ORDER BY account_id FOR UPDATE",
                 (sorted(accounts),),
-            )
+            ).fetchall()
+            if outermost:
+                self._locked.update(r[0] for r in rows)
 
     # -- accounts and ledger ------------------------------------------------------------------
 
@@ -331,21 +338,23 @@ class PostgresStorage:
 
     def insert_posting(self, reference: str, memo: str, entries: Sequence[tuple[str, int]]) -> int:
         self._require_txn()
+        # One statement, one round trip: the posting, then its entries in the given order.
         row = self._one(
-            "INSERT INTO postings (reference, memo) VALUES (%s, %s) RETURNING posting_id",
-            (reference, memo),
+            "WITH p AS (INSERT INTO postings (reference, memo) VALUES (%s, %s) "
+            "RETURNING posting_id) "
+            "INSERT INTO entries (posting_id, account_id, amount) "
+            "SELECT p.posting_id, e.account_id, e.amount FROM p, "
+            "unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS e(account_id, amount, n) "
+            "ORDER BY e.n RETURNING posting_id",
+            (reference, memo, [a for a, _ in entries], [m for _, m in entries]),
         )
-        assert row is not None
-        posting_id = int(row[0])
-        try:
-            with self._db().cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO entries (posting_id, account_id, amount) VALUES (%s, %s, %s)",
-                    [(posting_id, account_id, amount) for account_id, amount in entries],
-                )
-        except psycopg.Error as exc:
-            self._raise(exc)
-        return posting_id
+        if row is None:  # no entries: the posting alone (the ledger refuses such postings)
+            row = self._one(
+                "INSERT INTO postings (reference, memo) VALUES (%s, %s) RETURNING posting_id",
+                (reference, memo),
+            )
+            assert row is not None
+        return int(row[0])
 
     def entry_sum(self, account_id: str | None = None) -> int:
         if account_id is None:
@@ -394,7 +403,17 @@ class PostgresStorage:
 
     def balance_and_holds(self, account_id: str) -> tuple[int, int]:
         """The balance row is locked first; the holds are summed by the next statement, which
-        (READ COMMITTED) sees every transaction that committed while this one waited."""
+        (READ COMMITTED) sees every transaction that committed while this one waited.  When
+        :meth:`lock_rows` already holds the row, one statement reads both (nothing to wait
+        for, so its snapshot is current)."""
+        if account_id in self._locked:
+            row = self._one(
+                "SELECT (SELECT amount FROM balances WHERE account_id = %s), "
+                "(SELECT COALESCE(SUM(amount), 0) FROM holds WHERE account_id = %s AND active = 1)",
+                (account_id, account_id),
+            )
+            assert row is not None
+            return int(row[0] or 0), int(row[1])
         row = self._one(
             "SELECT amount FROM balances WHERE account_id = %s FOR UPDATE", (account_id,)
         )
