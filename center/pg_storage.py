@@ -103,11 +103,13 @@ class PostgresStorage:
                 self._url,
                 autocommit=True,  # this class issues every BEGIN / COMMIT / SAVEPOINT itself
                 connect_timeout=CONNECT_TIMEOUT_S,
-                # A peer that vanished without a FIN is noticed within ~10 s, not hours.
+                # A peer that vanished without a FIN is noticed within ~10 s, not hours: idle
+                # (keepalives) or with a statement unanswered (tcp_user_timeout, ms).
                 keepalives=1,
                 keepalives_idle=5,
                 keepalives_interval=2,
                 keepalives_count=3,
+                tcp_user_timeout=10_000,
                 application_name="swipepay-center",
             )
         except psycopg.Error as exc:
