@@ -87,6 +87,9 @@ class PostgresStorage:
         self._lock = threading.RLock()
         self._depth = 0
         self._conn: psycopg.Connection[Any] | None = None
+        #: One cursor per connection, reused by every statement (a new cursor per statement
+        #: costs ~20 us of CPU each, ~10 statements per authorization).
+        self._cur: psycopg.Cursor[Any] | None = None
         self._accounts: dict[str, AccountRecord] = {}
         self._terminals: dict[str, TerminalRecord] = {}
         #: Balance rows :meth:`lock_rows` locked in the current outermost transaction (outside
@@ -126,13 +129,14 @@ class PostgresStorage:
             self._raise(exc)
         return conn
 
-    def _db(self) -> psycopg.Connection[Any]:
-        if self._conn is None:
+    def _cursor(self) -> psycopg.Cursor[Any]:
+        if self._cur is None:
             self._conn = self._connect()
-        return self._conn
+            self._cur = self._conn.cursor()
+        return self._cur
 
     def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._cur = self._conn, None, None
         if conn is not None:
             with suppress(psycopg.Error):
                 conn.close()
@@ -157,7 +161,7 @@ class PostgresStorage:
 
     def _execute(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
         try:
-            return self._db().execute(sql, params)
+            return self._cursor().execute(sql, params)
         except psycopg.Error as exc:
             self._raise(exc)
 
