@@ -17,7 +17,6 @@ from swipepay.center.database import (
     sqlite_url,
 )
 from swipepay.center.lab import Lab
-from swipepay.center.pg_storage import PostgresStorage
 from swipepay.center.storage import SQLiteStorage, StorageUnavailable
 from swipepay.cli.main import main
 from swipepay.firmware_sim.errors import ConfigError
@@ -75,6 +74,8 @@ def test_open_storage_picks_the_backend(tmp_path: Path, pg_url: str) -> None:
         storage = open_storage(url)
         assert isinstance(storage, SQLiteStorage)
         storage.close()
+    from swipepay.center.pg_storage import PostgresStorage  # only where PostgreSQL is tested
+
     storage = open_storage(pg_url)
     assert isinstance(storage, PostgresStorage)
     storage.close()

@@ -7,13 +7,16 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import psycopg
 import pytest
 
 from swipepay.center import schema
-from swipepay.center.pg_storage import PostgresStorage
 from swipepay.center.storage import AccountRecord, SQLiteStorage
+
+if TYPE_CHECKING:
+    from swipepay.center.pg_storage import PostgresStorage
 from swipepay.firmware_sim.errors import ConfigError
 
 #: The balances table and trigger exactly as version-1 lab files created them.
@@ -93,9 +96,22 @@ def test_a_sqlite_file_newer_than_the_code_is_refused(tmp_path: Path) -> None:
         SQLiteStorage(path)
 
 
+def psycopg() -> ModuleType:
+    """psycopg, imported by the PostgreSQL tests only (the SQLite ones run without it)."""
+    import psycopg
+
+    return psycopg
+
+
+def pg_storage(url: str) -> PostgresStorage:
+    from swipepay.center.pg_storage import PostgresStorage
+
+    return PostgresStorage(url)
+
+
 def v1_postgresql(url: str) -> None:
     """A PostgreSQL database as version 1 of the schema left it, with some history."""
-    with psycopg.connect(url) as conn:
+    with psycopg().connect(url) as conn:
         for statement in schema.render("postgresql", target=1):
             conn.execute(statement)
         conn.execute(schema.PG_VERSION_TABLE)
@@ -106,11 +122,11 @@ def v1_postgresql(url: str) -> None:
 
 def test_an_older_postgresql_database_upgrades(pg_url: str) -> None:
     v1_postgresql(pg_url)
-    storage = PostgresStorage(pg_url)
+    storage = pg_storage(pg_url)
     try:
         assert storage.schema_version() == schema.LATEST
         # every account has its balance row, the ones without entries at 0
-        with psycopg.connect(pg_url) as conn:
+        with psycopg().connect(pg_url) as conn:
             kept = dict(conn.execute("SELECT account_id, amount FROM balances").fetchall())
         assert kept == {**SUMS, "Z": 0}
         with storage.transaction():
@@ -127,14 +143,14 @@ def test_an_older_postgresql_database_upgrades(pg_url: str) -> None:
 
 
 def test_a_postgresql_database_newer_than_the_code_is_refused(pg_url: str) -> None:
-    PostgresStorage(pg_url).close()
-    with psycopg.connect(pg_url) as conn:
+    pg_storage(pg_url).close()
+    with psycopg().connect(pg_url) as conn:
         conn.execute(
             "INSERT INTO schema_version (version, description) VALUES (%s, 'future')",
             (schema.LATEST + 1,),
         )
     with pytest.raises(ConfigError, match="upgrade swipepay"):
-        PostgresStorage(pg_url)
+        pg_storage(pg_url)
 
 
 def test_centers_starting_together_migrate_once(pg_url: str) -> None:
@@ -144,7 +160,7 @@ def test_centers_starting_together_migrate_once(pg_url: str) -> None:
 
     def open_one() -> None:
         try:
-            PostgresStorage(pg_url).close()
+            pg_storage(pg_url).close()
         except BaseException as exc:
             errors.append(exc)
 
@@ -154,6 +170,6 @@ def test_centers_starting_together_migrate_once(pg_url: str) -> None:
     for t in threads:
         t.join(30)
     assert not errors
-    with psycopg.connect(pg_url) as conn:
+    with psycopg().connect(pg_url) as conn:
         versions = [r[0] for r in conn.execute("SELECT version FROM schema_version").fetchall()]
     assert versions == list(range(1, schema.LATEST + 1))
