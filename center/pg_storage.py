@@ -6,7 +6,8 @@ behind one storage interface, and the server decides a batch between two awaits 
 an async driver would mean a second, async copy of every rule or a loop inside the loop.
 psycopg 3 is the maintained successor of psycopg2, speaks libpq (binary wheels, so no compiler
 on the machine), and has server-side parameter binding, automatic prepared statements and a
-pipeline mode (``executemany`` of a posting's entries is one round trip).
+pipeline mode (not used yet: the cost of a decision here is its ~10 round trips, and a
+pipeline could send the ones whose results nothing waits for without waiting).
 
 Transactions.  The outermost :meth:`PostgresStorage.transaction` is one PostgreSQL transaction
 at READ COMMITTED with ``synchronous_commit = on`` (``COMMIT`` returning means the WAL is on the
@@ -30,7 +31,10 @@ Locks, taken with ``SELECT ... FOR UPDATE`` inside the decision's transaction:
   :class:`StorageConflict`; the server decides the batch again and finds the stored answer.
 
 :meth:`lock_rows` takes a batch's card and balance locks up front, cards by PAN then balances by
-account ID, so two batches sharing accounts queue instead of deadlocking.  A deadlock that still
+account ID, so two batches sharing accounts queue instead of deadlocking.  That includes the
+terminals' accounts, which every posting updates: batches of one terminal take turns across
+processes (they would anyway, on its balance row), batches of different terminals and cards
+run side by side.  A deadlock that still
 happens (PostgreSQL detects it) or a lock wait beyond :data:`LOCK_TIMEOUT_MS` is a
 :class:`StorageConflict` too.
 
