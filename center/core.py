@@ -34,6 +34,11 @@ code  check
  96   any unexpected internal error (everything of this request rolled back)
 ====  =========================================================================================
 
+A storage conflict (another process got in the way) or an unreachable database is not the
+request's fault: :meth:`Center.authorize` and :meth:`Center.reverse` let
+:class:`~center.storage.StorageConflict` and :class:`~center.storage.StorageUnavailable` out, so
+the caller decides the whole batch again or answers 91.
+
 Once the phone's signature has verified, the KSN counter is spent whatever the outcome, so a
 declined confirmation can never be replayed either.
 """
@@ -45,14 +50,15 @@ import hmac
 import json
 import logging
 import secrets
-from collections.abc import Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
 from swipepay.center import verifier
+from swipepay.center.database import open_storage
 from swipepay.center.keystore import CenterKeys
 from swipepay.center.ledger import POSTING_RULES, AccountKind, Ledger, Party
 from swipepay.center.pinverify import PinOutcome, check_pin, pin_verification_data, tries_exhausted
@@ -68,8 +74,9 @@ from swipepay.center.storage import (
     CardRecord,
     MessageKey,
     MessageRecord,
-    SQLiteStorage,
     Storage,
+    StorageConflict,
+    StorageUnavailable,
     TerminalRecord,
 )
 from swipepay.center.verifier import SignatureCheck
@@ -194,9 +201,10 @@ class Center:
         self._phone_keys: dict[str, bytes] = {}
 
     @classmethod
-    def open(cls, db_path: str | Path, keys: CenterKeys) -> Center:
-        """Open (creating if needed) the SQLite database at ``db_path``."""
-        return cls(SQLiteStorage(db_path), keys)
+    def open(cls, database: str | Path, keys: CenterKeys) -> Center:
+        """Open (creating or upgrading if needed) ``database``: a SQLite path or a database URL
+        (:func:`center.database.open_storage`)."""
+        return cls(open_storage(database), keys)
 
     def close(self) -> None:
         self._storage.close()
@@ -212,14 +220,29 @@ class Center:
     ) -> None:
         self.close()
 
-    def batch(self) -> AbstractContextManager[None]:
+    @contextmanager
+    def batch(self, requests: Iterable[AuthRequest | MessageKey] = ()) -> Iterator[None]:
         """Group commit: requests decided inside ``with center.batch():`` commit together.
 
         Each request inside is still its own savepoint (an internal error rolls back that one
         only).  Durability comes when the block exits, so a server must send the responses only
         after that; if the final commit fails, every response of the batch must become 96.
+        ``requests`` (authorizations, and the keys of the messages reversals name) have their
+        rows locked first, in the storage's fixed order (:meth:`Storage.lock_rows`).
         """
-        return self._storage.transaction()
+        with self._storage.transaction():
+            pans: set[str] = set()
+            terminal_ids: set[str] = set()
+            keys: set[MessageKey] = set()
+            for r in requests:
+                if isinstance(r, MessageKey):
+                    keys.add(r)
+                else:
+                    pans.add(r.txn.pan)
+                    terminal_ids.add(r.txn.terminal_id)
+            if pans or keys:
+                self._storage.lock_rows(pans, terminal_ids, keys)
+            yield
 
     # -- administration -----------------------------------------------------------------------
 
@@ -373,6 +396,8 @@ class Center:
                         received_at=now.isoformat(),
                     )
                 )
+        except (StorageConflict, StorageUnavailable):
+            raise  # not this request's fault: the caller decides the batch again or answers 91
         except Exception:
             _log.exception("authorization %s failed; rolled back", key)
             return AuthResponse(
@@ -597,6 +622,8 @@ class Center:
         try:
             with self._storage.transaction():
                 response = self._reverse(key, amount, original_amount)
+        except (StorageConflict, StorageUnavailable):
+            raise
         except Exception:
             _log.exception("reversal %s failed; rolled back", key)
             return AuthResponse(

@@ -10,7 +10,8 @@ Layout::
     ca/ca.key  ca/ca.crt         acquirer CA (P-256)
     center/center.key .crt       center TLS server identity
     center/keys/                 BDK, BDK ID, PIN verification key (center.keystore)
-    center/center.db             SQLite ledger and enrollments
+    center/center.db             SQLite ledger and enrollments (unless lab.json's ``database``
+                                 names another database, e.g. postgresql://...)
     terminals/<TID>/tls.key .crt terminal TLS client identity (CN = terminal ID)
     terminals/<TID>/link.key     terminal phone-link signing key
     terminals/<TID>/link.cert    compact phone-link certificate
@@ -192,7 +193,22 @@ class Lab:
 
     @property
     def db_path(self) -> Path:
+        """The lab's own SQLite file (the center's database unless ``database`` says else)."""
         return self.root / "center" / "center.db"
+
+    @property
+    def database_url(self) -> str:
+        """The center's database (:mod:`center.database`): lab.json ``database`` (a relative
+        SQLite path there is taken from the lab directory), else the lab's SQLite file."""
+        from swipepay.center.database import parse_url, sqlite_url
+
+        value = self.manifest.get("database")
+        if value is None:
+            return sqlite_url(self.db_path)
+        if not isinstance(value, str):
+            raise ConfigError(f"{self.root / MANIFEST}: database must be a URL string")
+        parsed = parse_url(value, self.root)
+        return parsed.target if parsed.kind == "postgresql" else sqlite_url(parsed.path)
 
     def center_keys(self) -> CenterKeys:
         return CenterKeys.load(self.root / "center" / "keys")
@@ -252,15 +268,27 @@ class Lab:
         return {str(k): str(v) for k, v in data.items()}
 
 
-def create_lab(root: Path, *, now: dt.datetime | None = None) -> Lab:
-    """Create a complete lab in ``root`` (which must not already hold one)."""
+def create_lab(
+    root: Path, *, now: dt.datetime | None = None, database: str | None = None
+) -> Lab:
+    """Create a complete lab in ``root`` (which must not already hold one); its center data
+    (accounts, terminals, enrollments) goes to ``database`` (a URL, :mod:`center.database`),
+    recorded in lab.json, or to the lab's own SQLite file."""
     from swipepay.center.core import (
         Center,  # the center core pulls in SQLite; only init needs it here
     )
+    from swipepay.center.database import has_password, parse_url
 
     root = Path(root)
     if (root / MANIFEST).exists():
         raise ConfigError(f"{root} already holds a lab; remove it or choose another directory")
+    if database is not None:
+        parse_url(database, root)  # a bad URL is refused before anything is written
+        if has_password(database):
+            raise ConfigError(
+                "lab.json holds no secrets and would record this URL: leave the password out "
+                "of it and give it through PGPASSWORD or ~/.pgpass"
+            )
     root.mkdir(parents=True, exist_ok=True)
     now = now or dt.datetime.now(dt.UTC)
     expiry = f"{(now.year + 3) % 100:02d}12"
@@ -313,7 +341,11 @@ def create_lab(root: Path, *, now: dt.datetime | None = None) -> Lab:
     write_private(root / "secrets" / "pins.json", json.dumps(pins, indent=2).encode("utf-8"))
 
     phones = []
-    with Center.open(root / "center" / "center.db", keys) as center:
+    target: str | Path = root / "center" / "center.db"
+    if database is not None:  # a relative SQLite path is the lab's, as lab.json reads it
+        parsed = parse_url(database, root)
+        target = parsed.target if parsed.kind == "postgresql" else parsed.path
+    with Center.open(target, keys) as center:
         for acc in SAMPLE_ACCOUNTS:
             center.open_account(acc.account_id, acc.holder, acc.balance)
         for t in SAMPLE_TERMINALS:
@@ -352,5 +384,7 @@ def create_lab(root: Path, *, now: dt.datetime | None = None) -> Lab:
         "phones": phones,
         "terminals": [t.__dict__ for t in SAMPLE_TERMINALS],
     }
+    if database is not None:
+        manifest["database"] = database
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return Lab(root)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,7 @@ from typing import Any
 
 from swipepay.center.core import Center, wire_hash
 from swipepay.center.response_codes import RC
+from swipepay.center.storage import MessageKey, StorageConflict, StorageUnavailable
 from swipepay.center.tls_stream import TlsStream
 from swipepay.center.verifier import SignatureCheck, VerifierProcess
 from swipepay.firmware_sim.errors import DecodeError, SwipepayError
@@ -56,6 +58,8 @@ _log = logging.getLogger(__name__)
 
 #: Longest a batch waits for the verifier's answers before deciding inline (seconds).
 _VERIFIER_WAIT = 1.0
+#: How many times a batch is decided when other processes' transactions keep conflicting.
+_CONFLICT_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -179,35 +183,70 @@ class CenterServer:
                 if not fut.done():
                     fut.set_result(resp)
 
+    #: Set while the database is unreachable, so an outage is logged once, not per batch.
+    _storage_down = False
+
     async def _decide(self, center: Center, jobs: list[_Job]) -> list[AuthResponse]:
         """Decide every job in one storage transaction and commit it (on the loop thread): the
-        answers, or 96 for all if the batch could not be decided or committed.
+        answers, or the same failure answer for all if the batch could not be committed.
 
         Requests whose signature check is still with the verifier are decided last, after
-        waiting for it (its answer usually arrives while the others are decided).
+        waiting for it (its answer usually arrives while the others are decided).  The batch's
+        cards and accounts are locked first, in one order (:meth:`Center.batch`).  A
+        :class:`StorageConflict` (another process's transaction got in the way; nothing of
+        this batch stayed) decides the whole batch again, up to :data:`_CONFLICT_ATTEMPTS`
+        times, then answers 96; the retry finds whatever the other writer committed, such as
+        the stored answer to a retransmission.  :class:`StorageUnavailable` answers 91 for the
+        whole batch at once; the storage reconnects at the next batch.
         """
         now = self._clock()
         #: Job index -> the verifier answer it still waits for.
         pending = {
             n: t[1] for n, (_, _, t, _) in enumerate(jobs) if t is not None and not t[1].done()
         }
-        out: dict[int, AuthResponse] = {}
-        try:
-            # Awaiting inside the transaction is safe: no other coroutine touches the storage.
-            with center.batch():
-                for n, job in enumerate(jobs):
-                    if n not in pending:
-                        out[n] = self._decide_one(center, job, now)
-                if pending:
-                    _, late = await asyncio.wait(pending.values(), timeout=_VERIFIER_WAIT)
-                    if late and self._verifier is not None:
-                        self._verifier.give_up(f"no answer within {_VERIFIER_WAIT} s")
-                    for n in pending:
-                        out[n] = self._decide_one(center, jobs[n], now)
-        except Exception:
-            _log.exception("group commit of %d requests failed", len(jobs))
-            return _malfunction(len(jobs))
-        return [out[n] for n in range(len(jobs))]
+        locks: list[AuthRequest | MessageKey] = []
+        for req, *_ in jobs:
+            if isinstance(req, AuthRequest):
+                locks.append(req)
+            elif isinstance(req, codec.ReversalRequest):
+                locks.append(MessageKey(req.terminal_id, req.original_stan, req.original_at))
+        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+            out: dict[int, AuthResponse] = {}
+            try:
+                # Awaiting inside the transaction is safe: no other coroutine uses the storage.
+                with center.batch(locks):
+                    for n, job in enumerate(jobs):
+                        if n not in pending:
+                            out[n] = self._decide_one(center, job, now)
+                    if pending:
+                        _, late = await asyncio.wait(pending.values(), timeout=_VERIFIER_WAIT)
+                        if late and self._verifier is not None:
+                            self._verifier.give_up(f"no answer within {_VERIFIER_WAIT} s")
+                        for n in pending:
+                            out[n] = self._decide_one(center, jobs[n], now)
+            except StorageConflict as exc:
+                _log.debug("batch of %d, try %d: %s; deciding it again", len(jobs), attempt, exc)
+                # A short random pause, so the writers that collided do not collide again.
+                await asyncio.sleep(random.uniform(0, 0.002 * attempt))
+                continue
+            except StorageUnavailable as exc:
+                if not self._storage_down:
+                    self._storage_down = True
+                    _log.error("database unavailable: %s; answering 91 until it is back", exc)
+                return _unavailable(len(jobs))
+            except Exception:
+                _log.exception("group commit of %d requests failed", len(jobs))
+                return _malfunction(len(jobs))
+            if self._storage_down:
+                self._storage_down = False
+                _log.warning("database reachable again; deciding requests")
+            return [out[n] for n in range(len(jobs))]
+        _log.error(
+            "batch of %d requests still conflicting after %d attempts; answered 96",
+            len(jobs),
+            _CONFLICT_ATTEMPTS,
+        )
+        return _malfunction(len(jobs))
 
     @staticmethod
     def _decide_one(center: Center, job: _Job, now: datetime) -> AuthResponse:
@@ -356,6 +395,13 @@ class CenterServer:
             return None
 
 
+def _unavailable(count: int) -> list[AuthResponse]:
+    return [
+        AuthResponse(RC.ISSUER_INOPERATIVE.value, message="database unavailable; try again later")
+        for _ in range(count)
+    ]
+
+
 def _malfunction(count: int) -> list[AuthResponse]:
     return [
         AuthResponse(RC.SYSTEM_MALFUNCTION.value, message="system malfunction")
@@ -376,16 +422,20 @@ async def serve_forever(
 
 
 def lab_server(
-    home: Path, limits: ServerLimits | None = None, *, use_verifier: bool = True
+    home: Path,
+    limits: ServerLimits | None = None,
+    *,
+    use_verifier: bool = True,
+    database: str | None = None,
 ) -> CenterServer:
-    """A server for the lab at ``home``: its CA, center certificate, keys and database."""
+    """A server for the lab at ``home``: its CA, center certificate, keys and database
+    (``database``, a URL or path, instead of the lab's own when given)."""
     from swipepay.center.lab import Lab
 
     lab = Lab(home)
     keys = lab.center_keys()
+    url = lab.database_url if database is None else database
     ctx = server_context(
         home / "ca" / "ca.crt", home / "center" / "center.crt", home / "center" / "center.key"
     )
-    return CenterServer(
-        lambda: Center.open(lab.db_path, keys), ctx, limits, use_verifier=use_verifier
-    )
+    return CenterServer(lambda: Center.open(url, keys), ctx, limits, use_verifier=use_verifier)

@@ -1,7 +1,8 @@
 """Durable storage of the center: the :class:`Storage` interface and its SQLite implementation.
 
 The authorization logic (:mod:`center.core`) and the ledger (:mod:`center.ledger`) talk only to
-:class:`Storage`, so a PostgreSQL backend can replace SQLite later without touching them.
+:class:`Storage`; :mod:`center.pg_storage` is the PostgreSQL implementation, and both create and
+upgrade their tables from the one definition in :mod:`center.schema`.
 
 Transactions.  Every change happens inside ``with storage.transaction():``.  The outermost block
 is one durable database transaction (SQLite: ``BEGIN IMMEDIATE`` ... ``COMMIT`` with WAL and
@@ -12,6 +13,13 @@ commit* possible later: a server can open one outer block, run several authoriza
 send the responses.  ``BEGIN IMMEDIATE`` takes the write lock up front, so a read-check-write
 sequence (balance check, then posting) can never interleave with another process's.
 
+Concurrency.  Two errors tell the caller that a batch failed through no fault of its requests:
+:class:`StorageConflict` (another writer got in the way: a deadlock, a serialization failure, a
+concurrent insert of the same message key; deciding the batch again will succeed or find the
+other writer's answer) and :class:`StorageUnavailable` (the database cannot be reached; answer
+91 and try again later).  :meth:`Storage.lock_rows` lets a batch take its row locks up front in
+one fixed order (SQLite's single writer lock makes it a no-op there).
+
 Records are frozen dataclasses; fields holding secrets (PIN verification data) are ``repr=False``.
 """
 
@@ -19,15 +27,34 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from swipepay.firmware_sim.errors import LocalError
+from swipepay.center import schema
+from swipepay.firmware_sim.errors import LocalError, SwipepayError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = schema.LATEST
+
+
+class StorageUnavailable(SwipepayError):
+    """The database cannot be reached (refused, connection lost, server shutting down).
+
+    Not the request's fault: the server answers 91 (issuer inoperative) so the terminal may try
+    again later; the storage reconnects at the next transaction.
+    """
+
+    response_code = "91"
+    exit_code = 5
+
+
+class StorageConflict(SwipepayError):
+    """Another writer got in the way (deadlock, serialization failure, the same message key
+    inserted concurrently).  Nothing of the transaction stayed: decide it again."""
+
+    response_code = "96"
 
 
 @dataclass(frozen=True)
@@ -153,90 +180,19 @@ class Storage(Protocol):
 
     def list_terminals(self) -> list[TerminalRecord]: ...
 
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS accounts (
-    account_id TEXT PRIMARY KEY,
-    holder     TEXT NOT NULL,
-    kind       TEXT NOT NULL CHECK (kind IN ('cardholder', 'merchant', 'atm_cash', 'equity')),
-    currency   TEXT NOT NULL CHECK (length(currency) = 3)
-);
-CREATE TABLE IF NOT EXISTS postings (
-    posting_id INTEGER PRIMARY KEY,
-    reference  TEXT NOT NULL,
-    memo       TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS entries (
-    entry_id   INTEGER PRIMARY KEY,
-    posting_id INTEGER NOT NULL REFERENCES postings(posting_id),
-    account_id TEXT NOT NULL REFERENCES accounts(account_id),
-    amount     INTEGER NOT NULL CHECK (amount <> 0)  -- debit > 0, credit < 0
-);
--- No index on entries(account_id) or postings(reference): no query reads by them (balances come
--- from the balances table below), and every index is one more page each group commit must
--- write and fsync (``bench center``: commit p50 ~420 -> ~320 us for 6 requests).  Databases
--- created before that lose them here.
-DROP INDEX IF EXISTS entries_account;
-DROP INDEX IF EXISTS postings_reference;
-CREATE INDEX IF NOT EXISTS entries_posting ON entries(posting_id);
-CREATE TABLE IF NOT EXISTS holds (
-    reference  TEXT PRIMARY KEY,
-    account_id TEXT NOT NULL REFERENCES accounts(account_id),
-    amount     INTEGER NOT NULL CHECK (amount >= 0),
-    active     INTEGER NOT NULL CHECK (active IN (0, 1))
-);
-CREATE INDEX IF NOT EXISTS holds_account ON holds(account_id, active);
-CREATE TABLE IF NOT EXISTS terminals (
-    terminal_id   TEXT PRIMARY KEY,
-    merchant_id   TEXT NOT NULL,
-    merchant_name TEXT NOT NULL,
-    kind          TEXT NOT NULL CHECK (kind IN ('pos', 'atm')),
-    account_id    TEXT NOT NULL UNIQUE REFERENCES accounts(account_id)
-);
-CREATE TABLE IF NOT EXISTS cards (
-    pan              TEXT PRIMARY KEY,
-    expiry           TEXT NOT NULL CHECK (length(expiry) = 4),
-    account_id       TEXT NOT NULL REFERENCES accounts(account_id),
-    phone_key        BLOB NOT NULL CHECK (length(phone_key) = 33),
-    ikid             BLOB NOT NULL UNIQUE CHECK (length(ikid) = 8),
-    last_ksn_counter INTEGER NOT NULL,
-    pvd              BLOB NOT NULL CHECK (length(pvd) = 32),
-    pin_tries        INTEGER NOT NULL CHECK (pin_tries >= 0)
-);
-CREATE TABLE IF NOT EXISTS messages (
-    terminal_id       TEXT NOT NULL,
-    stan              TEXT NOT NULL,
-    transmitted_at    TEXT NOT NULL,
-    content_hash      BLOB NOT NULL,
-    txn_type          TEXT NOT NULL,
-    amount            INTEGER NOT NULL,
-    pan               TEXT NOT NULL,
-    account_id        TEXT REFERENCES accounts(account_id),
-    response_code     TEXT NOT NULL,
-    auth_code         TEXT,
-    available_balance INTEGER,
-    message           TEXT NOT NULL,
-    state             TEXT NOT NULL,
-    reversed_amount   INTEGER NOT NULL CHECK (reversed_amount >= 0),
-    received_at       TEXT NOT NULL,
-    PRIMARY KEY (terminal_id, stan, transmitted_at)
-);
-"""
-
-#: Running balance per account (sum of its entries), kept by a trigger inside the database, so
-#: every writer keeps it right and a balance check reads one row instead of summing an account's
-#: whole history (that sum grew with every posting and became the center's main cost under load).
-#: Entries are append-only (nothing updates or deletes them), so the insert trigger is enough.
-_BALANCES = (
-    "CREATE TABLE IF NOT EXISTS balances ("
-    "account_id TEXT PRIMARY KEY REFERENCES accounts(account_id), amount INTEGER NOT NULL)",
-    "DELETE FROM balances",
-    "INSERT INTO balances (account_id, amount) "
-    "SELECT account_id, SUM(amount) FROM entries GROUP BY account_id",
-    "CREATE TRIGGER entries_balance AFTER INSERT ON entries BEGIN "
-    "INSERT INTO balances (account_id, amount) VALUES (NEW.account_id, NEW.amount) "
-    "ON CONFLICT (account_id) DO UPDATE SET amount = amount + excluded.amount; END",
-)
+    # concurrency
+    def lock_rows(
+        self,
+        pans: Collection[str],
+        terminal_ids: Collection[str],
+        messages: Collection[MessageKey],
+    ) -> None:
+        """Lock, inside the current transaction, the rows a batch is about to change: the cards
+        of ``pans`` (by PAN), then the balance rows (by account ID) of those cards' accounts,
+        of the terminals' accounts and of the accounts of the stored ``messages`` (reversals).
+        One fixed order for every process means two batches never wait for each other in a
+        circle.  A no-op where one writer excludes the others (SQLite)."""
+        ...
 
 
 class SQLiteStorage:
@@ -260,20 +216,24 @@ class SQLiteStorage:
             raise LocalError(f"database {path} cannot use WAL journal mode (got {mode})")
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute("PRAGMA foreign_keys = ON")
+        self._where = str(path)
         with self.transaction():
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise LocalError(f"database {path} has schema version {version}")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            has_trigger = self._db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'entries_balance'"
-            ).fetchone()
-            if not has_trigger:  # new database, or one from before the balances table
-                for statement in _BALANCES:
-                    self._db.execute(statement)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Apply :mod:`center.schema`'s migrations above ``PRAGMA user_version``; rebuild the
+        running balances if their trigger is missing (a database someone altered by hand)."""
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        for migration in schema.pending(version, self._where):
+            for statement in migration.statements("sqlite"):
+                self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {migration.version}")
+        has_trigger = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'entries_balance'"
+        ).fetchone()
+        if not has_trigger:
+            for statement in schema.RUNNING_BALANCES.statements("sqlite"):
+                self._db.execute(statement)
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -538,6 +498,14 @@ class SQLiteStorage:
             "ORDER BY terminal_id"
         ).fetchall()
         return [TerminalRecord(*r) for r in rows]
+
+    def lock_rows(
+        self,
+        pans: Collection[str],
+        terminal_ids: Collection[str],
+        messages: Collection[MessageKey],
+    ) -> None:
+        """Nothing to do: ``BEGIN IMMEDIATE`` already holds the database's one write lock."""
 
     def _update_one(self, sql: str, params: tuple[object, ...]) -> None:
         if self._db.execute(sql, params).rowcount != 1:

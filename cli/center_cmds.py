@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from swipepay.cli.main import fail
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
+
+if TYPE_CHECKING:
+    from swipepay.center.storage import Storage
 
 _HOME = click.option(
     "--home",
@@ -16,6 +20,29 @@ _HOME = click.option(
     show_default=True,
     help="Lab directory (swipepay init).",
 )
+_DB = click.option(
+    "--db",
+    "database",
+    default=None,
+    metavar="URL",
+    help="The center's database instead of the lab's (lab.json 'database', else its SQLite "
+    "file): sqlite:///PATH, sqlite:RELATIVE, a file path, or postgresql://USER@HOST/DB "
+    "(password through PGPASSWORD or ~/.pgpass).",
+)
+
+
+def _database(home: Path, database: str | None) -> str:
+    """The database a command uses: ``--db`` (relative paths from here), else the lab's."""
+    from swipepay.center.database import normalize
+    from swipepay.center.lab import Lab
+
+    return Lab(home).database_url if database is None else normalize(database)
+
+
+def _open(home: Path, database: str | None) -> Storage:
+    from swipepay.center.database import open_storage
+
+    return open_storage(_database(home, database))
 
 
 @click.group()
@@ -25,13 +52,16 @@ def center() -> None:
 
 @center.command()
 @_HOME
+@_DB
 @click.option("--listen", default="127.0.0.1:8583", show_default=True,
               help="HOST:PORT to listen on (port 0: any free port).")
 @click.option("--max-connections", default=64, show_default=True,
               help="Terminal connections served at once; more are closed.")
 @click.option("--idle-timeout", default=30.0, show_default=True,
               help="Seconds a terminal connection may stay silent before it is closed.")
-def serve(home: Path, listen: str, max_connections: int, idle_timeout: float) -> None:
+def serve(
+    home: Path, database: str | None, listen: str, max_connections: int, idle_timeout: float
+) -> None:
     """Serve ISO 8583 over TLS 1.3 with required client certificates from the lab CA."""
     import asyncio
     import logging
@@ -43,7 +73,9 @@ def serve(home: Path, listen: str, max_connections: int, idle_timeout: float) ->
         host, port = parse_address(listen, "--listen", any_port=True)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         server = lab_server(
-            home, ServerLimits(idle_timeout=idle_timeout, max_connections=max_connections)
+            home,
+            ServerLimits(idle_timeout=idle_timeout, max_connections=max_connections),
+            database=_database(home, database),
         )
 
         def ready(port: int) -> None:
@@ -62,6 +94,7 @@ def serve(home: Path, listen: str, max_connections: int, idle_timeout: float) ->
 
 @center.command()
 @_HOME
+@_DB
 @click.option("--date", "day", default=None, metavar="YYYY-MM-DD",
               help="Only messages received on this day (UTC).  Default: every day, and the "
               "totals are checked against the ledger.")
@@ -69,7 +102,7 @@ def serve(home: Path, listen: str, max_connections: int, idle_timeout: float) ->
               show_default=True,
               help="table: for people (major units, e.g. 12.34 EUR); csv, json: for programs "
               "(minor units, cents).")
-def report(home: Path, day: str | None, fmt: str) -> None:
+def report(home: Path, database: str | None, day: str | None, fmt: str) -> None:
     """Settlement totals per merchant and terminal, reversals netted, checked against the ledger."""
     import datetime as dt
 
@@ -80,12 +113,9 @@ def report(home: Path, day: str | None, fmt: str) -> None:
             fail(ConfigError(f"--date must be a day as YYYY-MM-DD, not {day!r}"))
             return
     from swipepay.center import report as rep
-    from swipepay.center.lab import Lab
-    from swipepay.center.storage import SQLiteStorage
 
     try:
-        lab = Lab(home)
-        storage = SQLiteStorage(lab.db_path)
+        storage = _open(home, database)
         try:
             rows = rep.settlement(storage, day)
             mismatch = rep.reconcile(storage, rows) if day is None else {}
@@ -104,22 +134,22 @@ def report(home: Path, day: str | None, fmt: str) -> None:
 
 @center.command()
 @_HOME
+@_DB
 @click.option("--card", "name", required=True, help="Lab card name, e.g. alice-visa.")
-def unblock(home: Path, name: str) -> None:
+def unblock(home: Path, database: str | None, name: str) -> None:
     """Reset a card's wrong-PIN counter after it reached the limit (response code 75).
 
     The limit itself stays: three wrong PINs in a row block the card again.  Run it while the
     center serves or not (the change is one database transaction).
     """
     from swipepay.center.lab import Lab
-    from swipepay.center.storage import SQLiteStorage
 
     try:
         lab = Lab(home)
         cards = lab.cards()
         if name not in cards:
             raise ConfigError(f"no card named {name!r} (lab cards: {', '.join(cards)})")
-        storage = SQLiteStorage(lab.db_path)
+        storage = _open(home, database)
         try:
             with storage.transaction():
                 record = storage.get_card(cards[name].pan)

@@ -66,14 +66,24 @@ def main(ctx: click.Context, log_json: bool, log_level: str | None) -> None:
 
 @main.command()
 @click.argument("home", type=click.Path(file_okay=False, path_type=Path), default="lab")
-def init(home: Path) -> None:
+@click.option(
+    "--db",
+    "database",
+    default=None,
+    metavar="URL",
+    help="Put the center's data in this database (recorded in lab.json) instead of the lab's "
+    "SQLite file: postgresql://USER@HOST/DB (password through PGPASSWORD or ~/.pgpass, never "
+    "in the URL), or sqlite:///PATH.",
+)
+def init(home: Path, database: str | None) -> None:
     """Create a lab directory HOME: CA, keys, certificates, accounts, cards, phones, and a
     commented terminal.toml (every setting at its default)."""
+    from swipepay.center.database import normalize, parse_url
     from swipepay.center.lab import create_lab
     from swipepay.cli.app.terminal_settings import CONFIG_FILE, commented_config
 
     try:
-        lab = create_lab(home)
+        lab = create_lab(home, database=None if database is None else normalize(database))
     except SwipepayError as exc:
         fail(exc)
         return
@@ -83,6 +93,8 @@ def init(home: Path) -> None:
     click.echo(f"  cards:     {', '.join(lab.cards())}")
     click.echo(f"  phones:    {', '.join(f'{p} -> {c}' for p, c in lab.phones().items())}")
     click.echo(f"  settings:  {lab.root / CONFIG_FILE} (commented; the defaults)")
+    if database is not None:
+        click.echo(f"  database:  {parse_url(lab.database_url)} (lab.json 'database')")
     click.echo("  secret files (keys, phone profiles, PINs) are mode 0600")
 
 

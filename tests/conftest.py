@@ -35,6 +35,7 @@ pytest_plugins = [
     "tests.support.pty",
     "tests.support.pcsc",
     "tests.support.postgres",
+    "tests.support.backends",
 ]
 
 SOAK_EXAMPLES = 100_000

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from swipepay.center.database import open_storage
 from swipepay.center.ledger import (
     NORMAL_SIDE,
     POSTING_RULES,
@@ -16,7 +16,6 @@ from swipepay.center.ledger import (
     Party,
     equity_account_id,
 )
-from swipepay.center.storage import SQLiteStorage
 from swipepay.firmware_sim.errors import LocalError
 from swipepay.firmware_sim.transaction import TxnType
 
@@ -26,14 +25,16 @@ PARTIES_ATM = {Party.CARDHOLDER: CARD, Party.TERMINAL: CASH}
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    storage = SQLiteStorage(tmp_path / "l.db")
+def ledger(database_url: str) -> Iterator[Ledger]:
+    """A ledger inside one open transaction, on each backend in turn."""
+    storage = open_storage(database_url)
     with storage.transaction():
         ledger = Ledger(storage)
         ledger.open_account(CARD, "Alice", AccountKind.CARDHOLDER, "978", funding=100)
         ledger.open_account(SHOP, "Shop", AccountKind.MERCHANT, "978")
         ledger.open_account(CASH, "ATM", AccountKind.ATM_CASH, "978")
         yield ledger
+    storage.close()
 
 
 def test_rule_table_covers_every_type() -> None:

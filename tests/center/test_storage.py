@@ -1,21 +1,34 @@
-"""SQLite storage: transactions, savepoints, constraints."""
+"""The storage contract on both backends (SQLite, PostgreSQL): transactions, savepoints,
+constraints, the caches; and SQLite's own failed-COMMIT handling."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from swipepay.center.database import open_storage
 from swipepay.center.storage import (
     AccountRecord,
     CardRecord,
     HoldRecord,
     MessageKey,
     SQLiteStorage,
+    Storage,
     TerminalRecord,
 )
 from swipepay.firmware_sim.errors import LocalError
+
+
+def integrity_error(storage: Storage) -> type[Exception]:
+    """What a violated constraint raises on ``storage``'s backend (the driver's own error)."""
+    if isinstance(storage, SQLiteStorage):
+        return sqlite3.IntegrityError
+    import psycopg  # only where PostgreSQL is tested
+
+    return psycopg.IntegrityError
 
 
 def account(account_id: str) -> AccountRecord:
@@ -23,11 +36,20 @@ def account(account_id: str) -> AccountRecord:
 
 
 @pytest.fixture
-def storage(tmp_path: Path) -> SQLiteStorage:
-    return SQLiteStorage(tmp_path / "s.db")
+def storage(database_url: str) -> Iterator[Storage]:
+    s = open_storage(database_url)
+    yield s
+    s.close()
 
 
-def test_outer_rollback_discards_everything(storage: SQLiteStorage) -> None:
+@pytest.fixture
+def sqlite_storage(tmp_path: Path) -> Iterator[SQLiteStorage]:
+    s = SQLiteStorage(tmp_path / "s.db")
+    yield s
+    s.close()
+
+
+def test_outer_rollback_discards_everything(storage: Storage) -> None:
     with pytest.raises(RuntimeError), storage.transaction():
         storage.insert_account(account("A"))
         raise RuntimeError
@@ -35,7 +57,7 @@ def test_outer_rollback_discards_everything(storage: SQLiteStorage) -> None:
         assert storage.get_account("A") is None
 
 
-def test_nested_block_is_a_savepoint(storage: SQLiteStorage) -> None:
+def test_nested_block_is_a_savepoint(storage: Storage) -> None:
     with storage.transaction():
         storage.insert_account(account("A"))
         with pytest.raises(RuntimeError), storage.transaction():
@@ -47,7 +69,7 @@ def test_nested_block_is_a_savepoint(storage: SQLiteStorage) -> None:
         assert [storage.get_account(a) is not None for a in "ABC"] == [True, False, True]
 
 
-def test_account_read_inside_a_rolled_back_block_is_not_cached(storage: SQLiteStorage) -> None:
+def test_account_read_inside_a_rolled_back_block_is_not_cached(storage: Storage) -> None:
     """get_account caches rows; a row read before its insert was rolled back must not stay."""
     with pytest.raises(RuntimeError), storage.transaction():
         storage.insert_account(account("A"))
@@ -66,32 +88,32 @@ def test_account_read_inside_a_rolled_back_block_is_not_cached(storage: SQLiteSt
         assert storage.get_account("C") == account("C")
 
 
-def test_commit_is_visible_to_a_new_connection(tmp_path: Path) -> None:
-    first = SQLiteStorage(tmp_path / "s.db")
+def test_commit_is_visible_to_a_new_connection(database_url: str) -> None:
+    first = open_storage(database_url)
     with first.transaction():
         first.insert_account(account("A"))
-    second = SQLiteStorage(tmp_path / "s.db")
+    second = open_storage(database_url)
     assert second.get_account("A") == account("A")
     first.close()
     second.close()
 
 
-def test_writes_outside_a_transaction_are_refused(storage: SQLiteStorage) -> None:
+def test_writes_outside_a_transaction_are_refused(storage: Storage) -> None:
     with pytest.raises(LocalError):
         storage.insert_account(account("A"))
 
 
-def test_foreign_keys_and_checks_are_enforced(storage: SQLiteStorage) -> None:
-    with pytest.raises(sqlite3.IntegrityError), storage.transaction():
+def test_foreign_keys_and_checks_are_enforced(storage: Storage) -> None:
+    with pytest.raises(integrity_error(storage)), storage.transaction():
         storage.insert_posting("ref", "memo", [("nobody", 5), ("nobody-else", -5)])
-    with pytest.raises(sqlite3.IntegrityError), storage.transaction():
+    with pytest.raises(integrity_error(storage)), storage.transaction():
         storage.insert_hold(HoldRecord("ref", "nobody", 5, True))
-    with pytest.raises(sqlite3.IntegrityError), storage.transaction():
+    with pytest.raises(integrity_error(storage)), storage.transaction():
         storage.insert_account(account("A"))
         storage.insert_card(CardRecord("4111", "2712", "A", bytes(32), bytes(8), 0, bytes(32)))
 
 
-def test_entry_sums_and_unbalanced_postings(storage: SQLiteStorage) -> None:
+def test_entry_sums_and_unbalanced_postings(storage: Storage) -> None:
     with storage.transaction():
         storage.insert_account(account("A"))
         storage.insert_account(account("B"))
@@ -102,7 +124,7 @@ def test_entry_sums_and_unbalanced_postings(storage: SQLiteStorage) -> None:
     assert storage.unbalanced_postings() == [bad]
 
 
-def test_update_of_missing_row_is_an_error(storage: SQLiteStorage) -> None:
+def test_update_of_missing_row_is_an_error(storage: Storage) -> None:
     with pytest.raises(LocalError), storage.transaction():
         storage.update_message_state(MessageKey("T", "1", "2"), "reversed", 0)
 
@@ -136,7 +158,10 @@ class _CommitFailsAndStaysOpen:
         return getattr(self._db, name)
 
 
-def test_failed_commit_leaves_nothing_open_and_nothing_cached(storage: SQLiteStorage) -> None:
+def test_failed_commit_leaves_nothing_open_and_nothing_cached(
+    sqlite_storage: SQLiteStorage,
+) -> None:
+    storage = sqlite_storage
     with storage.transaction():
         storage.insert_account(account("T"))
     real = storage._db
@@ -155,7 +180,7 @@ def test_failed_commit_leaves_nothing_open_and_nothing_cached(storage: SQLiteSto
         assert storage.get_account("B") == account("B")
 
 
-def test_balance_and_holds_in_one_query(storage: SQLiteStorage) -> None:
+def test_balance_and_holds_in_one_query(storage: Storage) -> None:
     with storage.transaction():
         storage.insert_account(account("A"))
         storage.insert_account(account("B"))

@@ -1,5 +1,6 @@
 """An in-memory center world: a center with a POS, an ATM, a funded account and an enrolled card
-+ phone (fixtures ``keys``, ``db_path``, ``world``), and the phone that signs its requests."""
++ phone (fixtures ``keys``, ``db_path``, ``world``; ``pg_world`` is the same world on a
+PostgreSQL database), and the phone that signs its requests."""
 
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ class World:
     center: Center
     phone: Phone
     keys: CenterKeys
-    db_path: Path
+    db_path: Path | str  # a SQLite file, or a database URL
     stan: Stans
 
     def txn(self, type_: TxnType, amount: int, **kw: Any) -> Transaction:
@@ -147,12 +148,12 @@ class World:
         return self.center
 
 
-@pytest.fixture
-def world(keys: CenterKeys, db_path: Path) -> Iterator[World]:
+def new_world(keys: CenterKeys, database: Path | str) -> World:
+    """A center on ``database`` with a funded account, a POS, an ATM and one enrolled card."""
     ikid = keys.bdk_id + bytes.fromhex("00000001")
     phone_key = generate_key()
     phone = Phone(phone_key, DukptDevice(derive_initial_key(keys.bdk, ikid), ikid))
-    center = Center.open(db_path, keys)
+    center = Center.open(database, keys)
     center.open_account(ACCOUNT, "Alice", OPENING)
     center.register_terminal(POS, MERCHANT, "Corner Shop", "pos")
     center.register_terminal(ATM, BANK, "Main Street ATM", "atm")
@@ -164,6 +165,19 @@ def world(keys: CenterKeys, db_path: Path) -> Iterator[World]:
         ikid=ikid,
         pin=PIN,
     )
-    w = World(center, phone, keys, db_path, Stans())
+    return World(center, phone, keys, database, Stans())
+
+
+@pytest.fixture
+def world(keys: CenterKeys, db_path: Path) -> Iterator[World]:
+    w = new_world(keys, db_path)
+    yield w
+    w.center.close()
+
+
+@pytest.fixture
+def pg_world(keys: CenterKeys, pg_url: str) -> Iterator[World]:
+    """:func:`world` on a fresh PostgreSQL database."""
+    w = new_world(keys, pg_url)
     yield w
     w.center.close()
