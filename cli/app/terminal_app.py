@@ -195,7 +195,7 @@ class TerminalApp:
         if center == "local":
             from swipepay.center.core import Center
 
-            return _CenterInProcess(Center.open(self.lab.db_path, self.lab.center_keys()))
+            return _CenterInProcess(Center.open(self.lab.database_url, self.lab.center_keys()))
         host, _, port = center.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"--center must be HOST:PORT or 'local', not {center!r}")

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from swipepay.center.core import Center
+from swipepay.center.database import open_storage
 from swipepay.center.lab import Lab
 from swipepay.center.policy import MessageState
 from swipepay.center.storage import MessageKey, MessageRecord, SQLiteStorage
@@ -88,9 +89,9 @@ class LabSigner:
         return AuthRequest(txn, block, ksn, signature)
 
 
-def stored_messages(db_path: Path) -> dict[MessageKey, MessageRecord]:
+def stored_messages(database: str | Path) -> dict[MessageKey, MessageRecord]:
     """Every request the center recorded, read through a connection of our own."""
-    storage = SQLiteStorage(db_path)
+    storage = open_storage(database)
     try:
         with storage.transaction():
             return {m.key: m for m in storage.list_messages()}
@@ -100,7 +101,7 @@ def stored_messages(db_path: Path) -> dict[MessageKey, MessageRecord]:
 
 def ledger_balanced(home: Path) -> bool:
     lab = Lab(home)
-    with Center.open(lab.db_path, lab.center_keys()) as center:
+    with Center.open(lab.database_url, lab.center_keys()) as center:
         return center.check_balanced()
 
 
@@ -204,7 +205,7 @@ def center_kill_loop(
 def _check_center_round(
     home: Path, seen: dict[MessageKey, str], report: CenterKillReport
 ) -> None:
-    stored = stored_messages(Lab(home).db_path)
+    stored = stored_messages(Lab(home).database_url)
     approved_seen = {k for k, c in seen.items() if c == "00"}
     approved_stored = {k for k, m in stored.items() if m.response_code == "00"}
     report.requests = len(seen)
@@ -351,7 +352,7 @@ def terminal_kill_loop(
         kill(center)
         shutil.rmtree(workdir, ignore_errors=True)
     logged = {r["stan"] for r in results if r["ending"] == "APPROVED"}
-    stored = stored_messages(lab.db_path)
+    stored = stored_messages(lab.database_url)
     posted = {k.stan for k, m in stored.items() if k.terminal_id == POS and m.state in POSTED}
     report.finished = len(results)
     for r in results:
@@ -480,13 +481,13 @@ def disk_fault_check(home: Path, failures: int = 3) -> DiskFaultReport:
                 report.answered_96 += code == "96"
                 failed.append(req)
             report.failed_commits = wrapper.failed
-            stored = stored_messages(lab.db_path)
+            stored = stored_messages(lab.database_url)
             report.half_written = sum(
                 1
                 for r in failed
                 if MessageKey(POS, r.txn.stan, r.txn.transmitted_at) in stored
             )
-            with Center.open(lab.db_path, lab.center_keys()) as center:
+            with Center.open(lab.database_url, lab.center_keys()) as center:
                 report.balance_after_fault = center.ledger_balance(signer.account)
                 report.unbalanced += not center.check_balanced()
             report.retry_code = host.authorize(failed[-1], 10).response_code

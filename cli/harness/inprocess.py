@@ -50,7 +50,7 @@ class InProcessBench:
     @classmethod
     def open(cls, root: Path) -> InProcessBench:
         lab = Lab(root)
-        return cls(lab, Center.open(lab.db_path, lab.center_keys()))
+        return cls(lab, Center.open(lab.database_url, lab.center_keys()))
 
     def close(self) -> None:
         for app in self.terminals.values():

@@ -259,7 +259,7 @@ def run_real_demo(home: Path | None, as_json: bool) -> int:
                 result = _real_scenario(stack, lab, pins, n, sc, stans, echo)
                 stans.append(result.pop("_stan"))
                 results.append(result)
-        center = Center.open(lab.db_path, lab.center_keys())
+        center = Center.open(lab.database_url, lab.center_keys())
         try:
             balanced = center.check_balanced()
         finally:
