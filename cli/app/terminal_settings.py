@@ -64,9 +64,9 @@ CONFIG_HELP: Final[dict[str, str]] = {
     "card": "Card reader: mock: (offer the lab's cards), mock:alice-visa?via=tap, "
     "pcsc:Virtual PCD 00 00, serial:/dev/ttyUSB0?proto=msr605.",
     "phone": "Phone link: pcsc:Virtual PCD 00 01, tcp:127.0.0.1:7000, mock:alice-phone.",
-    "center": "Center HOST:PORT (TLS); several as a list, tried in order (a center that does "
-    'not answer is skipped), e.g. ["10.0.0.1:8583", "10.0.0.2:8583"]; or local (the lab\'s '
-    "center in this process).",
+    "center": "Center HOST:PORT (TLS), or local (the lab's center in this process).  Several "
+    "as a list are tried in order, one that does not answer is skipped: "
+    'center = ["10.0.0.1:8583", "10.0.0.2:8583"].',
     "card_timeout": "Seconds to wait for a card.",
     "phone_timeout": "Seconds to wait for a phone in the field.",
     "host_timeout": "Seconds to wait for the center's answer.",
