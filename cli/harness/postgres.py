@@ -191,6 +191,9 @@ class PostgresCluster:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        # SIGKILL is delivered asynchronously: a backend may still hold its client's socket for
+        # a moment after the postmaster is reaped.  Return once every one is gone.
+        wait_for(lambda: not _group_members(proc.pid), 10, "the PostgreSQL backends to die")
 
     def create_database(self, name: str | None = None) -> str:
         """A new empty database; returns its URL."""
@@ -226,3 +229,18 @@ class PostgresCluster:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its ')'.
+        fields = text[text.rindex(")") + 2 :].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
