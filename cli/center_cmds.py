@@ -27,7 +27,7 @@ def center() -> None:
 @_HOME
 @click.option("--listen", default="127.0.0.1:8583", show_default=True,
               help="HOST:PORT to listen on (port 0: any free port).")
-@click.option("--max-connections", type=click.IntRange(min=1), default=None,
+@click.option("--max-connections", type=click.IntRange(min=1), default=None, metavar="N",
               help="Terminal connections served at once; more are closed.  The open-file "
               "limit is raised to fit it (refused when it cannot).  [default: 10000, or what "
               "the open-file limit allows]")
