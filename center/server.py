@@ -67,7 +67,9 @@ class ServerLimits:
     idle_timeout: float = 30.0  # no byte for this long: close
     frame_timeout: float = 5.0  # a started frame not complete after this long: close
     handshake_timeout: float = 5.0  # TCP connected, TLS handshake not done after this long: close
-    max_connections: int = 64  # authenticated connections; one more is closed after its handshake
+    #: Authenticated connections (a terminal fleet); one more is closed after its handshake.
+    #: Each is a file descriptor: ``center serve`` fits it in the open-file limit (fdlimit.py).
+    max_connections: int = 10_000
     max_handshakes: int = 256  # handshakes in progress; one more TCP connection is closed at once
 
 
@@ -126,6 +128,8 @@ class CenterServer:
         #: because :attr:`ServerLimits.max_handshakes` were in progress.
         self.handshakes_failed = 0
         self.handshakes_refused = 0
+        #: Authenticated connections closed because :attr:`ServerLimits.max_connections` were open.
+        self.connections_refused = 0
         self._server: asyncio.Server | None = None
         self._batcher: asyncio.Task[None] | None = None
         self.batches = 0
@@ -290,7 +294,12 @@ class CenterServer:
             return
         peer = writer.get_extra_info("peername")
         if self._connections >= self.limits.max_connections:
-            _log.warning("%s: connection cap %d reached; closed", peer, self.limits.max_connections)
+            self.connections_refused += 1  # counted, logged now and then: a fleet reconnects
+            if self.connections_refused % 1000 == 1:
+                _log.warning(
+                    "%s: connection cap %d reached; closed (%d so far)",
+                    peer, self.limits.max_connections, self.connections_refused,
+                )  # fmt: skip
             tls.close()
             return
         self._connections += 1

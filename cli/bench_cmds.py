@@ -225,6 +225,56 @@ def startup(runs: int, center_seconds: float, workdir: Path | None, as_json: boo
         _emit(s, False, rows, [])
 
 
+@bench.command()
+@click.option("--terminals", default=10_000, show_default=True, type=click.IntRange(1, 25_000),
+              help="Idle mutual-TLS terminal connections to hold (from 127.0.0.1: the "
+              "loopback has about 28,000 client ports).")
+@click.option("--idle-timeout", default=30.0, show_default=True, type=click.FloatRange(1, 3600),
+              help="The center's --idle-timeout (the keep-alives must beat it).")
+@click.option("--keepalive", type=click.FloatRange(0.1, 3600), default=None,
+              help="Seconds of silence after which a connection sends an echo (0800).  "
+              "[default: 0.6 of --idle-timeout]")
+@click.option("--hold", type=click.FloatRange(0, 3600), default=None,
+              help="Seconds to hold the fleet once connected.  [default: the idle timeout and "
+              "one keep-alive more]")
+@click.option("--client-processes", type=click.IntRange(1, 64), default=None,
+              help="Load processes holding the connections.  [default: one per 2500]")
+@_WORKDIR
+@_JSON
+def idle(terminals: int, idle_timeout: float, keepalive: float | None, hold: float | None,
+         client_processes: int | None, workdir: Path | None, as_json: bool) -> None:
+    """One center holding TERMINALS idle mutual-TLS connections past its idle timeout (echo
+    keep-alives), a payment approved meanwhile; RSS per connection, center and clients."""
+    from swipepay.cli.harness.idle import bench_idle
+    from swipepay.cli.main import fail
+    from swipepay.firmware_sim.errors import SwipepayError
+
+    try:
+        r = bench_idle(terminals, idle_timeout=idle_timeout, keepalive=keepalive, hold=hold,
+                       client_processes=client_processes, workdir=workdir)  # fmt: skip
+    except SwipepayError as exc:
+        fail(exc)
+        return
+    _emit(r, as_json, [
+        ("terminals", f"{r.opened} of {r.terminals} connected ({r.failed} failed) by "
+                      f"{r.client_processes} load processes in {r.connect_s:.1f} s "
+                      f"({r.handshakes_per_s:.0f} handshakes/s)"),
+        ("held", f"{r.held_s:.1f} s (center idle timeout {r.idle_timeout_s:g} s, echo after "
+                 f"{r.keepalive_s:g} s of silence)"),
+        ("still open", f"{r.open_after_hold} ({r.closed_by_center} closed by the center); last "
+                       f"echo round answered on all: {'yes' if r.all_answered else 'NO'}"),
+        ("payment meanwhile", f"{r.payment} in {r.payment_ms:.0f} ms"),
+        ("center RSS", f"{r.center_rss_before_mb:.1f} MB before, {r.center_rss_held_mb:.1f} MB "
+                       f"held (signature verifier {r.center_verifier_rss_mb:.1f} MB apart)"),
+        ("center per connection", f"{r.center_rss_per_connection_kb:.1f} KB"),
+        ("load RSS", f"{r.load_rss_before_mb:.1f} MB before, {r.load_rss_held_mb:.1f} MB held "
+                     f"({r.load_rss_per_connection_kb:.1f} KB per connection)"),
+        ("center open files", str(r.center_open_file_limit or "unknown")),
+    ], [f"error: {e}" for e in r.errors])  # fmt: skip
+    if not (r.all_answered and r.payment_approved):
+        raise SystemExit(1)
+
+
 # Fault loops and parser soaks (cli/faults_cmds.py).
 from swipepay.cli.faults_cmds import faults, soak  # noqa: E402
 

@@ -55,23 +55,31 @@ def center() -> None:
 @_DB
 @click.option("--listen", default="127.0.0.1:8583", show_default=True,
               help="HOST:PORT to listen on (port 0: any free port).")
-@click.option("--max-connections", default=64, show_default=True,
-              help="Terminal connections served at once; more are closed.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Terminal connections served at once; more are closed.  The open-file "
+              "limit is raised to fit it (refused when it cannot).  [default: 10000, or what "
+              "the open-file limit allows]")
 @click.option("--idle-timeout", default=30.0, show_default=True,
               help="Seconds a terminal connection may stay silent before it is closed.")
 def serve(
-    home: Path, database: str | None, listen: str, max_connections: int, idle_timeout: float
+    home: Path, database: str | None, listen: str, max_connections: int | None,
+    idle_timeout: float,
 ) -> None:
     """Serve ISO 8583 over TLS 1.3 with required client certificates from the lab CA."""
     import asyncio
     import logging
 
+    from swipepay.center.fdlimit import fit_connection_cap
     from swipepay.center.server import ServerLimits, lab_server, serve_forever
     from swipepay.firmware_sim.address import parse_address
 
     try:
         host, port = parse_address(listen, "--listen", any_port=True)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        defaults = ServerLimits()
+        max_connections = fit_connection_cap(
+            max_connections, defaults.max_connections, defaults.max_handshakes
+        )
         server = lab_server(
             home,
             ServerLimits(idle_timeout=idle_timeout, max_connections=max_connections),
@@ -80,7 +88,9 @@ def serve(
 
         def ready(port: int) -> None:
             click.echo(
-                f"center listening on {host}:{port} (TLS 1.3, client cert required)", err=True
+                f"center listening on {host}:{port} (TLS 1.3, client cert required, up to "
+                f"{max_connections} terminals)",
+                err=True,
             )
 
         asyncio.run(serve_forever(server, host, port, ready))

@@ -241,6 +241,8 @@ def result_json(result: TerminalResult) -> dict[str, Any]:
         "reversal": report.reversal,
         "reversals_queued_before": result.reversals_queued_before,
         "reversals_queued_after": result.reversals_queued_after,
+        "center": result.center,
+        "centers_skipped": list(result.centers_skipped),
         "polls": out.polls,
         "steps": [
             {"step": int(s), "name": s.name.lower(), "text": STEP_TEXT[s], "ms": round(ms, 3)}
@@ -297,6 +299,10 @@ def _render(result: dict[str, Any], echo: Callable[[str], None]) -> None:
         + (f" ({detail})" if detail else "")
         + f"  [{result['txn_id']}, {result['total_ms']:.0f} ms, exit code {result['exit_code']}]"
     )  # fmt: skip
+    skipped = result.get("centers_skipped")
+    if skipped and result.get("center"):  # failover: say where it went and what to look at
+        echo(f"  center {result['center']} answered; skipped {'; '.join(skipped)} — check "
+             "that center (`swipepay center serve` there), or take it out of --center")  # fmt: skip
 
 
 # -- click ---------------------------------------------------------------------------------------
@@ -327,8 +333,9 @@ def terminal() -> None:
 @click.option("--phone", "phone_url", help="Phone link URL, e.g. pcsc:Virtual PCD 00 01, "
               f"tcp:127.0.0.1:7000, nfcpy:udp:localhost:54321, mock:alice-phone.  "
               f"{_default('phone')}")
-@click.option("--center", help="Center HOST:PORT (TLS), or 'local' (in-process).  "
-              f"{_default('center')}")
+@click.option("--center", help="Center HOST:PORT (TLS); several comma-separated, tried in "
+              "order (one that refuses, fails TLS or does not answer is skipped); or 'local' "
+              f"(in-process).  {_default('center')}")
 @click.option("--type", "type_name", type=click.Choice(TYPES), help="One transaction, no menu.")
 @click.option("--line", "line_mode", is_flag=True,
               help="The menu as plain prompts even on a terminal (default there: full screen).")

@@ -10,21 +10,31 @@
   we go on), tries to send it at once, and raises :class:`LinkTimeout`.  Pending reversals
   survive a restart and are sent first after every (re)connect; each leaves the queue only once
   the center answered.
+* **Failover**: a host may be given several centers, tried in order on every new connection.
+  A center that refuses the connection, fails the TLS handshake or does not answer in its share
+  of the time is skipped and the next one tried.  A request that got no answer from one center
+  is sent, byte for byte (same STAN, transmission time, every field), to the next: centers that
+  share one database answer a retransmission with the stored answer (exactly-once by terminal,
+  STAN and transmission time), so no money moves twice.  Each center gets an equal share of
+  what is left of the request's time, so a silent first center leaves time for the second.
+  Queued reversals go to whichever center answers the connection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from swipepay.drivers.store.reversal_queue import ReversalQueue
 from swipepay.drivers.store.terminal_store import TerminalStore, terminal_dir
+from swipepay.firmware_sim.address import Address
 from swipepay.firmware_sim.errors import DecodeError, LinkTimeout, NotSent, TransportError
 from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
@@ -43,6 +53,32 @@ __all__ = [
 class CenterUnreachable(NotSent):
     """The center could not be reached, or its TLS identity is not the lab's: no request left,
     so nothing needs reversing."""
+
+
+#: Why a center was skipped, as the user reads it ("refused the connection", ...).
+_WHY_TIMEOUT = "did not answer in time"
+_WHY_NOT_ISO = "answered something that is not ISO 8583"
+
+
+def _why(exc: BaseException) -> str:
+    """A failed attempt to use a center, in words (never a secret: only the error's kind)."""
+    if isinstance(exc, ssl.SSLError):
+        return (
+            f"TLS failed ({exc.reason or type(exc).__name__}): its certificates come from "
+            "another lab"
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused the connection"
+    if isinstance(exc, TimeoutError):
+        return _WHY_TIMEOUT
+    if isinstance(exc, ConnectionError):
+        return "closed the connection"
+    if isinstance(exc, DecodeError):
+        return _WHY_NOT_ISO
+    return f"not reachable ({type(exc).__name__})"
+
+
+_log = logging.getLogger("swipepay.terminal")
 
 #: Response codes after which a queued reversal stays queued (the center could not decide).
 _RETRY_CODES = frozenset({"91", "96"})
@@ -80,9 +116,19 @@ class TlsHost:
         *,
         connect_timeout: float = 5.0,
         reversal_timeout: float = 5.0,
+        fallbacks: Sequence[tuple[str, int]] = (),
     ) -> None:
-        self.url = f"tls:{host}:{port}"
-        self._addr = (host, port)
+        #: The centers, tried in this order on every new connection (``host``:``port`` first).
+        self.centers: tuple[Address, ...] = tuple(
+            Address(h, p) for h, p in [(host, port), *fallbacks]
+        )
+        self.url = "tls:" + ",".join(str(c) for c in self.centers)
+        #: The center the open connection goes to (an index into :attr:`centers`).
+        self._at = 0
+        #: The center that gave the last answer.
+        self.answered_by: Address | None = None
+        #: Centers passed over since the last :meth:`check` (a transaction's start), with why.
+        self.skipped: list[tuple[Address, str]] = []
         self._ctx = context
         self._sock: ssl.SSLSocket | None = None
         self._decoder = codec.FrameDecoder()
@@ -110,72 +156,114 @@ class TlsHost:
 
     # -- connection -----------------------------------------------------------------------------
 
-    def _connect(self, deadline: float) -> ssl.SSLSocket:
+    def _open(self, at: int, until: float) -> ssl.SSLSocket:
+        """A new connection to center ``at`` (TCP, mutual TLS, then the queued reversals), all
+        within ``until``; raises what went wrong (OSError, ssl.SSLError, DecodeError)."""
+        self._drop()
+        addr = self.centers[at]
+        raw = socket.create_connection(addr, timeout=max(0.01, until - time.monotonic()))
+        try:
+            sock = self._ctx.wrap_socket(raw)
+        except BaseException:
+            raw.close()
+            raise
+        self._sock, self._at = sock, at
+        self._decoder = codec.FrameDecoder()
+        self._flush_reversals(until)
+        return sock
+
+    def _share(self, deadline: float, untried: int) -> float:
+        """When the attempt at one center must end: its equal share of the time left (at most
+        the connect timeout), so that a center that hangs leaves time for the next ones."""
+        now = time.monotonic()
+        return now + min(self._connect_timeout, max(0.0, deadline - now) / max(1, untried))
+
+    def _connect(self, deadline: float, skip: frozenset[int] = frozenset()) -> ssl.SSLSocket:
+        """The open connection, or a new one to the first center (in order, not in ``skip``)
+        that takes it; rounds over the list until ``deadline``."""
         if self._sock is not None:
             return self._sock
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                raw = socket.create_connection(
-                    self._addr, timeout=min(self._connect_timeout, deadline - time.monotonic())
-                )
+        order = [n for n in range(len(self.centers)) if n not in skip]
+        while True:
+            for k, at in enumerate(order):
+                if time.monotonic() >= deadline:
+                    break
                 try:
-                    sock = self._ctx.wrap_socket(raw)
-                except BaseException:
-                    raw.close()
-                    raise
-                self._sock = sock
-                self._decoder = codec.FrameDecoder()
-                self._flush_reversals(deadline)
+                    sock = self._open(at, self._share(deadline, len(order) - k))
+                except (OSError, ValueError, DecodeError) as exc:
+                    self._drop()
+                    self._skip(at, exc)
+                    continue
                 return sock
-            except (OSError, ValueError, DecodeError) as exc:
-                self._drop()
-                last = exc
-                time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-        raise LinkTimeout(
-            f"center {self.url} not reachable" + (f": {type(last).__name__}" if last else "")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LinkTimeout(self._unreachable_text())
+            time.sleep(min(0.1, left))
+
+    def _skip(self, at: int, exc: BaseException) -> None:
+        """Note (once per center and attempt) that center ``at`` was passed over, and why."""
+        addr, why = self.centers[at], _why(exc)
+        if (addr, why) not in self.skipped:
+            self.skipped = [(a, w) for a, w in self.skipped if a != addr] + [(addr, why)]
+            if len(self.centers) > 1:
+                _log.warning("center %s %s; trying the next one", addr, why)
+
+    def _unreachable_text(self) -> str:
+        """Why no center could be used, and what to do about it."""
+        if len(self.centers) == 1:
+            addr, why = self.skipped[-1] if self.skipped else (self.centers[0], "")
+            if why.startswith("TLS failed"):
+                return (
+                    f"TLS with center {addr} failed: the certificates come from another lab — "
+                    "give the --home of the lab the center serves"
+                )
+            if why in (_WHY_TIMEOUT, _WHY_NOT_ISO):
+                return f"center {addr} {why} — is it `swipepay center serve` of this lab?"
+            return f"center {addr} not reachable — is `swipepay center serve` running?"
+        each = "; ".join(f"{a} {w}" for a, w in self.skipped) or "none answered"
+        return (
+            f"no center reachable ({each}) — is `swipepay center serve` running at one of "
+            "them, for this lab (--home)?"
         )
+
+    def _answered(self) -> None:
+        """The open connection's center answered: remember it (and say so after a failover)."""
+        addr = self.centers[self._at]
+        if self.skipped and self.answered_by != addr:
+            _log.warning("center %s answered (after %s)", addr,
+                         ", ".join(f"{a} {w}" for a, w in self.skipped))  # fmt: skip
+        self.answered_by = addr
 
     def check(
         self, terminal_id: str, stan: Callable[[], str], transmitted_at: str, timeout: float
     ) -> None:
-        """Make sure the center is there before a transaction asks anything of anyone: open
-        the connection (unless it is open) and have an echo (0800/301) answered.
+        """Make sure a center is there before a transaction asks anything of anyone: open a
+        connection (unless one is open), trying the centers in order, and have an echo
+        (0800/301) answered.
 
-        Raises :class:`CenterUnreachable` at once when nothing listens, the TLS handshake fails
-        (the certificates come from another lab) or no answer comes within ``timeout``.
+        Raises :class:`CenterUnreachable` at once when, for every center, nothing listens, the
+        TLS handshake fails (the certificates come from another lab) or no answer comes within
+        its share of ``timeout``.
         """
         if self._sock is not None:
             return
-        where = f"{self._addr[0]}:{self._addr[1]}"
         deadline = time.monotonic() + timeout
-        try:
-            raw = socket.create_connection(self._addr, timeout=timeout)
-        except OSError:
-            raise CenterUnreachable(
-                f"center {where} not reachable — is `swipepay center serve` running?"
-            ) from None
-        try:
-            sock = self._ctx.wrap_socket(raw)
-            self._sock, self._decoder = sock, codec.FrameDecoder()
-            self._flush_reversals(deadline)
-            number = stan()  # a STAN only for an echo that will be sent
-            fields = codec.network_fields(terminal_id, number, transmitted_at, "301")
-            self._exchange(sock, codec.encode(fields), number, deadline)
-        except ssl.SSLError as exc:
-            raw.close()
-            self._drop()
-            raise CenterUnreachable(
-                f"TLS with center {where} failed ({exc.reason or exc}): the certificates come "
-                "from another lab — give the --home of the lab the center serves"
-            ) from None
-        except (OSError, DecodeError) as exc:
-            raw.close()
-            self._drop()
-            raise CenterUnreachable(
-                f"center {where} did not answer ({type(exc).__name__ or exc}) — is it "
-                "`swipepay center serve` of this lab?"
-            ) from None
+        self.skipped = []
+        number: str | None = None
+        for at in range(len(self.centers)):
+            until = self._share(deadline, len(self.centers) - at)
+            try:
+                sock = self._open(at, until)
+                number = number or stan()  # a STAN only for an echo that will be sent
+                fields = codec.network_fields(terminal_id, number, transmitted_at, "301")
+                self._exchange(sock, codec.encode(fields), number, until)
+            except (OSError, ValueError, DecodeError) as exc:  # ssl.SSLError is an OSError
+                self._drop()
+                self._skip(at, exc)
+                continue
+            self._answered()
+            return
+        raise CenterUnreachable(self._unreachable_text())
 
     def _drop(self) -> None:
         if self._sock is not None:
@@ -225,22 +313,44 @@ class TlsHost:
     # -- Host -----------------------------------------------------------------------------------
 
     def request(self, fields: dict[str, Any], timeout: float) -> AuthResponse:
-        """Send any request dict; retransmit it on a new connection if the old one broke."""
+        """Send any request dict; retransmit it unchanged on a new connection if the old one
+        broke, and to the next center if this one gave no answer in its share of ``timeout``."""
         body = codec.encode(fields)
         deadline = time.monotonic() + timeout
+        silent: set[int] = set()  # centers that took the request and did not answer
         while True:
-            sock = self._connect(deadline)
+            if len(silent) == len(self.centers):
+                raise LinkTimeout(self._no_answer_text(silent))
+            sock = self._connect(deadline, frozenset(silent))
             self._sent = True  # from here on the request may have reached the center
+            at = self._at
+            # An equal share of the time left for this center and each untried one after it;
+            # the last one gets all that is left.
+            later = sum(1 for n in range(at + 1, len(self.centers)) if n not in silent)
+            now = time.monotonic()
+            until = now + max(0.0, deadline - now) / (later + 1)
             try:
-                answer = self._exchange(sock, body, str(fields["11"]), deadline)
-                return codec.parse_response(answer)
-            except TimeoutError:
+                answer = self._exchange(sock, body, str(fields["11"]), until)
+            except TimeoutError as exc:
                 self._drop()
-                raise LinkTimeout("center did not answer in time") from None
+                silent.add(at)
+                self._skip(at, exc)
+                if time.monotonic() >= deadline:
+                    raise LinkTimeout(self._no_answer_text(silent)) from None
+                continue
             except (OSError, DecodeError):
                 self._drop()
                 if time.monotonic() >= deadline:
-                    raise LinkTimeout("center did not answer in time") from None
+                    raise LinkTimeout(self._no_answer_text(silent)) from None
+                continue
+            self._answered()
+            return codec.parse_response(answer)
+
+    def _no_answer_text(self, silent: set[int]) -> str:
+        if len(self.centers) == 1:
+            return "center did not answer in time"
+        names = ", ".join(str(self.centers[n]) for n in sorted(silent)) or "none"
+        return f"no center answered in time (silent: {names})"
 
     def authorize(self, request: AuthRequest, timeout: float) -> AuthResponse:
         """Send a financial request with its reversal written ahead.
@@ -259,10 +369,7 @@ class TlsHost:
         except LinkTimeout:
             if not self._sent:  # never left this terminal: nothing to reverse
                 self.queue.done(item)
-                raise CenterUnreachable(
-                    f"center {self._addr[0]}:{self._addr[1]} not reachable — is "
-                    "`swipepay center serve` running?"
-                ) from None
+                raise CenterUnreachable(self._unreachable_text()) from None
             self.queue.release(item)
             # Stays queued if this fails: sent first on the next connection.
             with contextlib.suppress(TransportError):

@@ -30,6 +30,7 @@ pytest_plugins = [
     "tests.support.world",
     "tests.support.labs",
     "tests.support.lab_center",
+    "tests.support.silent_center",
     "tests.support.phonelink",
     "tests.support.phones",
     "tests.support.pty",

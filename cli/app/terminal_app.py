@@ -36,7 +36,7 @@ from typing import Final, Protocol, runtime_checkable
 from swipepay.center.lab import Lab
 from swipepay.center.local_host import LocalHost
 from swipepay.cli.app.phone_app import lab_phone
-from swipepay.cli.app.terminal_settings import TerminalSettings
+from swipepay.cli.app.terminal_settings import TerminalSettings, center_addresses
 from swipepay.drivers.base import CardReader, DriverContext, Host, PhoneLink
 from swipepay.drivers.logsetup import transaction, txn_id
 from swipepay.drivers.mock_phone import MockField
@@ -82,6 +82,17 @@ def order_amount(txn_type: TxnType, amount_text: str | None) -> int:
     if amount_text is None:
         raise ConfigError(f"--amount is required for a {spec.label.lower()}")
     return parse_amount(amount_text)
+
+
+def center_route(host: object) -> tuple[str | None, tuple[str, ...]]:
+    """Which center answered ``host``'s last request and which were skipped since the last
+    check, with why (a :class:`drivers.host_tls.TlsHost`, or a wrapper that passes them on)."""
+    answered = getattr(host, "answered_by", None)
+    skipped = getattr(host, "skipped", ())
+    return (
+        None if answered is None else str(answered),
+        tuple(f"{addr} {why}" for addr, why in skipped),
+    )
 
 
 @runtime_checkable
@@ -132,6 +143,10 @@ class TerminalResult:
     #: Reversals waiting in the terminal's queue when the run began and when it ended.
     reversals_queued_before: int
     reversals_queued_after: int
+    #: The center that gave the last answer (HOST:PORT; None in-process or when none did), and
+    #: the centers skipped on the way to it ("HOST:PORT why"): failover, said to the user.
+    center: str | None = None
+    centers_skipped: tuple[str, ...] = ()
 
     @property
     def outcome(self) -> Outcome:
@@ -188,21 +203,21 @@ class TerminalApp:
 
     def open_center(self) -> CenterConnection:
         """The center the settings name: ``HOST:PORT`` (TLS, journalling into this terminal's
-        reversal queue) or ``local`` (the lab's center core in this process)."""
+        reversal queue), several of them (tried in order: failover) or ``local`` (the lab's
+        center core in this process)."""
         from swipepay.drivers.host_tls import TlsHost, lab_client_context
 
-        center, settings = self.settings.center, self.settings
-        if center == "local":
+        settings = self.settings
+        centers = center_addresses(settings.center)
+        if not centers:
             from swipepay.center.core import Center
 
             return _CenterInProcess(Center.open(self.lab.database_url, self.lab.center_keys()))
-        host, _, port = center.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"--center must be HOST:PORT or 'local', not {center!r}")
+        first, *more = centers
         context = lab_client_context(self.lab.root, settings.terminal_id)
         return TlsHost(
-            host, int(port), context, self.store.reversals,
-            reversal_timeout=min(5.0, settings.host_timeout),
+            first.host, first.port, context, self.store.reversals,
+            reversal_timeout=min(5.0, settings.host_timeout), fallbacks=more,
         )  # fmt: skip
 
     def open_phone_link(self) -> PhoneLink:
@@ -275,7 +290,9 @@ class TerminalApp:
                 min(CENTER_CHECK_TIMEOUT, self.settings.host_timeout),
             )
 
-    def _unreachable(self, order: Order, exc: SwipepayError, before: int) -> TerminalResult:
+    def _unreachable(
+        self, host: Host, order: Order, exc: SwipepayError, before: int
+    ) -> TerminalResult:
         """The run that ended before it began: the center is not there (the front-end says it;
         the log has it at INFO so a console shows it once)."""
         _log.info("%s", exc)
@@ -289,6 +306,7 @@ class TerminalApp:
             currency=self.config.currency,
             reversals_queued_before=before,
             reversals_queued_after=len(self.store.reversals.pending()),
+            centers_skipped=center_route(host)[1],
         )
 
     def _cancelled(
@@ -339,7 +357,7 @@ class TerminalApp:
         try:
             self._check_center(host, now)
         except TransportError as exc:
-            return self._unreachable(order, exc, before)
+            return self._unreachable(host, order, exc, before)
         except KeyboardInterrupt:
             raise TransactionCancelled() from None
         stan = self.store.take_stan()
@@ -370,6 +388,7 @@ class TerminalApp:
             )  # fmt: skip
         self._remember(order, report)
         txn = out.txn
+        answered, skipped = center_route(host)
         return TerminalResult(
             order=order,
             report=report,
@@ -378,6 +397,8 @@ class TerminalApp:
             currency=txn.currency if txn else config.currency,
             reversals_queued_before=before,
             reversals_queued_after=len(self.store.reversals.pending()),
+            center=answered,
+            centers_skipped=skipped,
         )
 
     def _remember(self, order: Order, report: TxnReport) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
+from swipepay.firmware_sim.address import Address, parse_address
 from swipepay.firmware_sim.errors import ConfigError
 
 CONFIG_FILE: Final = "terminal.toml"
@@ -50,6 +51,11 @@ CONFIG_KEYS: Final[dict[str, type]] = {
 }
 
 
+#: Keys whose value may also be a TOML list of strings (kept comma-joined, as on the command
+#: line).
+LIST_KEYS: Final = frozenset({"center"})
+
+
 #: What each key means (the comment above it in the terminal.toml ``swipepay init`` writes).
 CONFIG_HELP: Final[dict[str, str]] = {
     "terminal_id": "Terminal ID: a terminal of this lab (POS00001, ATM00001).",
@@ -58,7 +64,9 @@ CONFIG_HELP: Final[dict[str, str]] = {
     "card": "Card reader: mock: (offer the lab's cards), mock:alice-visa?via=tap, "
     "pcsc:Virtual PCD 00 00, serial:/dev/ttyUSB0?proto=msr605.",
     "phone": "Phone link: pcsc:Virtual PCD 00 01, tcp:127.0.0.1:7000, mock:alice-phone.",
-    "center": "Center HOST:PORT (TLS), or local (the lab's center in this process).",
+    "center": "Center HOST:PORT (TLS), or local (the lab's center in this process).  Several "
+    "as a list are tried in order, one that does not answer is skipped: "
+    'center = ["10.0.0.1:8583", "10.0.0.2:8583"].',
     "card_timeout": "Seconds to wait for a card.",
     "phone_timeout": "Seconds to wait for a phone in the field.",
     "host_timeout": "Seconds to wait for the center's answer.",
@@ -111,10 +119,29 @@ def load_settings(home: Path, config: Path | None, given: Mapping[str, Any]) -> 
         want = CONFIG_KEYS.get(key)
         if want is None:
             raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(CONFIG_KEYS)})")
+        if key in LIST_KEYS and isinstance(value, list):
+            if not value or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{path}: {key} must be a string or a list of strings")
+            value = ",".join(value)
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, want) or isinstance(value, bool):
             raise ConfigError(f"{path}: {key} must be a {want.__name__}")
         values[key] = value
     values.update({k: v for k, v in given.items() if v is not None})
-    return replace(TerminalSettings(), **values)
+    settings = replace(TerminalSettings(), **values)
+    center_addresses(settings.center)  # a bad address is said before anything is opened
+    return settings
+
+
+def center_addresses(center: str) -> list[Address]:
+    """The ``center`` setting -> the centers to try, in order; ``[]`` for ``local`` (the lab's
+    center in this process).  Several are comma-separated (a TOML list is joined so)."""
+    names = [n.strip() for n in center.split(",")]
+    if names == ["local"]:
+        return []
+    if "local" in names:
+        raise ConfigError("--center: 'local' cannot be combined with other centers")
+    if "" in names:
+        raise ConfigError(f"--center: an empty address in {center!r} (HOST:PORT,HOST:PORT)")
+    return [parse_address(n, "--center", alternative=" or 'local'") for n in names]

@@ -83,6 +83,15 @@ class _TracedCenter(TracingHost):
     def close(self) -> None:
         self.center.close()
 
+    @property
+    def answered_by(self) -> object:
+        """The traced center's answering address (failover: see TlsHost)."""
+        return getattr(self.center, "answered_by", None)
+
+    @property
+    def skipped(self) -> object:
+        return getattr(self.center, "skipped", ())
+
 
 class _TraceLines(io.StringIO):
     """The text file a :class:`TraceWriter` writes to, read back one record at a time."""

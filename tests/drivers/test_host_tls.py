@@ -3,68 +3,19 @@
 from __future__ import annotations
 
 import socket
-import ssl
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from swipepay.center.lab import Lab
-from swipepay.center.server import server_context
 from swipepay.drivers.host_tls import ReversalQueue, TlsHost
 from swipepay.firmware_sim.errors import LinkTimeout
 from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.transaction import TxnType
 from tests.support.lab_center import POS, RawClient, ServerThread, cardholder, ledger, signed
+from tests.support.silent_center import SilentCenter
 from tests.support.world import Stans
-
-
-class SilentCenter:
-    """Accepts mutual TLS, reads everything, never answers: a host that has gone quiet."""
-
-    def __init__(self, lab: Lab) -> None:
-        root = lab.root
-        self.ctx = server_context(
-            root / "ca" / "ca.crt", root / "center" / "center.crt", root / "center" / "center.key"
-        )
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        self.received = 0
-        self._stop = False
-        self._conns: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self._stop:
-            try:
-                raw, _ = self.listener.accept()
-            except OSError:
-                return
-            self._conns.append(raw)
-            threading.Thread(target=self._drain, args=(raw,), daemon=True).start()
-
-    def _drain(self, raw: socket.socket) -> None:
-        try:
-            conn = self.ctx.wrap_socket(raw, server_side=True)
-            while data := conn.recv(4096):
-                self.received += len(data)
-        except (OSError, ssl.SSLError):
-            pass
-
-    def close(self) -> None:
-        self._stop = True
-        self.listener.close()
-        for c in self._conns:
-            c.close()
-
-
-@pytest.fixture
-def silent(lab: Lab) -> Iterator[SilentCenter]:
-    s = SilentCenter(lab)
-    yield s
-    s.close()
 
 
 def test_timeout_queues_a_reversal_that_survives_a_restart(
