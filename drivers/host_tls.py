@@ -9,7 +9,9 @@
   :class:`~drivers.store.reversal_queue.ReversalQueue`, handed in by the caller: fsynced before
   we go on), tries to send it at once, and raises :class:`LinkTimeout`.  Pending reversals
   survive a restart and are sent first after every (re)connect; each leaves the queue only once
-  the center answered.
+  the center answered.  So does the reversal of a request that had to be sent again and was
+  then answered 91 or 96: the center could not decide the copy it answered, so it could not tell
+  whether an earlier copy had been approved.
 * **Failover**: a host may be given several centers, tried in order on every new connection.
   A center that refuses the connection, fails the TLS handshake or does not answer in its share
   of the time is skipped and the next one tried.  A request that got no answer from one center
@@ -141,6 +143,9 @@ class TlsHost:
         self._store: TerminalStore | None = None
         #: Whether the request being sent has been written to a connection at least once.
         self._sent = False
+        #: How many times the current request went out (more than once: an earlier copy's
+        #: outcome was never seen).
+        self._sends = 0
 
     @classmethod
     def for_lab(cls, home: Path, terminal_id: str, host: str, port: int, **kw: Any) -> TlsHost:
@@ -323,6 +328,7 @@ class TlsHost:
                 raise LinkTimeout(self._no_answer_text(silent))
             sock = self._connect(deadline, frozenset(silent))
             self._sent = True  # from here on the request may have reached the center
+            self._sends += 1
             at = self._at
             # An equal share of the time left for this center and each untried one after it;
             # the last one gets all that is left.
@@ -364,6 +370,7 @@ class TlsHost:
             codec.encode(codec.reversal_fields(txn)), self._owner, _txn_key(txn)
         )
         self._sent = False
+        self._sends = 0
         try:
             response = self.request(codec.request_fields(request), timeout)
         except LinkTimeout:
@@ -375,7 +382,13 @@ class TlsHost:
             with contextlib.suppress(TransportError):
                 self._connect(time.monotonic() + self._reversal_timeout)
             raise
-        if not response.approved:
+        if response.response_code in _RETRY_CODES and self._sends > 1:
+            # A copy sent earlier got no answer, and the center that answered this one could
+            # not decide (its database was down, so it could not find a stored answer either):
+            # that copy may have been approved.  The reversal stays queued (it is answered
+            # "nothing to reverse" if it was not).
+            self.queue.release(item)
+        elif not response.approved:
             self.queue.done(item)
         return response
 

@@ -173,3 +173,64 @@ def test_hosts_opening_a_fresh_reversal_queue_at_once_all_succeed(tmp_path: Path
         for t in threads:
             t.join(30)
     assert errors == []
+
+
+class _ForgetfulCenter(SilentCenter):
+    """Reads the first request and closes without an answer (its commit's outcome unknown);
+    answers every later frame with ``code`` (its database is down)."""
+
+    def __init__(self, lab: Lab, code: str) -> None:
+        self.code = code
+        self.connections = 0
+        super().__init__(lab)
+
+    def _drain(self, raw: socket.socket) -> None:
+        self.connections += 1
+        first = self.connections == 1
+        try:
+            conn = self.ctx.wrap_socket(raw, server_side=True)
+            decoder = codec.FrameDecoder()
+            while data := conn.recv(4096):
+                for body in decoder.feed(data):
+                    if first:
+                        conn.close()
+                        return
+                    fields = codec.decode(body)
+                    resp = codec.AuthResponse(self.code, message="database unavailable")
+                    conn.sendall(codec.frame(codec.encode(codec.response_fields(fields, resp))))
+        except (OSError, ValueError):
+            pass
+
+
+@pytest.mark.parametrize("code", ["91", "96"])
+def test_an_undecided_answer_to_a_resent_request_keeps_its_reversal(lab: Lab, code: str) -> None:
+    """The first copy went out and its connection broke; the copy sent again was answered
+    91/96 (the center could not decide, so it could not look up the first copy's answer
+    either): the first may have been approved, so its reversal stays queued."""
+    center = _ForgetfulCenter(lab, code)
+    alice = cardholder(lab, "alice-phone")
+    host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", center.port, reversal_timeout=0.5)
+    try:
+        req = signed(alice, TxnType.PURCHASE, 2_00, "000777")
+        assert host.authorize(req, 5).response_code == code
+        assert center.connections >= 2
+        assert len(host.queue.pending(host._owner)) == 1
+    finally:
+        host.close()
+        center.close()
+
+
+def test_an_undecided_answer_to_a_first_copy_drops_its_reversal(lab: Lab) -> None:
+    """Answered 91 the first time: nothing of it can have been approved."""
+    center = _ForgetfulCenter(lab, "91")
+    center.connections = 1  # skip the forgetful first connection
+    alice = cardholder(lab, "alice-phone")
+    host = TlsHost.for_lab(lab.root, POS, "127.0.0.1", center.port)
+    try:
+        assert (
+            host.authorize(signed(alice, TxnType.PURCHASE, 2_00, "000778"), 5).response_code == "91"
+        )
+        assert host.queue.pending(host._owner) == []
+    finally:
+        host.close()
+        center.close()
