@@ -1,0 +1,258 @@
+"""Fault loops of the center at scale, shared by the tests and ``swipepay bench faults``: the
+PostgreSQL server SIGKILLed under load, and one worker of ``center serve --workers N`` SIGKILLed
+under load.
+
+Both drive a real ``swipepay center serve`` on a lab whose center data is in a throwaway
+PostgreSQL cluster (:class:`~cli.harness.postgres.PostgresCluster`), with load threads that
+are terminals as the product has them (:class:`~drivers.host_tls.TlsHost`: retransmission on a
+new connection, write-ahead reversals).  After every fault they check what
+hardware_notes/center-scale.md promises:
+
+* every approval a terminal received is on the ledger exactly once, and nothing is on the
+  ledger that no terminal received (a copy whose outcome a terminal never saw is reversed by the
+  reversal it keeps queued);
+* each cardholder's balance is its opening balance less its posted approvals (nothing doubled);
+* the ledger balances;
+* **database killed**: the center answers while the database is down (91, at once, no hang)
+  and decides again once it is back;
+* **worker killed**: the other workers keep serving, the killed one is restarted, and the
+  terminals' retransmissions are answered once.
+
+The reports hold counts, not asserts, so the bench prints them and the tests assert on them.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from swipepay.center.core import Center
+from swipepay.center.lab import Lab
+from swipepay.center.storage import MessageKey
+from swipepay.cli.harness.faults import (
+    LOAD_AT,
+    POS,
+    POSTED,
+    LabSigner,
+    ledger_balanced,
+    stored_messages,
+)
+from swipepay.cli.harness.postgres import PostgresCluster
+from swipepay.cli.harness.processes import free_port, start_center, stop, wait_for
+from swipepay.drivers.host_tls import TlsHost
+
+#: Longest answer a terminal may wait for while the database is down ("at once": the center
+#: must not hang on a dead database; its connect timeout is 2 s).
+OUTAGE_ANSWER_LIMIT = 5.0
+
+
+@dataclass
+class DatabaseKillReport:
+    kills: int = 0
+    requests: int = 0
+    approvals_seen: int = 0
+    approvals_posted: int = 0
+    #: Answers received while the database was down, and the slowest of them (seconds).
+    outage_answers: int = 0
+    outage_slowest_s: float = 0.0
+    #: Approvals a terminal received that the ledger does not hold (must be 0).
+    lost: int = 0
+    #: Approvals on the ledger that no terminal received (must be 0).
+    unseen: int = 0
+    #: Requests without any answer (must be 0).
+    unanswered: int = 0
+    #: Cardholder accounts whose balance is not opening balance less posted approvals (0).
+    balance_mismatches: int = 0
+    #: Checks after a kill where the ledger did not balance (must be 0).
+    unbalanced: int = 0
+    #: Reversals the terminals kept queued for copies whose outcome they never saw, all sent.
+    reversals_sent: int = 0
+    seconds: float = 0.0
+    codes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.lost, self.unseen, self.unanswered, self.balance_mismatches, self.unbalanced
+        ) == (0, 0, 0, 0, 0) and self.outage_slowest_s <= OUTAGE_ANSWER_LIMIT  # fmt: skip
+
+
+@dataclass
+class _Answer:
+    code: str
+    sent_at: float
+    seconds: float
+
+
+def _load(
+    home: Path,
+    port: int,
+    signer: LabSigner,
+    stans: range,
+    answers: dict[MessageKey, _Answer],
+    lock: threading.Lock,
+) -> None:
+    """One terminal connection sending purchases of 1 minor unit, one after the other."""
+    host = TlsHost.for_lab(home, POS, "127.0.0.1", port, connect_timeout=1)
+    try:
+        for n in stans:
+            req = signer.request(f"{n:06d}")
+            key = MessageKey(POS, req.txn.stan, req.txn.transmitted_at)
+            sent = time.monotonic()
+            try:
+                code = host.authorize(req, 15).response_code
+                if code == "00":
+                    host.settle(req.txn)  # this load terminal is done at once
+            except Exception as exc:  # counted as unanswered
+                code = f"error:{type(exc).__name__}"
+            with lock:
+                answers[key] = _Answer(code, sent, time.monotonic() - sent)
+    finally:
+        host.close()
+
+
+def _flush_reversals(home: Path, port: int, stan: str) -> int:
+    """Open a new terminal connection (which sends every queued reversal first); how many were
+    queued before."""
+    from swipepay.cli.harness.faults import pending_reversals
+
+    queued = len(pending_reversals(home))
+    host = TlsHost.for_lab(home, POS, "127.0.0.1", port, connect_timeout=2)
+    try:
+        host.echo(POS, stan, LOAD_AT, 15)
+    finally:
+        host.close()
+    return queued - len(pending_reversals(home))
+
+
+def _check(
+    home: Path,
+    answers: dict[MessageKey, _Answer],
+    opening: dict[str, int],
+    signers: list[LabSigner],
+    report: DatabaseKillReport,
+) -> None:
+    lab = Lab(home)
+    stored = stored_messages(lab.database_url)
+    seen = {k for k, a in answers.items() if a.code == "00"}
+    posted = {k for k, m in stored.items() if m.response_code == "00" and m.state in POSTED}
+    report.requests = len(answers)
+    report.approvals_seen = len(seen)
+    report.approvals_posted = len(posted)
+    report.lost = len(seen - posted)
+    report.unseen = len(posted - seen)
+    report.unanswered = sum(1 for a in answers.values() if a.code.startswith("error"))
+    report.codes = {}
+    for a in answers.values():
+        report.codes[a.code] = report.codes.get(a.code, 0) + 1
+    mismatches = 0
+    with Center.open(lab.database_url, lab.center_keys()) as center:
+        for s in signers:
+            spent = sum(
+                m.amount - m.reversed_amount
+                for k in posted
+                if (m := stored[k]).pan == s.pan
+            )
+            if center.ledger_balance(s.account) != opening[s.account] - spent:
+                mismatches += 1
+        if not center.check_balanced():
+            report.unbalanced += 1
+    report.balance_mismatches = mismatches
+    if not ledger_balanced(home):
+        report.unbalanced += 1
+
+
+def _answered_since(answers: dict[MessageKey, _Answer], before: int, count: int) -> bool:
+    return len(answers) - before >= count
+
+
+def _outage_answers(
+    threads: list[threading.Thread],
+    answers: dict[MessageKey, _Answer],
+    lock: threading.Lock,
+    killed_at: float,
+) -> list[_Answer]:
+    """Wait until every terminal thread sent a request after ``killed_at`` and got its answer
+    (or finished): the answers given while the database was down."""
+
+    def since() -> list[_Answer]:
+        with lock:
+            return [a for a in answers.values() if a.sent_at > killed_at]
+
+    wait_for(
+        lambda: len(since()) >= len(threads) or not any(t.is_alive() for t in threads),
+        30, "answers while the database is down",
+    )  # fmt: skip
+    return since()
+
+
+def database_kill_loop(
+    home: Path,
+    cluster: PostgresCluster,
+    *,
+    kills: int = 5,
+    per_round: int = 12,
+    phones: tuple[str, ...] = ("alice-phone", "carol-phone"),
+    kill_after: int = 4,
+    center_args: tuple[str, ...] = (),
+    progress: Callable[[int, DatabaseKillReport], None] | None = None,
+) -> DatabaseKillReport:
+    """Run ``kills`` rounds: load from one terminal thread per phone; once the round has
+    ``kill_after`` answers SIGKILL the PostgreSQL server (postmaster and backends); once every
+    thread had an answer during the outage, start it again; let the round finish, send the
+    reversals the terminals kept, check.
+
+    ``home`` is a lab whose database is in ``cluster`` (``create_lab(..., database=URL)``).
+    """
+    lab = Lab(home)
+    signers = [LabSigner(lab, p) for p in phones]
+    with Center.open(lab.database_url, lab.center_keys()) as center:
+        opening = {s.account: center.ledger_balance(s.account) for s in signers}
+    port = free_port()
+    report = DatabaseKillReport()
+    answers: dict[MessageKey, _Answer] = {}
+    lock = threading.Lock()
+    t0 = time.monotonic()
+    proc = start_center(home, port, *center_args)
+    try:
+        for round_no in range(kills):
+            base = 100_000 + round_no * 1_000
+            before = len(answers)
+            threads = [
+                threading.Thread(
+                    target=_load,
+                    args=(home, port, s, range(base + 100 * n, base + 100 * n + per_round),
+                          answers, lock),
+                    daemon=True,
+                )
+                for n, s in enumerate(signers)
+            ]  # fmt: skip
+            for t in threads:
+                t.start()
+            wait_for(
+                functools.partial(_answered_since, answers, before, kill_after),
+                60, "answers before the kill",
+            )  # fmt: skip
+            cluster.kill()
+            report.kills += 1
+            during = _outage_answers(threads, answers, lock, time.monotonic())
+            report.outage_answers += len(during)
+            report.outage_slowest_s = max(
+                [report.outage_slowest_s, *(a.seconds for a in during)]
+            )
+            cluster.start()
+            for t in threads:
+                t.join(120)
+            report.reversals_sent += _flush_reversals(home, port, f"{900_000 + round_no:06d}")
+            _check(home, answers, opening, signers, report)
+            if progress is not None:
+                progress(round_no + 1, report)
+    finally:
+        stop(proc)
+    report.seconds = time.monotonic() - t0
+    return report
+
