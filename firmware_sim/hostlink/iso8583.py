@@ -155,13 +155,20 @@ _DIRECT = (
 )
 
 
-def _encode_plain(fields: dict[str, Any]) -> bytes | None:
-    """:func:`encode` for a message of plain fields, or ``None`` to let pyiso8583 do it."""
-    mti = fields.get("t")
-    if not _DIRECT or type(mti) is not str or len(mti) != 4 or not mti.isascii():
-        return None
+#: A field's place in a message: (key, length digits (0: fixed), maximum/fixed length, binary?).
+_Slot = tuple[str, int, int, bool]
+#: Layouts worked out once per set of keys (encoding) or per bitmap (decoding): messages of one
+#: kind share them.  Bounded: emptied when full (a peer sending random bitmaps gains nothing).
+_LAYOUTS_MAX = 512
+_ENCODE_LAYOUTS: dict[tuple[str, ...], tuple[bytes, tuple[_Slot, ...]] | None] = {}
+_DECODE_LAYOUTS: dict[bytes, tuple[int, str, str | None, tuple[_Slot, ...]] | None] = {}
+
+
+def _encode_layout(keys: tuple[str, ...]) -> tuple[bytes, tuple[_Slot, ...]] | None:
+    """The bitmap(s) and the fields in order for a message with ``keys``; ``None`` if a key is
+    not a plain field (pyiso8583 then encodes, or names the error)."""
     numbers: list[int] = []
-    for key in fields:
+    for key in keys:
         n = _PLAIN_KEYS.get(key) if type(key) is str else None
         if n is not None:
             numbers.append(n)
@@ -169,9 +176,33 @@ def _encode_plain(fields: dict[str, Any]) -> bytes | None:
             return None
     numbers.sort()
     bitmap = 0
-    parts = [b""]
     for n in numbers:
-        key, len_type, max_len, binary = _PLAIN[n]
+        bitmap |= 1 << (128 - n)
+    if bitmap & ((1 << 64) - 1):
+        bitmap |= 1 << 127  # field 1: the secondary bitmap follows
+        head = b"%032X" % bitmap
+    else:
+        head = b"%016X" % (bitmap >> 64)
+    return head, tuple(_PLAIN[n] for n in numbers)
+
+
+def _encode_plain(fields: dict[str, Any]) -> bytes | None:
+    """:func:`encode` for a message of plain fields, or ``None`` to let pyiso8583 do it."""
+    mti = fields.get("t")
+    if not _DIRECT or type(mti) is not str or len(mti) != 4 or not mti.isascii():
+        return None
+    keys = tuple(fields)
+    try:
+        layout = _ENCODE_LAYOUTS[keys]
+    except KeyError:
+        if len(_ENCODE_LAYOUTS) >= _LAYOUTS_MAX:
+            _ENCODE_LAYOUTS.clear()
+        layout = _ENCODE_LAYOUTS[keys] = _encode_layout(keys)
+    if layout is None:
+        return None
+    head, slots = layout
+    parts = [mti.encode("ascii") + head]
+    for key, len_type, max_len, binary in slots:
         value = fields[key]
         if type(value) is not str:
             return None
@@ -187,46 +218,67 @@ def _encode_plain(fields: dict[str, Any]) -> bytes | None:
         else:
             parts.append(b"%0*d" % (len_type, len(data)))
         parts.append(data)
-        bitmap |= 1 << (128 - n)
-    if bitmap & ((1 << 64) - 1):
-        bitmap |= 1 << 127  # field 1: the secondary bitmap follows
-        head = b"%032X" % bitmap
-    else:
-        head = b"%016X" % (bitmap >> 64)
-    parts[0] = mti.encode("ascii") + head
     return b"".join(parts)
+
+
+def _decode_layout(raw: bytes) -> tuple[int, str, str | None, tuple[_Slot, ...]] | None:
+    """Where the fields of ``raw`` start, its bitmap text(s) and its fields in order; ``None``
+    if the bitmaps are not hex, announce a tertiary bitmap (field 65) or a field that is not
+    plain."""
+    if not _HEX16.fullmatch(raw, 4, 20):
+        return None
+    primary = raw[4:20].decode("ascii")
+    bitmap = int(primary, 16) << 64
+    secondary = None
+    start = 20
+    if bitmap >> 127:
+        if not _HEX16.fullmatch(raw, 20, 36):
+            return None
+        secondary = raw[20:36].decode("ascii")
+        bitmap |= int(secondary, 16)
+        start = 36
+        if bitmap & (1 << 63):  # field 65: a tertiary bitmap
+            return None
+    slots: list[_Slot] = []
+    bits = bitmap & ~(1 << 127)
+    while bits:  # the set bits, highest first: fields in ascending order
+        top = bits.bit_length() - 1
+        bits ^= 1 << top
+        plain = _PLAIN.get(128 - top)
+        if plain is None:
+            return None
+        slots.append(plain)
+    return start, primary, secondary, tuple(slots)
+
+
+_HIGH_NIBBLE = frozenset(b"89ABCDEFabcdef")
 
 
 def _decode_plain(raw: bytes) -> dict[str, Any] | None:
     """:func:`decode` for a well-formed message of plain fields, or ``None`` to let pyiso8583
     decode it (and name what is wrong)."""
-    if not _DIRECT or len(raw) < 20 or not _HEX16.fullmatch(raw, 4, 20):
+    if not _DIRECT or len(raw) < 20:
         return None
+    bitmaps = raw[4:36] if raw[4] in _HIGH_NIBBLE else raw[4:20]
     try:
-        out: dict[str, Any] = {"t": raw[:4].decode("ascii"), "p": raw[4:20].decode("ascii")}
+        layout = _DECODE_LAYOUTS[bitmaps]
+    except KeyError:
+        layout = _decode_layout(raw)
+        if len(bitmaps) in (16, 32):  # a whole bitmap text: the next message may share it
+            if len(_DECODE_LAYOUTS) >= _LAYOUTS_MAX:
+                _DECODE_LAYOUTS.clear()
+            _DECODE_LAYOUTS[bitmaps] = layout
+    if layout is None:
+        return None
+    idx, primary, secondary, slots = layout
+    try:
+        out: dict[str, Any] = {"t": raw[:4].decode("ascii"), "p": primary}
     except UnicodeDecodeError:
         return None
-    bitmap = int(raw[4:20], 16) << 64
-    idx = 20
-    if bitmap >> 127:
-        if not _HEX16.fullmatch(raw, 20, 36):
-            return None
-        secondary = raw[20:36]
-        out["1"] = secondary.decode("ascii")
-        bitmap |= int(secondary, 16)
-        idx = 36
-        if bitmap & (1 << 63):  # field 65: a tertiary bitmap
-            return None
+    if secondary is not None:
+        out["1"] = secondary
     end = len(raw)
-    bits = bitmap & ~(1 << 127)
-    while bits:  # the set bits, highest first: fields in ascending order
-        top = bits.bit_length() - 1
-        bits ^= 1 << top
-        n = 128 - top
-        plain = _PLAIN.get(n)
-        if plain is None:
-            return None
-        key, len_type, max_len, binary = plain
+    for key, len_type, max_len, binary in slots:
         if len_type:
             prefix = raw[idx : idx + len_type]
             if len(prefix) != len_type or not prefix.isdigit():
