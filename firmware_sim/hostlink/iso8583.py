@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import binascii
 import copy
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +95,7 @@ MANDATORY: dict[str, frozenset[str]] = {
 }
 
 
+@functools.lru_cache(maxsize=64)  # a pure function of 4 characters, asked once per message
 def response_mti(mti: str) -> str | None:
     """The MTI that answers ``mti`` under ISO 8583:1987, or ``None`` if nothing answers it.
 
