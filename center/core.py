@@ -199,6 +199,8 @@ class Center:
         self._described: dict[int, tuple[AuthRequest, SignatureCheck]] = {}
         #: The entry of the request being decided (set by :meth:`authorize`).
         self._ahead: tuple[AuthRequest, SignatureCheck] | None = None
+        self._now: datetime | None = None
+        self._now_text = ""
 
     @classmethod
     def open(cls, db_path: str | Path, keys: CenterKeys) -> Center:
@@ -329,6 +331,12 @@ class Center:
             self._described[id(req)] = (req, item)
         return item
 
+    def _iso(self, now: datetime) -> str:
+        """``now.isoformat()``, made once per batch (its decisions share one ``now``)."""
+        if now is not self._now:
+            self._now, self._now_text = now, now.isoformat()
+        return self._now_text
+
     def _remember_phone_key(self, card: CardRecord) -> None:
         keys = self._phone_keys
         if card.pan not in keys and len(keys) >= PHONE_KEYS_REMEMBERED:
@@ -383,7 +391,7 @@ class Center:
                         available_balance=outcome.available_balance,
                         message=r.message,
                         state=outcome.state,
-                        received_at=now.isoformat(),
+                        received_at=self._iso(now),
                     )
                 )
         except Exception:
