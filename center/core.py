@@ -199,6 +199,15 @@ class Center:
         #: :meth:`signature_check` describe a request's check before its decision reads the card.
         #: Bounded (oldest entry dropped first); a card not in it is only checked inline.
         self._phone_keys: dict[str, bytes] = {}
+        #: id -> (request, its check) as :meth:`signature_check` described it, until the
+        #: request's decision: the decision then reuses the digest instead of computing it
+        #: again (the very request object under the same phone key: the same check).  Holding
+        #: the request keeps its id from being reused meanwhile.  Bounded (emptied when full).
+        self._described: dict[int, tuple[AuthRequest, SignatureCheck]] = {}
+        #: The entry of the request being decided (set by :meth:`authorize`).
+        self._ahead: tuple[AuthRequest, SignatureCheck] | None = None
+        self._now: datetime | None = None
+        self._now_text = ""
 
     @classmethod
     def open(cls, database: str | Path, keys: CenterKeys) -> Center:
@@ -338,7 +347,18 @@ class Center:
         phone_key = self._phone_keys.get(req.txn.pan)
         if phone_key is None or not TXN_TYPES[req.txn.type].needs_phone:
             return None
-        return _signature_check(req, phone_key)
+        item = _signature_check(req, phone_key)
+        if item is not None:
+            if len(self._described) >= PHONE_KEYS_REMEMBERED:
+                self._described.clear()
+            self._described[id(req)] = (req, item)
+        return item
+
+    def _iso(self, now: datetime) -> str:
+        """``now.isoformat()``, made once per batch (its decisions share one ``now``)."""
+        if now is not self._now:
+            self._now, self._now_text = now, now.isoformat()
+        return self._now_text
 
     def _remember_phone_key(self, card: CardRecord) -> None:
         keys = self._phone_keys
@@ -366,6 +386,7 @@ class Center:
         txn = req.txn
         key = MessageKey(txn.terminal_id, txn.stan, txn.transmitted_at)
         digest = request_hash(req) if content_hash is None else content_hash
+        self._ahead = self._described.pop(id(req), None) if self._described else None
         try:
             with self._storage.transaction():
                 stored = self._storage.get_message(key)
@@ -393,7 +414,7 @@ class Center:
                         available_balance=outcome.available_balance,
                         message=r.message,
                         state=outcome.state,
-                        received_at=now.isoformat(),
+                        received_at=self._iso(now),
                     )
                 )
         except (StorageConflict, StorageUnavailable):
@@ -485,7 +506,11 @@ class Center:
             raise _Declined(RC.SECURITY_VIOLATION, "KSN does not belong to this card's phone")
         if counter <= card.last_ksn_counter:
             raise _Declined(RC.SECURITY_VIOLATION, "KSN counter replayed")
-        item = _signature_check(req, card.phone_key)
+        ahead = self._ahead
+        if ahead is not None and ahead[0] is req and ahead[1].phone_key == card.phone_key:
+            item: SignatureCheck | None = ahead[1]  # described for this request, this key
+        else:
+            item = _signature_check(req, card.phone_key)
         if item is None:
             verifies = False
         elif checked is not None and checked[0] == item:  # same key, digest and signature

@@ -286,7 +286,7 @@ class CenterServer:
                 fut = self._verifier.submit(item)
                 ticket = None if fut is None else (item, fut)
         answer: asyncio.Future[AuthResponse] = asyncio.get_running_loop().create_future()
-        await self._queue.put((req, content_hash, ticket, answer))
+        self._queue.put_nowait((req, content_hash, ticket, answer))  # unbounded: never full
         return await answer
 
     # -- connections ----------------------------------------------------------------------------

@@ -105,6 +105,12 @@ class TlsStream:
         """Up to ``n`` bytes of application data; ``b""`` at the end of the stream (with or
         without the peer's close_notify: the ISO 8583 framing tells a cut-off message)."""
         while True:
+            if not self._incoming.pending and not self._incoming.eof and not self._ssl.pending():
+                # Nothing buffered to decrypt: wait for the socket at once instead of letting
+                # the TLS engine raise SSLWantReadError first (one exception per request).
+                self._flush()
+                await self._fill()
+                continue
             try:
                 data = self._ssl.read(n)
             except ssl.SSLWantReadError:

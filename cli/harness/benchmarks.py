@@ -8,6 +8,8 @@
   + ISO 9564 format 4) and confirmation signature (ECDSA P-256), and the ISO 8583 encoding of each
   request.  The center still decodes, verifies the signature, derives the DUKPT key, decrypts and
   checks the PIN, posts and commits every request inside the timed region.
+  The center's CPU time per approval comes from the kernel's accounting
+  (:func:`process_tree_cpu`), which moves much less with the machine than throughput does.
 * :func:`bench_flow_inprocess` — whole transactions on mock drivers with auto-confirm.
 * :func:`bench_link` — the phone link's exchanges and their ISO 14443-A air time.
 * :func:`bench_startup` — ``swipepay --help`` wall time.
@@ -69,6 +71,73 @@ def _children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(c) for c in text.split()]
+
+
+def _stat_cpu_s(pid: int) -> float | None:
+    """CPU seconds ``pid`` and its reaped children used: utime + stime + cutime + cstime from
+    ``/proc/<pid>/stat``; ``None`` if it is gone (or not Linux)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 2 (comm) is in parentheses and may hold spaces: count the fields after its end.
+    after = text[text.rindex(")") + 2 :].split()
+    utime, stime, cutime, cstime = (int(v) for v in after[11:15])  # fields 14-17
+    return (utime + stime + cutime + cstime) / _CLK_TCK
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of ``pid`` and of each of its living descendants (:func:`_stat_cpu_s`).
+
+    Each process's reaped children are in its own figure (cutime, cstime), so the difference
+    of two samples also counts a child that ended between them.
+    """
+    out: dict[int, float] = {}
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        cpu = _stat_cpu_s(p)
+        if cpu is None:
+            continue
+        out[p] = cpu
+        try:
+            tasks = [t.name for t in Path(f"/proc/{p}/task").iterdir()]
+        except OSError:
+            tasks = []
+        for tid in tasks:
+            with contextlib.suppress(OSError):
+                children = Path(f"/proc/{p}/task/{tid}/children").read_text()
+                todo += [int(c) for c in children.split()]
+    return out
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    """CPU seconds a process tree used between two :func:`process_tree_cpu` samples: its root
+    and its descendants (helpers: the signature verifier, worker processes) apart."""
+
+    root_s: float
+    helpers_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.root_s + self.helpers_s
+
+    @classmethod
+    def between(cls, root: int, before: dict[int, float], after: dict[int, float]) -> CpuSplit:
+        """Per process ``after - before`` (0 before for a process that started in between)."""
+        used = {p: cpu - before.get(p, 0.0) for p, cpu in after.items()}
+        root_s = used.pop(root, 0.0)
+        return cls(root_s, sum(used.values()))
+
+
+def _os_cpu_s() -> float:
+    """This process's CPU seconds (user + system, all its threads) from the kernel."""
+    t = os.times()
+    return t.user + t.system
 
 
 # -- the center benchmark ------------------------------------------------------------------------
@@ -226,6 +295,8 @@ class LoadResult:
     errors: list[str] = field(default_factory=list)
     peak_rss_mb: float = 0.0
     precompute_s: float = 0.0
+    #: CPU seconds (user + system) of the driving, handshakes excluded.
+    cpu_s: float = 0.0
 
 
 async def _drive(
@@ -240,12 +311,15 @@ async def _drive(
     from swipepay.drivers.host_tls import client_context
     from swipepay.firmware_sim.hostlink import iso8583 as codec
 
+    started: list[float] = []  # CPU seconds when each terminal began (the first one counts)
+
     async def one(term: BenchTerminal, frames: list[tuple[str, bytes]]) -> None:
         base = root / "terminals" / term.terminal_id
         ctx = client_context(root / "ca" / "ca.crt", base / "tls.crt", base / "tls.key")
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
         try:
             await asyncio.sleep(max(0.0, start_at - time.time()))
+            started.append(_os_cpu_s())
             for kind, frame in frames:
                 if time.time() >= stop_at:
                     return
@@ -268,6 +342,8 @@ async def _drive(
     outcomes = await asyncio.gather(
         *(one(t, w) for t, w in zip(terms, work, strict=True)), return_exceptions=True
     )
+    if started:
+        result.cpu_s = _os_cpu_s() - min(started)
     result.errors += [f"{type(o).__name__}: {o}" for o in outcomes if isinstance(o, BaseException)]
 
 
@@ -341,6 +417,23 @@ class CenterBench:
     precompute_s: float
     exhausted_terminals: int
     errors: list[str]
+    #: The center's CPU time per approval, all its processes (:attr:`cpu_method`), in µs.
+    center_cpu_us_per_approval: float
+    #: ... of which the server process (event loop: TLS, ISO 8583, decisions, commits).
+    center_server_cpu_us_per_approval: float
+    #: ... of which its descendants (the signature verifier).
+    center_helper_cpu_us_per_approval: float
+    #: CPU seconds of all the center's processes in the timed region, and that over its wall
+    #: time (cores busy on average).
+    center_cpu_s: float
+    center_cpu_cores: float
+    #: The load generators' CPU per request (TLS and framing of the terminals' side).
+    load_cpu_us_per_request: float
+    cpu_method: str = (
+        "utime+stime+cutime+cstime from /proc/<pid>/stat of the center process and every "
+        "descendant, sampled at the start of the timed region and after the last answer, "
+        "divided by the approvals; load generators: os.times() over their driving"
+    )
     precomputed: str = (
         "phone PIN blocks (AES-DUKPT, format 4), phone ECDSA signatures and ISO 8583 encoding "
         "of the requests, in the load-generator processes before the timed region"
@@ -389,8 +482,13 @@ def bench_center(
                 start_at = time.time() + 1.0  # time to open the TLS connections
                 for _ in workers:
                     go.put((start_at, start_at + seconds))
+                time.sleep(max(0.0, start_at - time.time()))
+                cpu_before = process_tree_cpu(server.pid)
+                t_before = time.perf_counter()
                 for _ in workers:
                     results.append(out.get(timeout=seconds + 120))
+                cpu_after = process_tree_cpu(server.pid)
+                wall = time.perf_counter() - t_before
                 center_rss = _peak_rss_mb(server.pid)
                 helper_rss = sum(_peak_rss_mb(c) for c in _children(server.pid))
             finally:
@@ -419,11 +517,17 @@ def bench_center(
         with Center.open(Lab(root).db_path, Lab(root).center_keys()) as center:
             balanced = center.check_balanced()
         approvals = merged.codes.get("00", 0)
+        cpu = CpuSplit.between(server.pid, cpu_before, cpu_after)
+        requests = len(merged.latencies_ms)
+
+        def per(cpu_s: float, count: int) -> float:
+            return cpu_s * 1e6 / count if count else 0.0
+
         return CenterBench(
             terminals=terminals,
             seconds=seconds,
             load_processes=procs,
-            requests=len(merged.latencies_ms),
+            requests=requests,
             approvals=approvals,
             approvals_per_s=approvals / seconds,
             slowest_second=min(
@@ -443,6 +547,12 @@ def bench_center(
             precompute_s=max((r.precompute_s for r in results), default=0.0),
             exhausted_terminals=merged.exhausted,
             errors=merged.errors[:5],
+            center_cpu_us_per_approval=per(cpu.total_s, approvals),
+            center_server_cpu_us_per_approval=per(cpu.root_s, approvals),
+            center_helper_cpu_us_per_approval=per(cpu.helpers_s, approvals),
+            center_cpu_s=cpu.total_s,
+            center_cpu_cores=cpu.total_s / wall if wall > 0 else 0.0,
+            load_cpu_us_per_request=per(sum(r.cpu_s for r in results), requests),
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

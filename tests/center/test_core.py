@@ -263,6 +263,22 @@ def test_signature_check_ahead_needs_the_cards_key_seen_once(world: World) -> No
     assert world.center.signature_check(world.signed(TxnType.COMPLETION, 1_00)) is None
 
 
+def test_checks_described_ahead_are_let_go_by_each_decision(world: World) -> None:
+    """signature_check keeps what it described until the request's decision (which reuses the
+    digest): approved, retransmitted or declined before the phone check, nothing stays."""
+    approve(world, world.signed(P, 1_00))
+    req = world.signed(P, 1_00)
+    item = world.center.signature_check(req)
+    assert item is not None
+    assert world.center.authorize(req, NOW, (item, True)).response_code == "00"
+    assert world.center.signature_check(req) == item  # a retransmission of it
+    assert world.center.authorize(req, NOW, (item, True)).response_code == "00"
+    other = world.signed(P, 1_00)
+    assert world.center.signature_check(other) is not None
+    assert world.center.authorize(other, NOW).response_code == "00"  # verified inline
+    assert world.center._described == {}
+
+
 def test_garbage_pin_block_is_63(world: World) -> None:
     req = world.phone.request(world.txn(P, 5_00), pin_block=bytes(range(16)))
     assert code(world, req) == "63"

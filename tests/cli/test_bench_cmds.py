@@ -29,8 +29,15 @@ def test_bench_center_tiny_run() -> None:
     r = _json("center", "--terminals", "2", "--seconds", "0.5", "--load-processes", "1",
               "--baseline-seconds", "0.1")  # fmt: skip
     for key in ("approvals_per_s", "p50_ms", "p95_ms", "p99_ms", "baseline_commits_per_s",
-                "center_peak_rss_mb", "load_peak_rss_mb", "slowest_second"):  # fmt: skip
+                "center_peak_rss_mb", "load_peak_rss_mb", "slowest_second",
+                "center_cpu_s", "center_cpu_cores", "load_cpu_us_per_request"):  # fmt: skip
         assert _number(r[key]), key
+    # CPU per approval from the kernel's accounting: the server and its verifier child apart
+    assert r["center_server_cpu_us_per_approval"] > 0
+    assert r["center_cpu_us_per_approval"] == pytest.approx(
+        r["center_server_cpu_us_per_approval"] + r["center_helper_cpu_us_per_approval"]
+    )
+    assert "/proc/<pid>/stat" in r["cpu_method"]
     # the center's signature verifier child is counted, apart from the server process
     assert r["center_helper_peak_rss_mb"] > 0
     assert r["errors"] == []
@@ -45,7 +52,8 @@ def test_bench_center_table() -> None:
         ["bench", "center", "--terminals", "1", "--seconds", "0.3", "--baseline-seconds", "0.1"],
     )
     assert result.exit_code == 0, result.output
-    for label in ("approvals/s", "latency p99", "baseline", "center peak RSS", "precomputed:"):
+    for label in ("approvals/s", "latency p99", "baseline", "center peak RSS", "precomputed:",
+                  "center CPU/approval", "load CPU/request", "CPU time:"):  # fmt: skip
         assert label in result.output
 
 

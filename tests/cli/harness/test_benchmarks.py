@@ -12,10 +12,12 @@ from swipepay.center.core import Center
 from swipepay.center.lab import Lab, create_lab
 from swipepay.center.storage import SQLiteStorage
 from swipepay.cli.harness.benchmarks import (
+    CpuSplit,
     _precompute,
     add_bench_terminals,
     commit_baseline,
     percentile,
+    process_tree_cpu,
 )
 from swipepay.firmware_sim.hostmsg import AuthRequest
 
@@ -35,6 +37,35 @@ def test_percentile_nearest_rank() -> None:
 def test_percentile_is_a_member_and_monotone(values: list[float], q: float) -> None:
     p = percentile(values, q)
     assert p in values and p <= percentile(values, 100)
+
+
+def test_process_tree_cpu_counts_descendants_and_ended_children() -> None:
+    import os
+    import subprocess
+    import sys
+
+    me = os.getpid()
+    busy = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    before = process_tree_cpu(me)
+    child = subprocess.Popen([sys.executable, "-c", busy + "input()"], stdin=subprocess.PIPE)
+    try:
+        from swipepay.cli.harness.processes import wait_for
+
+        def child_busy() -> bool:
+            return process_tree_cpu(me).get(child.pid, 0.0) >= 0.25
+
+        wait_for(child_busy, 30, "the child's CPU time")
+        living = process_tree_cpu(me)
+        assert child.pid in living
+        split = CpuSplit.between(me, before, living)
+        assert split.helpers_s >= 0.25 and split.root_s >= 0
+    finally:
+        child.communicate(b"\n", timeout=30)
+    # reaped: its time is now in this process's cutime, so the difference still counts it
+    after = process_tree_cpu(me)
+    assert child.pid not in after
+    assert CpuSplit.between(me, before, after).total_s >= 0.25
+    assert process_tree_cpu(2**22 + 1) == {}
 
 
 def test_commit_baseline_cleans_up(tmp_path: Path) -> None:

@@ -155,3 +155,122 @@ def test_hostile_bodies_give_decode_errors_only(body: bytes) -> None:
 def test_hostile_streams_give_frame_errors_only(data: bytes) -> None:
     with contextlib.suppress(codec.FrameError):
         codec.FrameDecoder().feed(data)
+
+
+# -- the direct paths against pyiso8583 ---------------------------------------------------------
+
+
+def _pyiso_decode(raw: bytes) -> dict[str, object] | str:
+    """What pyiso8583 itself makes of ``raw`` with the link's spec: the dict or the error."""
+    import iso8583
+
+    try:
+        return dict(iso8583.decode(raw, codec.SPEC)[0])
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _pyiso_encode(fields: dict[str, object]) -> bytes | str:
+    """pyiso8583's bytes for ``fields``, "refused" for its EncodeError, else the exception's
+    type (what :func:`codec.encode` lets through, as before the direct path)."""
+    import iso8583
+
+    try:
+        return bytes(iso8583.encode(dict(fields), codec.SPEC)[0])  # type: ignore[arg-type]
+    except iso8583.EncodeError:
+        return "refused"
+    except Exception as exc:
+        return type(exc).__name__
+
+
+_FIELD_VALUES = st.one_of(
+    st.text(alphabet="0123456789ABCDEF", max_size=70),
+    st.text(max_size=50),
+    st.text(alphabet="0123456789 ", max_size=45),
+    st.integers(),
+    st.none(),
+)
+_KEYS = st.one_of(
+    st.sampled_from(["2", "3", "4", "7", "11", "14", "22", "38", "39", "41", "42", "44", "49",
+                     "52", "53", "62", "63", "70", "90", "95", "1", "65", "p", "h", "x", "0",
+                     "02", "129", "128", "64", "100"]),
+    st.text(max_size=4),
+)  # fmt: skip
+
+
+def _well_formed() -> st.SearchStrategy[dict[str, object]]:
+    base = codec.request_fields(REQ)
+    return st.fixed_dictionaries(
+        {}, optional={k: st.just(v) for k, v in base.items() if k != "t"}
+    ).map(lambda d: {"t": "0200", **d})
+
+
+@given(st.one_of(_well_formed(), st.dictionaries(_KEYS, _FIELD_VALUES, max_size=8).map(
+    lambda d: {"t": "0200", **d}), st.dictionaries(_KEYS, _FIELD_VALUES, max_size=6)))  # fmt: skip
+def test_direct_encode_is_pyiso8583(fields: dict[str, object]) -> None:
+    expected = _pyiso_encode(fields)
+    try:
+        got: bytes | str = codec.encode(fields)
+    except DecodeError:
+        got = "refused"
+    except Exception as exc:
+        got = type(exc).__name__
+    assert got == expected
+    if isinstance(expected, bytes):
+        assert codec.decode(expected) == _pyiso_decode(expected)
+
+
+def _mutated() -> st.SearchStrategy[bytes]:
+    raws = [
+        codec.encode(codec.request_fields(REQ)),
+        codec.encode(codec.reversal_fields(_txn(), 100)),
+        codec.encode(codec.network_fields("POS00001", "000001", "1126120000", "301")),
+    ]
+
+    def mutate(raw: bytes, at: int, byte: int, cut: int, op: int) -> bytes:
+        at %= len(raw)
+        if op == 0:
+            return raw[:at] + bytes([byte]) + raw[at + 1 :]
+        if op == 1:
+            return raw[:at] + bytes([byte]) + raw[at:]
+        if op == 2:
+            return raw[:at] + raw[at + 1 :]
+        return raw[: max(0, len(raw) - cut)]
+
+    return st.builds(
+        mutate,
+        st.sampled_from(raws),
+        st.integers(0, 500),
+        st.sampled_from(list(b"0123456789ABCDEFabcdef \x00\xff+-_x")),
+        st.integers(0, 40),
+        st.integers(0, 4),
+    )
+
+
+@given(st.one_of(_mutated(), st.binary(max_size=120)))
+def test_direct_decode_is_pyiso8583(raw: bytes) -> None:
+    expected = _pyiso_decode(raw)
+    try:
+        got: dict[str, object] | str = codec.decode(raw)
+    except DecodeError as exc:
+        got = str(exc)
+    if isinstance(expected, dict):
+        assert got == expected and list(got) == list(expected)
+    else:
+        assert isinstance(got, str) and got.startswith("ISO 8583 decode:")
+    if isinstance(got, dict):  # the encoder writes the bitmaps in upper case
+        again = codec.decode(codec.encode(got))
+        assert {k: v for k, v in again.items() if k not in "p1"} == {
+            k: v for k, v in got.items() if k not in "p1"
+        }
+
+
+def test_a_tertiary_bitmap_field_is_a_format_error() -> None:
+    # Field 65 set in the secondary bitmap announces fields 129-192, which the spec lacks:
+    # pyiso8583 raises KeyError there; the link answers 30 instead of a traceback.
+    raw = codec.encode(codec.reversal_fields(_txn(), 100))
+    bad = raw[:20] + b"8000000000000000" + raw[36:]
+    assert raw[4:5] == b"F" and codec.decode(raw)["1"] != "8000000000000000"
+    with pytest.raises(DecodeError, match="ISO 8583 decode"):
+        codec.decode(bad)
+    assert codec.format_error_fields(bad, "format error") is not None
