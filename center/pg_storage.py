@@ -58,6 +58,7 @@ from swipepay.center.database import redact
 from swipepay.center.storage import (
     AccountRecord,
     CardRecord,
+    CommitOutcomeUnknown,
     HoldRecord,
     MessageKey,
     MessageRecord,
@@ -224,7 +225,7 @@ class PostgresStorage:
                     raise
                 # The server may have committed before the connection went: a retransmission
                 # of any request of it finds the stored answer if so, or is decided afresh.
-                raise StorageUnavailable(f"{exc}; the COMMIT's outcome is unknown") from exc
+                raise CommitOutcomeUnknown(f"{exc}; the COMMIT's outcome is unknown") from exc
             except BaseException:
                 self._forget_cached()
                 self._roll_back(depth, savepoint)

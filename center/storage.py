@@ -50,6 +50,14 @@ class StorageUnavailable(SwipepayError):
     exit_code = 5
 
 
+class CommitOutcomeUnknown(StorageUnavailable):
+    """The connection went while ``COMMIT`` was on its way: the server may or may not have
+    committed.  No answer can be given honestly (an approval that did not stay, or a decline of
+    a debit that did), so the server closes the batch's connections unanswered; each terminal
+    retransmits (or reverses) and exactly-once finds the stored answer if the commit happened,
+    or decides the request afresh if it did not."""
+
+
 class StorageConflict(SwipepayError):
     """Another writer got in the way (deadlock, serialization failure, the same message key
     inserted concurrently).  Nothing of the transaction stayed: decide it again."""

@@ -70,7 +70,7 @@ def serve(
     import logging
 
     from swipepay.center.fdlimit import fit_connection_cap
-    from swipepay.center.server import ServerLimits, lab_server, serve_forever
+    from swipepay.center.server import ServerLimits, lab_server, new_event_loop, serve_forever
     from swipepay.firmware_sim.address import parse_address
 
     try:
@@ -93,7 +93,8 @@ def serve(
                 err=True,
             )
 
-        asyncio.run(serve_forever(server, host, port, ready))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(serve_forever(server, host, port, ready))
     except SwipepayError as exc:
         fail(exc)
     except OSError as exc:
