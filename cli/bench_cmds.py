@@ -55,6 +55,30 @@ def bench() -> None:
     type=click.FloatRange(0.1, 600),
     help="How long to measure one-commit-per-transaction on the same disk.",
 )
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    type=click.Choice(["sqlite", "postgresql", "postgresql-workers"]),
+    help="Run only these configurations (repeatable).  [default: all three]",
+)
+@click.option(
+    "--db",
+    "postgresql_url",
+    default=None,
+    metavar="URL",
+    help="A PostgreSQL server (postgresql://USER@HOST/DB, a role with CREATEDB) for the "
+    "PostgreSQL configurations; each gets a new database, dropped afterwards.  [default: a "
+    "throwaway cluster started for the run]",
+)
+@click.option(
+    "--workers",
+    "pg_workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(2, 64),
+    help="Worker processes of the postgresql-workers configuration.",
+)
 @_WORKDIR
 @_JSON
 def center(
@@ -62,68 +86,121 @@ def center(
     seconds: float,
     load_processes: int,
     baseline_seconds: float,
+    only: tuple[str, ...],
+    postgresql_url: str | None,
+    pg_workers: int,
     workdir: Path | None,
     as_json: bool,
 ) -> None:
-    """The real TLS center under TERMINALS persistent mutual-TLS terminals for SECONDS.
+    """The real TLS center under TERMINALS persistent mutual-TLS terminals for SECONDS, in
+    three configurations measured in one run: SQLite with one process, PostgreSQL with one,
+    PostgreSQL with --workers processes.
 
-    Prints throughput, latency, and the center's CPU time per approval from the kernel's
-    accounting (utime + stime of the center process and all its descendants, from
-    /proc/<pid>/stat, before and after the timed region): the figure that moves least with the
-    machine.  The server process and its helpers (the signature verifier) are shown apart, and
-    the load generator's CPU per request beside them."""
-    from swipepay.cli.harness.benchmarks import bench_center
+    Prints, per configuration, throughput, latency, and the center's CPU time per approval
+    from the kernel's accounting (utime + stime of the center process and all its
+    descendants, from /proc/<pid>/stat, before and after the timed region): the figure that
+    moves least with the machine.  The PostgreSQL server's own CPU per approval is shown apart
+    (when the bench started it), and every configuration counts its durable approvals in its
+    database and checks its ledger."""
+    from swipepay.cli.harness.benchmarks import CONFIGURATIONS, bench_center_suite
+    from swipepay.cli.main import fail
+    from swipepay.firmware_sim.errors import SwipepayError
 
-    r = bench_center(
-        terminals,
-        seconds,
-        load_processes=load_processes,
-        baseline_seconds=baseline_seconds,
-        workdir=workdir,
-    )
-    mix = ", ".join(f"{k} {v}" for k, v in sorted(r.approvals_by_type.items()))
-    _emit(
-        r,
-        as_json,
-        [
-            ("terminals", f"{r.terminals} (in {r.load_processes} load processes)"),
-            ("duration", f"{r.seconds:g} s"),
-            ("requests", str(r.requests)),
-            ("approvals", f"{r.approvals} ({mix})"),
-            ("approvals/s", f"{r.approvals_per_s:.0f} (slowest second: {r.slowest_second})"),
-            ("latency p50", _ms(r.p50_ms)),
-            ("latency p95", _ms(r.p95_ms)),
-            ("latency p99", _ms(r.p99_ms)),
-            (
-                "center CPU/approval",
-                f"{r.center_cpu_us_per_approval:.0f} us (server "
-                f"{r.center_server_cpu_us_per_approval:.0f} + signature verifier "
-                f"{r.center_helper_cpu_us_per_approval:.0f}; {r.center_cpu_cores:.2f} cores busy)",
-            ),
-            ("load CPU/request", f"{r.load_cpu_us_per_request:.0f} us (terminals' side)"),
-            ("response codes", ", ".join(f"{k}: {v}" for k, v in sorted(r.codes.items()))),
-            ("durable approvals", f"{r.durable_approvals_in_db} in the database after the run"),
-            ("ledger balanced", "yes" if r.ledger_balanced else "NO"),
-            ("baseline", f"{r.baseline_commits_per_s:.0f} durable commits/s (1 per transaction)"),
-            (
-                "center peak RSS",
-                f"{r.center_peak_rss_mb + r.center_helper_peak_rss_mb:.1f} MB (server "
-                f"{r.center_peak_rss_mb:.1f} + signature verifier "
-                f"{r.center_helper_peak_rss_mb:.1f})",
-            ),
-            ("load process RSS", f"{r.load_peak_rss_mb:.1f} MB"),
-        ],
-        [
-            f"precomputed: {r.precomputed} ({r.precompute_s:.1f} s)",
-            f"CPU time: {r.cpu_method}",
-        ]
-        + (
-            [f"warning: {r.exhausted_terminals} terminals ran out of requests"]
-            if r.exhausted_terminals
-            else []
+    chosen = [c for c in CONFIGURATIONS if not only or c in only]
+    try:
+        suite = bench_center_suite(
+            chosen,
+            postgresql_url=postgresql_url,
+            pg_workers=pg_workers,
+            progress=None if as_json else lambda n: click.echo(f"measuring {n} ...", err=True),
+            terminals=terminals,
+            seconds=seconds,
+            load_processes=load_processes,
+            baseline_seconds=baseline_seconds,
+            workdir=workdir,
         )
-        + [f"error: {e}" for e in r.errors],
-    )
+    except SwipepayError as exc:
+        fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(suite), sort_keys=True))
+        _exit_on_failure(suite.runs)
+        return
+    runs = suite.runs
+    rows: list[tuple[str, list[str]]] = [
+        ("configuration", [r.configuration for r in runs]),
+        ("terminals", [f"{r.terminals} ({r.load_processes} load procs)" for r in runs]),
+        ("duration", [f"{r.seconds:g} s" for r in runs]),
+        ("requests", [str(r.requests) for r in runs]),
+        ("approvals", [str(r.approvals) for r in runs]),
+        ("approvals/s", [f"{r.approvals_per_s:.0f}" for r in runs]),
+        ("slowest second", [str(r.slowest_second) for r in runs]),
+        ("latency p50", [_ms(r.p50_ms) for r in runs]),
+        ("latency p95", [_ms(r.p95_ms) for r in runs]),
+        ("latency p99", [_ms(r.p99_ms) for r in runs]),
+        ("center CPU/approval", [f"{r.center_cpu_us_per_approval:.0f} us" for r in runs]),
+        (
+            "  of which",
+            [
+                f"root {r.center_server_cpu_us_per_approval:.0f} + children "
+                f"{r.center_helper_cpu_us_per_approval:.0f}"
+                for r in runs
+            ],
+        ),
+        ("center cores busy", [f"{r.center_cpu_cores:.2f}" for r in runs]),
+        (
+            "database CPU/approval",
+            [
+                f"{r.database_cpu_us_per_approval:.0f} us" if r.storage == "PostgreSQL" else "-"
+                for r in runs
+            ],
+        ),
+        ("load CPU/request", [f"{r.load_cpu_us_per_request:.0f} us" for r in runs]),
+        (
+            "response codes",
+            [", ".join(f"{k}: {v}" for k, v in sorted(r.codes.items())) for r in runs],
+        ),
+        ("durable approvals", [f"{r.durable_approvals_in_db} in the db" for r in runs]),
+        ("ledger balanced", ["yes" if r.ledger_balanced else "NO" for r in runs]),
+        ("baseline", [f"{r.baseline_commits_per_s:.0f} commits/s" for r in runs]),
+        (
+            "center peak RSS",
+            [f"{r.center_peak_rss_mb + r.center_helper_peak_rss_mb:.1f} MB" for r in runs],
+        ),
+        ("load process RSS", [f"{r.load_peak_rss_mb:.1f} MB" for r in runs]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    cols = [max(len(v[i]) for _, v in rows) for i in range(len(runs))]
+    for key, values in rows:
+        cells = "  ".join(v.ljust(w) for v, w in zip(values, cols, strict=True))
+        click.echo(f"{key.ljust(width)}  {cells}".rstrip())
+    if runs:
+        slowest = max(r.precompute_s for r in runs)
+        click.echo(f"precomputed: {runs[0].precomputed} ({slowest:.1f} s)")
+        click.echo(f"CPU time: {runs[0].cpu_method}")
+        click.echo(
+            "baseline: durable one-row commits/s, one per transaction (SQLite: same disk, WAL, "
+            "synchronous=FULL; PostgreSQL: same server, synchronous_commit=on)"
+        )
+    if any(r.storage == "PostgreSQL" for r in runs):
+        click.echo(f"PostgreSQL: {suite.postgresql}")
+    for name, reason in suite.skipped.items():
+        click.echo(f"skipped {name}: {reason}")
+    for r in runs:
+        if r.exhausted_terminals:
+            click.echo(f"warning: {r.configuration}: {r.exhausted_terminals} terminals ran out")
+        for e in r.errors:
+            click.echo(f"error: {r.configuration}: {e}")
+    _exit_on_failure(runs)
+
+
+def _exit_on_failure(runs: list[Any]) -> None:
+    """Exit 1 when a configuration lost approvals, unbalanced its ledger or failed requests."""
+    if any(
+        r.errors or not r.ledger_balanced or r.durable_approvals_in_db != r.approvals
+        for r in runs
+    ):
+        raise SystemExit(1)
 
 
 @bench.command()

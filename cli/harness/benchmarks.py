@@ -195,7 +195,7 @@ def add_bench_terminals(root: Path, count: int) -> list[BenchTerminal]:
     now = datetime.now(UTC)
     expiry = f"{(now.year + 3) % 100:02d}12"
     out: list[BenchTerminal] = []
-    with Center.open(lab.db_path, keys) as center:
+    with Center.open(lab.database_url, keys) as center:
         for i in range(count):
             kind = "pos" if i % 2 == 0 else "atm"
             tid = f"B{kind.upper()}{i:04d}"
@@ -392,8 +392,30 @@ def commit_baseline(directory: Path, seconds: float) -> float:
                 Path(str(path) + suffix).unlink()
 
 
+def pg_commit_baseline(url: str, seconds: float) -> float:
+    """Durable commits per second of one row per transaction (``synchronous_commit = on``) on
+    the PostgreSQL database at ``url``, over one connection: the cost of a commit there."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET synchronous_commit = on")
+        conn.execute("CREATE TEMPORARY TABLE swipepay_baseline (id serial, body bytea)")
+        n = 0
+        end = time.perf_counter() + seconds
+        t0 = time.perf_counter()
+        while time.perf_counter() < end:
+            with conn.transaction():
+                conn.execute("INSERT INTO swipepay_baseline (body) VALUES (%s)", (b"x" * 200,))
+            n += 1
+        return n / (time.perf_counter() - t0)
+
+
 @dataclass
 class CenterBench:
+    #: What was measured: the storage backend and the number of worker processes.
+    configuration: str
+    storage: str
+    workers: int
     terminals: int
     seconds: float
     load_processes: int
@@ -409,9 +431,11 @@ class CenterBench:
     approvals_by_type: dict[str, int]
     durable_approvals_in_db: int
     ledger_balanced: bool
+    #: Durable one-row commits/s on the same storage (SQLite: the same disk; PostgreSQL: the
+    #: same server), one per transaction: what one commit per approval would allow.
     baseline_commits_per_s: float
     center_peak_rss_mb: float
-    #: The center's child processes (its signature verifier), counted apart from the main one.
+    #: The center's descendants (worker processes, signature verifiers), apart from its root.
     center_helper_peak_rss_mb: float
     load_peak_rss_mb: float
     precompute_s: float
@@ -419,14 +443,18 @@ class CenterBench:
     errors: list[str]
     #: The center's CPU time per approval, all its processes (:attr:`cpu_method`), in µs.
     center_cpu_us_per_approval: float
-    #: ... of which the server process (event loop: TLS, ISO 8583, decisions, commits).
+    #: ... of which the root process (one worker: the event loop: TLS, ISO 8583, decisions,
+    #: commits; several: the supervisor).
     center_server_cpu_us_per_approval: float
-    #: ... of which its descendants (the signature verifier).
+    #: ... of which its descendants (signature verifiers; worker processes).
     center_helper_cpu_us_per_approval: float
     #: CPU seconds of all the center's processes in the timed region, and that over its wall
     #: time (cores busy on average).
     center_cpu_s: float
     center_cpu_cores: float
+    #: The database server's CPU per approval (PostgreSQL postmaster and backends, when the
+    #: bench started the cluster itself; 0 for SQLite, which runs inside the center).
+    database_cpu_us_per_approval: float
     #: The load generators' CPU per request (TLS and framing of the terminals' side).
     load_cpu_us_per_request: float
     cpu_method: str = (
@@ -440,6 +468,10 @@ class CenterBench:
     )
 
 
+def _storage_name(database: str | None) -> str:
+    return "SQLite" if database is None or not database.startswith("postgres") else "PostgreSQL"
+
+
 def bench_center(
     terminals: int = 16,
     seconds: float = 30.0,
@@ -448,25 +480,39 @@ def bench_center(
     rate_cap: float = 4000.0,
     baseline_seconds: float = 2.0,
     workdir: Path | None = None,
+    database: str | None = None,
+    workers: int = 1,
+    database_pid: int | None = None,
 ) -> CenterBench:
-    """Run the center benchmark; ``rate_cap`` sizes the precomputed requests (approvals/s)."""
+    """Run the center benchmark on one configuration: a fresh lab whose center data is in
+    ``database`` (an empty database's URL; default the lab's SQLite file), served by
+    ``center serve --workers WORKERS``.  ``rate_cap`` sizes the precomputed requests
+    (approvals/s); ``database_pid`` is the database server's root process, whose CPU is
+    counted apart."""
     from swipepay.center.core import Center
+    from swipepay.center.database import open_storage
     from swipepay.center.lab import Lab, create_lab
-    from swipepay.center.storage import SQLiteStorage
 
     tmp = Path(tempfile.mkdtemp(prefix="swipepay-bench-", dir=workdir))
     try:
-        root = create_lab(tmp / "lab").root
+        root = create_lab(tmp / "lab", database=database).root
+        url = Lab(root).database_url
         terms = add_bench_terminals(root, terminals)
-        baseline = commit_baseline(tmp, baseline_seconds)
+        if database is None:
+            baseline = commit_baseline(tmp, baseline_seconds)
+        else:
+            baseline = pg_commit_baseline(url, baseline_seconds)
         per_terminal = math.ceil(seconds * rate_cap / max(1, terminals)) + 10
         procs = max(1, min(load_processes, terminals))
         port = free_port()
         ctx = mp.get_context("spawn")
         ready, go, out = ctx.Queue(), ctx.Queue(), ctx.Queue()
         results: list[LoadResult] = []
-        with center_process(root, port, "--max-connections", "256") as server:
-            workers = [
+        args = ["--max-connections", "256"]
+        if workers > 1:
+            args += ["--workers", str(workers)]
+        with center_process(root, port, *args) as server:
+            loaders = [
                 ctx.Process(
                     target=_load_process,
                     args=(str(root), port, terms[i::procs], per_terminal, ready, go, out),
@@ -474,25 +520,27 @@ def bench_center(
                 )
                 for i in range(procs)
             ]
-            for w in workers:
+            for w in loaders:
                 w.start()
             try:
-                for _ in workers:
+                for _ in loaders:
                     ready.get(timeout=600)
                 start_at = time.time() + 1.0  # time to open the TLS connections
-                for _ in workers:
+                for _ in loaders:
                     go.put((start_at, start_at + seconds))
                 time.sleep(max(0.0, start_at - time.time()))
                 cpu_before = process_tree_cpu(server.pid)
+                db_before = process_tree_cpu(database_pid) if database_pid else {}
                 t_before = time.perf_counter()
-                for _ in workers:
+                for _ in loaders:
                     results.append(out.get(timeout=seconds + 120))
                 cpu_after = process_tree_cpu(server.pid)
+                db_after = process_tree_cpu(database_pid) if database_pid else {}
                 wall = time.perf_counter() - t_before
                 center_rss = _peak_rss_mb(server.pid)
-                helper_rss = sum(_peak_rss_mb(c) for c in _children(server.pid))
+                helper_rss = sum(_peak_rss_mb(p) for p in cpu_after if p != server.pid)
             finally:
-                for w in workers:
+                for w in loaders:
                     w.join(10)
                     if w.is_alive():
                         w.kill()
@@ -504,7 +552,7 @@ def bench_center(
             merged.by_type.update(r.by_type)
             merged.exhausted += r.exhausted
             merged.errors += r.errors
-        storage = SQLiteStorage(Lab(root).db_path)
+        storage = open_storage(url)
         try:
             with storage.transaction():
                 durable = sum(
@@ -514,16 +562,21 @@ def bench_center(
                 )
         finally:
             storage.close()
-        with Center.open(Lab(root).db_path, Lab(root).center_keys()) as center:
+        with Center.open(url, Lab(root).center_keys()) as center:
             balanced = center.check_balanced()
         approvals = merged.codes.get("00", 0)
         cpu = CpuSplit.between(server.pid, cpu_before, cpu_after)
+        db_cpu = CpuSplit.between(database_pid or 0, db_before, db_after)
         requests = len(merged.latencies_ms)
 
         def per(cpu_s: float, count: int) -> float:
             return cpu_s * 1e6 / count if count else 0.0
 
+        storage_name = _storage_name(database)
         return CenterBench(
+            configuration=f"{storage_name} x {workers}",
+            storage=storage_name,
+            workers=workers,
             terminals=terminals,
             seconds=seconds,
             load_processes=procs,
@@ -552,10 +605,135 @@ def bench_center(
             center_helper_cpu_us_per_approval=per(cpu.helpers_s, approvals),
             center_cpu_s=cpu.total_s,
             center_cpu_cores=cpu.total_s / wall if wall > 0 else 0.0,
+            database_cpu_us_per_approval=per(db_cpu.total_s, approvals),
             load_cpu_us_per_request=per(sum(r.cpu_s for r in results), requests),
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: The configurations ``bench center`` runs by default, in order: (name, PostgreSQL?, workers).
+CONFIGURATIONS: dict[str, tuple[bool, int]] = {
+    "sqlite": (False, 1),
+    "postgresql": (True, 1),
+    "postgresql-workers": (True, 2),
+}
+
+
+@dataclass
+class CenterSuite:
+    """``bench center``: every configuration measured in one run, on the same machine."""
+
+    runs: list[CenterBench]
+    #: Where the PostgreSQL configurations ran: "throwaway cluster" or the server given.
+    postgresql: str
+    #: Configurations not run, and why (e.g. no PostgreSQL server binaries).
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def bench_center_suite(
+    configurations: Sequence[str] = tuple(CONFIGURATIONS),
+    *,
+    postgresql_url: str | None = None,
+    pg_workers: int = 2,
+    progress: Any = None,
+    **kwargs: Any,
+) -> CenterSuite:
+    """Run :func:`bench_center` on each of ``configurations`` (names of :data:`CONFIGURATIONS`).
+
+    The PostgreSQL ones each get a new database: in ``postgresql_url``'s server (its role
+    needs CREATEDB; the databases are dropped afterwards), else in a throwaway cluster started
+    here (:class:`~cli.harness.postgres.PostgresCluster`), whose CPU is then measured too.
+    """
+    from swipepay.cli.harness.postgres import PostgresCluster, missing
+
+    runs: list[CenterBench] = []
+    skipped: dict[str, str] = {}
+    cluster: PostgresCluster | None = None
+    where = "none"
+    wanted_pg = [c for c in configurations if CONFIGURATIONS[c][0]]
+    if wanted_pg and postgresql_url is None:
+        reason = missing()
+        if reason is not None:
+            skipped = dict.fromkeys(wanted_pg, reason)
+        else:
+            cluster = PostgresCluster()
+            where = "throwaway cluster (initdb in a temporary directory, Unix socket)"
+    elif wanted_pg:
+        where = _redact(postgresql_url or "")
+    try:
+        if cluster is not None:
+            cluster.start()
+        for name in configurations:
+            is_pg, workers = CONFIGURATIONS[name]
+            if name in skipped:
+                continue
+            if is_pg and workers > 1:
+                workers = pg_workers
+            if progress is not None:
+                progress(name)
+            database = None
+            if is_pg:
+                if cluster is not None:
+                    database = cluster.create_database(f"swipepay_bench_{name.replace('-', '_')}")
+                else:
+                    database = _create_database(postgresql_url or "", name)
+            try:
+                runs.append(
+                    bench_center(
+                        database=database,
+                        workers=workers,
+                        database_pid=cluster.pid if cluster is not None else None,
+                        **kwargs,
+                    )
+                )
+            finally:
+                if database is not None and cluster is None:
+                    _drop_database(postgresql_url or "", database)
+    finally:
+        if cluster is not None:
+            cluster.close()
+    return CenterSuite(runs, where, skipped)
+
+
+def _redact(url: str) -> str:
+    """``url`` without a password (``user:secret@`` → ``user@``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _bench_database_name(name: str) -> str:
+    return f"swipepay_bench_{name.replace('-', '_')}_{os.getpid()}"
+
+
+def _create_database(server_url: str, name: str) -> str:
+    """A new database for configuration ``name`` on the server of ``server_url``; its URL."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+    from psycopg import sql
+
+    db = _bench_database_name(name)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{db}"))
+
+
+def _drop_database(server_url: str, database_url: str) -> None:
+    from urllib.parse import urlsplit
+
+    import psycopg
+    from psycopg import sql
+
+    db = urlsplit(database_url).path.lstrip("/")
+    with contextlib.suppress(psycopg.Error), psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
 
 
 # -- whole transactions in one process ----------------------------------------------------------

@@ -25,35 +25,76 @@ def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
-def test_bench_center_tiny_run() -> None:
+def _center_runs(*args: str) -> list[dict[str, Any]]:
     r = _json("center", "--terminals", "2", "--seconds", "0.5", "--load-processes", "1",
-              "--baseline-seconds", "0.1")  # fmt: skip
+              "--baseline-seconds", "0.1", *args)  # fmt: skip
+    assert r["skipped"] == {}
+    runs = r["runs"]
+    assert isinstance(runs, list)
+    return runs
+
+
+def _check_run(r: dict[str, Any]) -> None:
     for key in ("approvals_per_s", "p50_ms", "p95_ms", "p99_ms", "baseline_commits_per_s",
                 "center_peak_rss_mb", "load_peak_rss_mb", "slowest_second",
-                "center_cpu_s", "center_cpu_cores", "load_cpu_us_per_request"):  # fmt: skip
+                "center_cpu_s", "center_cpu_cores", "load_cpu_us_per_request",
+                "database_cpu_us_per_approval"):  # fmt: skip
         assert _number(r[key]), key
-    # CPU per approval from the kernel's accounting: the server and its verifier child apart
-    assert r["center_server_cpu_us_per_approval"] > 0
+    assert r["center_cpu_us_per_approval"] > 0
     assert r["center_cpu_us_per_approval"] == pytest.approx(
         r["center_server_cpu_us_per_approval"] + r["center_helper_cpu_us_per_approval"]
     )
     assert "/proc/<pid>/stat" in r["cpu_method"]
-    # the center's signature verifier child is counted, apart from the server process
+    # the center's children (signature verifier; workers) are counted apart from its root
     assert r["center_helper_peak_rss_mb"] > 0
     assert r["errors"] == []
+    assert r["approvals"] > 0
     assert r["approvals"] == r["durable_approvals_in_db"] and r["ledger_balanced"] is True
     assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
     assert set(r["codes"]) <= {"00"}
 
 
+def test_bench_center_tiny_run() -> None:
+    (r,) = _center_runs("--only", "sqlite")
+    _check_run(r)
+    assert (r["configuration"], r["storage"], r["workers"]) == ("SQLite x 1", "SQLite", 1)
+    assert r["center_server_cpu_us_per_approval"] > 0
+    assert r["database_cpu_us_per_approval"] == 0  # SQLite runs inside the center
+
+
+def test_bench_center_on_postgresql_one_and_two_workers(pg_url: str) -> None:
+    """Both PostgreSQL configurations in a throwaway cluster the bench starts itself; with two
+    workers the CPU is the workers' (children of the supervisor)."""
+    one, two = _center_runs("--only", "postgresql", "--only", "postgresql-workers")
+    for r in (one, two):
+        _check_run(r)
+        assert r["storage"] == "PostgreSQL"
+        assert r["database_cpu_us_per_approval"] > 0  # the cluster's backends, measured apart
+    assert (one["workers"], two["workers"]) == (1, 2)
+    assert two["center_helper_cpu_us_per_approval"] > two["center_server_cpu_us_per_approval"]
+
+
+def test_bench_center_on_a_given_postgresql_server(pg_url: str) -> None:
+    """--db names a server: the bench makes its own database there and drops it afterwards."""
+    import psycopg
+
+    (r,) = _center_runs("--only", "postgresql", "--db", pg_url)
+    _check_run(r)
+    with psycopg.connect(pg_url) as conn:
+        names = [row[0] for row in conn.execute("SELECT datname FROM pg_database")]
+    assert not [n for n in names if n.startswith("swipepay_bench_")]
+
+
 def test_bench_center_table() -> None:
     result = CliRunner().invoke(
         main,
-        ["bench", "center", "--terminals", "1", "--seconds", "0.3", "--baseline-seconds", "0.1"],
-    )
+        ["bench", "center", "--only", "sqlite", "--terminals", "1", "--seconds", "0.3",
+         "--baseline-seconds", "0.1"],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
-    for label in ("approvals/s", "latency p99", "baseline", "center peak RSS", "precomputed:",
-                  "center CPU/approval", "load CPU/request", "CPU time:"):  # fmt: skip
+    for label in ("configuration", "SQLite x 1", "approvals/s", "latency p99", "baseline",
+                  "center peak RSS", "precomputed:", "center CPU/approval",
+                  "load CPU/request", "CPU time:", "ledger balanced"):  # fmt: skip
         assert label in result.output
 
 
