@@ -41,7 +41,7 @@ SOAK_PARSERS = (
     "applet",
 )
 
-FAULTS = ("center", "terminal", "disk")
+FAULTS = ("center", "terminal", "disk", "database")
 
 
 @click.command()
@@ -52,7 +52,8 @@ FAULTS = ("center", "terminal", "disk")
 @click.option("--seed", default=7, show_default=True, help="Seed of the terminal kill times.")
 def faults(kills: int, only: tuple[str, ...], seed: int) -> None:
     """Kill the center under load and the terminal mid-transaction KILLS times each, fail the
-    center's disk; print what the ledger holds after each.  Runs on a fresh temporary lab."""
+    center's disk, SIGKILL the center's PostgreSQL server under load; print what the ledger
+    holds after each.  Runs on fresh temporary labs (and a throwaway PostgreSQL cluster)."""
     from swipepay.center.lab import create_lab
     from swipepay.cli.harness import faults as f
 
@@ -105,10 +106,42 @@ def faults(kills: int, only: tuple[str, ...], seed: int) -> None:
                     f"{d.unbalanced} -> {'OK' if d.ok else 'FAILED'}"
                 )
                 ok &= d.ok
+            if "database" in chosen:
+                ok &= _database_fault(Path(tmp), kills)
         except SwipepayError as exc:
             fail(exc)
             return
     sys.exit(0 if ok else 1)
+
+
+def _database_fault(tmp: Path, kills: int) -> bool:
+    """The PostgreSQL server SIGKILLed under load ``kills`` times (a throwaway cluster)."""
+    from swipepay.center.lab import create_lab
+    from swipepay.cli.harness.database_faults import database_kill_loop
+    from swipepay.cli.harness.postgres import PostgresCluster
+
+    click.echo(f"database: PostgreSQL server SIGKILLed under load, {kills} times")
+    with PostgresCluster() as cluster:
+        home = create_lab(tmp / "database", database=cluster.create_database()).root
+        r = database_kill_loop(
+            home,
+            cluster,
+            kills=kills,
+            progress=lambda n, r: click.echo(
+                f"  kill {n:2d}: {r.requests} requests, {r.approvals_seen} approvals seen, "
+                f"{r.approvals_posted} posted, answered while down {r.outage_answers} "
+                f"(slowest {r.outage_slowest_s:.2f} s), lost {r.lost}, unseen {r.unseen}"
+            ),
+        )
+    click.echo(
+        f"  total: kills {r.kills}, requests {r.requests}, approvals seen {r.approvals_seen} / "
+        f"posted {r.approvals_posted}, lost {r.lost}, unseen {r.unseen}, unanswered "
+        f"{r.unanswered}, balance mismatches {r.balance_mismatches}, unbalanced {r.unbalanced}, "
+        f"answered while down {r.outage_answers} (slowest {r.outage_slowest_s:.2f} s), "
+        f"reversals sent {r.reversals_sent}, codes {r.codes}, {r.seconds:.1f} s "
+        f"-> {'OK' if r.ok else 'FAILED'}"
+    )
+    return r.ok
 
 
 def _soak_one(parser: str, examples: int, out: Path) -> tuple[str, int, dict[str, Any], str]:

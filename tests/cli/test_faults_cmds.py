@@ -14,6 +14,16 @@ def test_faults_disk_only_prints_counts_and_ok() -> None:
     assert result.output.rstrip().endswith("-> OK")
 
 
+def test_faults_database_kills_postgresql_and_checks_the_ledger(pg_cluster: object) -> None:
+    """The bench starts its own cluster (``pg_cluster`` only makes the test skip/fail where
+    PostgreSQL is missing, as every PostgreSQL test does)."""
+    result = CliRunner().invoke(faults, ["--only", "database", "--kills", "1"])
+    assert result.exit_code == 0, result.output
+    assert "database: PostgreSQL server SIGKILLed under load, 1 times" in result.output
+    assert "lost 0, unseen 0, unanswered 0, balance mismatches 0, unbalanced 0" in result.output
+    assert result.output.rstrip().endswith("-> OK")
+
+
 def test_faults_refuses_zero_kills() -> None:
     result = CliRunner().invoke(faults, ["--kills", "0"])
     assert result.exit_code != 0
