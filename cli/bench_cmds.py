@@ -155,6 +155,20 @@ def center(
                 for r in runs
             ],
         ),
+        (
+            "database WAL/approval",
+            [
+                f"{r.database_wal_bytes_per_approval:.0f} B" if r.storage == "PostgreSQL" else "-"
+                for r in runs
+            ],
+        ),
+        (
+            "commits/approval",
+            [
+                f"{r.database_commits_per_approval:.2f}" if r.storage == "PostgreSQL" else "-"
+                for r in runs
+            ],
+        ),
         ("load CPU/request", [f"{r.load_cpu_us_per_request:.0f} us" for r in runs]),
         (
             "response codes",

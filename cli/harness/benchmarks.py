@@ -455,6 +455,10 @@ class CenterBench:
     #: The database server's CPU per approval (PostgreSQL postmaster and backends, when the
     #: bench started the cluster itself; 0 for SQLite, which runs inside the center).
     database_cpu_us_per_approval: float
+    #: PostgreSQL only (0 for SQLite): WAL written and transactions committed per approval,
+    #: from pg_stat_wal and pg_stat_database (the whole server, during the timed region).
+    database_wal_bytes_per_approval: float
+    database_commits_per_approval: float
     #: The load generators' CPU per request (TLS and framing of the terminals' side).
     load_cpu_us_per_request: float
     cpu_method: str = (
@@ -466,6 +470,22 @@ class CenterBench:
         "phone PIN blocks (AES-DUKPT, format 4), phone ECDSA signatures and ISO 8583 encoding "
         "of the requests, in the load-generator processes before the timed region"
     )
+
+
+def _pg_counters(url: str | None) -> tuple[int, int]:
+    """(WAL bytes written, transactions committed) by the PostgreSQL server of ``url`` so far;
+    (0, 0) for SQLite."""
+    if url is None or not url.startswith("postgres"):
+        return 0, 0
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT (SELECT wal_bytes FROM pg_stat_wal)::bigint, "
+            "(SELECT SUM(xact_commit) FROM pg_stat_database)::bigint"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 def _storage_name(database: str | None) -> str:
@@ -529,6 +549,7 @@ def bench_center(
                 for _ in loaders:
                     go.put((start_at, start_at + seconds))
                 time.sleep(max(0.0, start_at - time.time()))
+                wal_before, commits_before = _pg_counters(database)
                 cpu_before = process_tree_cpu(server.pid)
                 db_before = process_tree_cpu(database_pid) if database_pid else {}
                 t_before = time.perf_counter()
@@ -537,6 +558,7 @@ def bench_center(
                 cpu_after = process_tree_cpu(server.pid)
                 db_after = process_tree_cpu(database_pid) if database_pid else {}
                 wall = time.perf_counter() - t_before
+                wal_after, commits_after = _pg_counters(database)
                 center_rss = _peak_rss_mb(server.pid)
                 helper_rss = sum(_peak_rss_mb(p) for p in cpu_after if p != server.pid)
             finally:
@@ -606,6 +628,12 @@ def bench_center(
             center_cpu_s=cpu.total_s,
             center_cpu_cores=cpu.total_s / wall if wall > 0 else 0.0,
             database_cpu_us_per_approval=per(db_cpu.total_s, approvals),
+            database_wal_bytes_per_approval=(
+                (wal_after - wal_before) / approvals if approvals else 0
+            ),
+            database_commits_per_approval=(
+                (commits_after - commits_before) / approvals if approvals else 0
+            ),
             load_cpu_us_per_request=per(sum(r.cpu_s for r in results), requests),
         )
     finally:

@@ -60,6 +60,7 @@ def test_bench_center_tiny_run() -> None:
     assert (r["configuration"], r["storage"], r["workers"]) == ("SQLite x 1", "SQLite", 1)
     assert r["center_server_cpu_us_per_approval"] > 0
     assert r["database_cpu_us_per_approval"] == 0  # SQLite runs inside the center
+    assert r["database_wal_bytes_per_approval"] == 0
 
 
 def test_bench_center_on_postgresql_one_and_two_workers(pg_url: str) -> None:
@@ -70,6 +71,8 @@ def test_bench_center_on_postgresql_one_and_two_workers(pg_url: str) -> None:
         _check_run(r)
         assert r["storage"] == "PostgreSQL"
         assert r["database_cpu_us_per_approval"] > 0  # the cluster's backends, measured apart
+        assert r["database_wal_bytes_per_approval"] > 0
+        assert 0 < r["database_commits_per_approval"] <= 1.5  # group commit: often < 1
     assert (one["workers"], two["workers"]) == (1, 2)
     assert two["center_helper_cpu_us_per_approval"] > two["center_server_cpu_us_per_approval"]
 
