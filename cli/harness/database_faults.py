@@ -24,6 +24,9 @@ The reports hold counts, not asserts, so the bench prints them and the tests ass
 from __future__ import annotations
 
 import functools
+import os
+import random
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +45,14 @@ from swipepay.cli.harness.faults import (
     stored_messages,
 )
 from swipepay.cli.harness.postgres import PostgresCluster
-from swipepay.cli.harness.processes import free_port, start_center, stop, wait_for
+from swipepay.cli.harness.processes import (
+    free_port,
+    listening_pids,
+    serving_pids,
+    start_center,
+    stop,
+    wait_for,
+)
 from swipepay.drivers.host_tls import TlsHost
 
 #: Longest answer a terminal may wait for while the database is down ("at once": the center
@@ -190,6 +200,11 @@ def _outage_answers(
     return since()
 
 
+def _restarted(port: int, victim: int, supervisor: set[int], workers: int) -> bool:
+    listening = listening_pids(port) - supervisor
+    return victim not in listening and len(listening) >= workers
+
+
 def database_kill_loop(
     home: Path,
     cluster: PostgresCluster,
@@ -256,3 +271,100 @@ def database_kill_loop(
     report.seconds = time.monotonic() - t0
     return report
 
+
+
+@dataclass
+class WorkerKillReport(DatabaseKillReport):
+    """:class:`DatabaseKillReport`'s ledger counts, for one worker SIGKILLed per round;
+    ``outage_answers`` are the answers given while it was gone."""
+
+    workers: int = 0
+    #: Times the supervisor had all ``workers`` listening again after a kill.
+    restarts: int = 0
+    #: Distinct worker processes seen listening (by PID, the restarted ones included).
+    worker_pids_seen: int = 0
+    #: Kills of a worker that was serving terminal connections at that moment (the others
+    #: found every connection on the other worker: nothing to retransmit).
+    kills_with_connections: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return super().ok and self.restarts == self.kills
+
+
+def worker_kill_loop(
+    home: Path,
+    *,
+    kills: int = 5,
+    workers: int = 2,
+    per_round: int = 12,
+    phones: tuple[str, ...] = ("alice-phone", "bob-phone", "carol-phone"),
+    kill_after: int = 4,
+    seed: int = 7,
+    progress: Callable[[int, WorkerKillReport], None] | None = None,
+) -> WorkerKillReport:
+    """Run ``kills`` rounds on ``center serve --workers WORKERS`` (a lab whose database is
+    PostgreSQL): load from one terminal thread per entry of ``phones`` (each its own
+    connection, spread over the workers by the kernel); once the round has ``kill_after``
+    answers SIGKILL one worker (one serving connections, chosen at random); the terminals
+    whose connection it held retransmit on a new one, which a surviving worker answers
+    (exactly-once: from the stored answer when the dead worker had committed it).  Wait for the supervisor to restart it,
+    let the round finish, send the kept reversals, check the ledger."""
+    lab = Lab(home)
+    signers = [LabSigner(lab, p) for p in phones]
+    with Center.open(lab.database_url, lab.center_keys()) as center:
+        opening = {s.account: center.ledger_balance(s.account) for s in signers}
+    port = free_port()
+    rng = random.Random(seed)
+    report = WorkerKillReport(workers=workers)
+    answers: dict[MessageKey, _Answer] = {}
+    lock = threading.Lock()
+    seen_pids: set[int] = set()
+    t0 = time.monotonic()
+    proc = start_center(home, port, "--workers", str(workers))
+    try:
+        for round_no in range(kills):
+            base = 100_000 + round_no * 1_000
+            before = len(answers)
+            threads = [
+                threading.Thread(
+                    target=_load,
+                    args=(home, port, s, range(base + 100 * n, base + 100 * n + per_round),
+                          answers, lock),
+                    daemon=True,
+                )
+                for n, s in enumerate(signers)
+            ]  # fmt: skip
+            for t in threads:
+                t.start()
+            wait_for(
+                functools.partial(_answered_since, answers, before, kill_after),
+                60, "answers before the kill",
+            )  # fmt: skip
+            alive = sorted(listening_pids(port) - {proc.pid})
+            seen_pids.update(alive)
+            busy = sorted(serving_pids(port) & set(alive))
+            victim = rng.choice(busy or alive)
+            report.kills_with_connections += bool(busy)
+            os.kill(victim, signal.SIGKILL)
+            killed_at = time.monotonic()
+            report.kills += 1
+            wait_for(
+                functools.partial(_restarted, port, victim, {proc.pid}, workers),
+                60, "the supervisor to restart the killed worker",
+            )  # fmt: skip
+            report.restarts += 1
+            for t in threads:
+                t.join(120)
+            with lock:
+                report.outage_answers += sum(1 for a in answers.values() if a.sent_at > killed_at)
+            seen_pids.update(listening_pids(port) - {proc.pid})
+            report.reversals_sent += _flush_reversals(home, port, f"{900_000 + round_no:06d}")
+            _check(home, answers, opening, signers, report)
+            if progress is not None:
+                progress(round_no + 1, report)
+    finally:
+        stop(proc)
+    report.worker_pids_seen = len(seen_pids)
+    report.seconds = time.monotonic() - t0
+    return report

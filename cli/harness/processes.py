@@ -109,15 +109,78 @@ def wait_listening(
         time.sleep(0.02)
 
 
+#: TCP states in ``/proc/net/tcp``.
+_LISTEN, _ESTABLISHED = "0A", "01"
+
+
+def listening_pids(port: int) -> set[int]:
+    """Processes holding a TCP socket in LISTEN state on ``port`` (any address), from Linux's
+    ``/proc/net/tcp{,6}`` and ``/proc/*/fd``: the workers of ``center serve --workers N`` each
+    hold their own (SO_REUSEPORT).  Empty where ``/proc`` is not Linux's."""
+    return _socket_pids(port, _LISTEN)
+
+
+def serving_pids(port: int) -> set[int]:
+    """Processes holding an established TCP connection whose local port is ``port``: the
+    workers serving terminals right now (:func:`listening_pids`)."""
+    return _socket_pids(port, _ESTABLISHED)
+
+
+def _socket_pids(port: int, want: str) -> set[int]:
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                local, state, inode = cols[1], cols[3], cols[9]
+                if state == want and int(local.rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{inode}]")
+    pids: set[int] = set()
+    if not inodes:
+        return pids
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        pids.add(int(entry.name))
+                        break
+    return pids
+
+
+def _worker_count(extra: Sequence[str]) -> int:
+    """The ``--workers N`` among ``center serve`` arguments (1 without)."""
+    args = list(extra)
+    for n, arg in enumerate(args):
+        if arg == "--workers" and n + 1 < len(args):
+            return int(args[n + 1])
+        if arg.startswith("--workers="):
+            return int(arg.split("=", 1)[1])
+    return 1
+
+
 def start_center(
     home: Path, port: int, *extra: str, timeout: float = 15.0,
     stdout: int | IO[bytes] | None = subprocess.DEVNULL,
 ) -> subprocess.Popen[bytes]:
     """``swipepay center serve`` for the lab at ``home`` on 127.0.0.1:``port``; returns once
-    it accepts connections."""
+    it accepts connections (with ``--workers N``: once all N workers listen, so a load that
+    connects at once is spread over all of them)."""
     proc = spawn(center_argv(home, port, *extra), stdout=stdout, stderr=subprocess.STDOUT
                  if stdout is not subprocess.DEVNULL else subprocess.DEVNULL)
     wait_listening(proc, port, timeout, "the center")
+    workers = _worker_count(extra)
+    if workers > 1:
+        try:
+            wait_for(
+                lambda: len(listening_pids(port)) >= workers or proc.poll() is not None,
+                timeout, f"{workers} center workers to listen",
+            )  # fmt: skip
+        except ConfigError:
+            stop(proc)
+            raise
     return proc
 
 
