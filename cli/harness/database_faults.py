@@ -308,8 +308,9 @@ def worker_kill_loop(
     connection, spread over the workers by the kernel); once the round has ``kill_after``
     answers SIGKILL one worker (one serving connections, chosen at random); the terminals
     whose connection it held retransmit on a new one, which a surviving worker answers
-    (exactly-once: from the stored answer when the dead worker had committed it).  Wait for the supervisor to restart it,
-    let the round finish, send the kept reversals, check the ledger."""
+    (exactly-once: from the stored answer when the dead worker had committed it).  Wait for
+    the supervisor to restart it, let the round finish, send the kept reversals, check the
+    ledger."""
     lab = Lab(home)
     signers = [LabSigner(lab, p) for p in phones]
     with Center.open(lab.database_url, lab.center_keys()) as center:
