@@ -41,7 +41,7 @@ SOAK_PARSERS = (
     "applet",
 )
 
-FAULTS = ("center", "terminal", "disk", "database")
+FAULTS = ("center", "terminal", "disk", "database", "worker")
 
 
 @click.command()
@@ -52,7 +52,8 @@ FAULTS = ("center", "terminal", "disk", "database")
 @click.option("--seed", default=7, show_default=True, help="Seed of the terminal kill times.")
 def faults(kills: int, only: tuple[str, ...], seed: int) -> None:
     """Kill the center under load and the terminal mid-transaction KILLS times each, fail the
-    center's disk, SIGKILL the center's PostgreSQL server under load; print what the ledger
+    center's disk, SIGKILL the center's PostgreSQL server and one of its worker processes under
+    load; print what the ledger
     holds after each.  Runs on fresh temporary labs (and a throwaway PostgreSQL cluster)."""
     from swipepay.center.lab import create_lab
     from swipepay.cli.harness import faults as f
@@ -108,6 +109,8 @@ def faults(kills: int, only: tuple[str, ...], seed: int) -> None:
                 ok &= d.ok
             if "database" in chosen:
                 ok &= _database_fault(Path(tmp), kills)
+            if "worker" in chosen:
+                ok &= _worker_fault(Path(tmp), kills)
         except SwipepayError as exc:
             fail(exc)
             return
@@ -138,6 +141,35 @@ def _database_fault(tmp: Path, kills: int) -> bool:
         f"posted {r.approvals_posted}, lost {r.lost}, unseen {r.unseen}, unanswered "
         f"{r.unanswered}, balance mismatches {r.balance_mismatches}, unbalanced {r.unbalanced}, "
         f"answered while down {r.outage_answers} (slowest {r.outage_slowest_s:.2f} s), "
+        f"reversals sent {r.reversals_sent}, codes {r.codes}, {r.seconds:.1f} s "
+        f"-> {'OK' if r.ok else 'FAILED'}"
+    )
+    return r.ok
+
+
+def _worker_fault(tmp: Path, kills: int) -> bool:
+    """One worker of ``center serve --workers 2`` SIGKILLed under load ``kills`` times."""
+    from swipepay.center.lab import create_lab
+    from swipepay.cli.harness.database_faults import worker_kill_loop
+    from swipepay.cli.harness.postgres import PostgresCluster
+
+    click.echo(f"worker: one of 2 center workers SIGKILLed under load, {kills} times")
+    with PostgresCluster() as cluster:
+        home = create_lab(tmp / "worker", database=cluster.create_database()).root
+        r = worker_kill_loop(
+            home,
+            kills=kills,
+            progress=lambda n, r: click.echo(
+                f"  kill {n:2d}: {r.requests} requests, {r.approvals_seen} approvals seen, "
+                f"{r.approvals_posted} posted, answered while it was gone {r.outage_answers}, "
+                f"restarted {r.restarts}, lost {r.lost}, unseen {r.unseen}"
+            ),
+        )
+    click.echo(
+        f"  total: kills {r.kills} ({r.kills_with_connections} of a worker serving terminals), "
+        f"restarts {r.restarts}, requests {r.requests}, approvals seen {r.approvals_seen} / "
+        f"posted {r.approvals_posted}, lost {r.lost}, unseen {r.unseen}, unanswered "
+        f"{r.unanswered}, balance mismatches {r.balance_mismatches}, unbalanced {r.unbalanced}, "
         f"reversals sent {r.reversals_sent}, codes {r.codes}, {r.seconds:.1f} s "
         f"-> {'OK' if r.ok else 'FAILED'}"
     )

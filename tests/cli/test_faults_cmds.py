@@ -24,6 +24,15 @@ def test_faults_database_kills_postgresql_and_checks_the_ledger(pg_cluster: obje
     assert result.output.rstrip().endswith("-> OK")
 
 
+def test_faults_worker_kills_one_of_two_workers(pg_cluster: object) -> None:
+    result = CliRunner().invoke(faults, ["--only", "worker", "--kills", "1"])
+    assert result.exit_code == 0, result.output
+    assert "worker: one of 2 center workers SIGKILLed under load, 1 times" in result.output
+    assert "restarts 1," in result.output
+    assert "lost 0, unseen 0, unanswered 0, balance mismatches 0, unbalanced 0" in result.output
+    assert result.output.rstrip().endswith("-> OK")
+
+
 def test_faults_refuses_zero_kills() -> None:
     result = CliRunner().invoke(faults, ["--kills", "0"])
     assert result.exit_code != 0
