@@ -41,6 +41,8 @@ happens (PostgreSQL detects it) or a lock wait beyond :data:`LOCK_TIMEOUT_MS` is
 A lost or refused connection, or a server shutting down, is :class:`StorageUnavailable`; the
 connection is dropped and the next outermost transaction connects again (``connect_timeout`` of
 :data:`CONNECT_TIMEOUT_S`, so a dead server answers at once instead of hanging the center).
+A connection lost while ``COMMIT`` was on its way is :class:`CommitOutcomeUnknown` (a kind of
+unavailable): the server may have committed, so the center answers nothing for that batch.
 """
 
 from __future__ import annotations
