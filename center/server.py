@@ -43,6 +43,7 @@ import asyncio
 import logging
 import random
 import ssl
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from swipepay.center.core import Center, wire_hash
+from swipepay.center.metrics import ServerMetrics
 from swipepay.center.response_codes import RC
 from swipepay.center.storage import (
     CommitOutcomeUnknown,
@@ -139,8 +141,10 @@ class CenterServer:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         *,
         use_verifier: bool = True,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self._open_center = open_center
+        self.metrics = metrics or ServerMetrics()
         self._ssl = ssl_context
         self.limits = limits or ServerLimits()
         self._clock = clock
@@ -163,7 +167,9 @@ class CenterServer:
         self.batches = 0
         self.decided = 0
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Open the database, start the verifier, listen; the bound port.  ``reuse_port``:
+        share the address with other processes doing the same (``center serve --workers``)."""
         loop = asyncio.get_running_loop()
         self._center = await loop.run_in_executor(self._executor, self._open_center)
         if self._use_verifier:
@@ -171,9 +177,12 @@ class CenterServer:
                 self._verifier = await VerifierProcess.start()
             except OSError as exc:
                 _log.error("cannot start the signature verifier (%s); verifying inline", exc)
+        self.metrics.verifier(self._verifier is not None)
         self._batcher = asyncio.create_task(self._run_batches())
         # Plain TCP: the handshake is run per connection by :class:`TlsStream` (see there why).
-        self._server = await asyncio.start_server(self._handle, host, port)
+        self._server = await asyncio.start_server(
+            self._handle, host, port, reuse_port=reuse_port or None
+        )
         sock = self._server.sockets[0]
         return int(sock.getsockname()[1])
 
@@ -190,6 +199,7 @@ class CenterServer:
         self._executor.shutdown(wait=True)
         if self._verifier is not None:
             await self._verifier.close()
+            self.metrics.verifier(False)
 
     # -- group commit ---------------------------------------------------------------------------
 
@@ -209,6 +219,8 @@ class CenterServer:
             while not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
             responses = await self._decide(center, jobs)
+            if responses is not None:
+                self.metrics.batch(len(jobs), self._commit_seconds)
             self.batches += 1
             self.decided += len(jobs)
             if responses is None:
@@ -222,6 +234,13 @@ class CenterServer:
 
     #: Set while the database is unreachable, so an outage is logged once, not per batch.
     _storage_down = False
+    #: How long the last batch's commit took (from its last decision to the end of COMMIT).
+    _commit_seconds = 0.0
+
+    @property
+    def storage_down(self) -> bool:
+        """The last batch found the database unreachable (``/healthz``)."""
+        return self._storage_down
 
     async def _decide(self, center: Center, jobs: list[_Job]) -> list[AuthResponse] | None:
         """Decide every job in one storage transaction and commit it (on the loop thread): the
@@ -262,12 +281,16 @@ class CenterServer:
                             self._verifier.give_up(f"no answer within {_VERIFIER_WAIT} s")
                         for n in pending:
                             out[n] = self._decide_one(center, jobs[n], now)
+                    decided = time.perf_counter()
+                self._commit_seconds = time.perf_counter() - decided
             except StorageConflict as exc:
+                self.metrics.database_error("conflict")
                 _log.debug("batch of %d, try %d: %s; deciding it again", len(jobs), attempt, exc)
                 # A short random pause, so the writers that collided do not collide again.
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))
                 continue
             except CommitOutcomeUnknown as exc:
+                self.metrics.database_error("commit_unknown")
                 self._storage_down = True
                 _log.error(
                     "%s: closing the %d connections of the batch unanswered (their "
@@ -275,17 +298,20 @@ class CenterServer:
                 )  # fmt: skip
                 return None
             except StorageUnavailable as exc:
+                self.metrics.database_error("unavailable")
                 if not self._storage_down:
                     self._storage_down = True
                     _log.error("database unavailable: %s; answering 91 until it is back", exc)
                 return _unavailable(len(jobs))
             except Exception:
+                self.metrics.database_error("malfunction")
                 _log.exception("group commit of %d requests failed", len(jobs))
                 return _malfunction(len(jobs))
             if self._storage_down:
                 self._storage_down = False
                 _log.warning("database reachable again; deciding requests")
             return [out[n] for n in range(len(jobs))]
+        self.metrics.database_error("malfunction")
         _log.error(
             "batch of %d requests still conflicting after %d attempts; answered 96",
             len(jobs),
@@ -344,6 +370,7 @@ class CenterServer:
             tls.close()
             return
         self._connections += 1
+        self.metrics.connection_opened()
         try:
             tid = peer_terminal_id(tls.peercert)
             if tid is None:
@@ -354,6 +381,7 @@ class CenterServer:
             _log.info("%s: connection ended: %s", peer, type(exc).__name__)
         finally:
             self._connections -= 1
+            self.metrics.connection_closed()
             tls.close()
 
     async def _handshake(
@@ -418,19 +446,22 @@ class CenterServer:
                 return
             started = (started or loop.time()) if decoder.pending else None
             for body in frames:
-                answer = await self._answer(body, tid)
+                answer = await self._answer(body, tid, time.perf_counter())
                 if answer is None:
                     return
                 tls.write(codec.frame(answer))
                 await tls.drain()
 
-    async def _answer(self, body: bytes, tid: str) -> bytes | None:
+    async def _answer(self, body: bytes, tid: str, received: float) -> bytes | None:
+        """The encoded answer to one frame (``received``: its perf_counter time, for the
+        latency metric), or ``None``: close the connection unanswered."""
         try:
             fields = codec.decode(body)
             req = codec.parse_request(fields)
         except DecodeError as exc:
             _log.warning("%s: format error: %s", tid, exc)
             err = codec.format_error_fields(body, "format error")
+            self.metrics.answered("other", RC.FORMAT_ERROR.value, time.perf_counter() - received)
             return None if err is None else codec.encode(err)
         req_tid = req.txn.terminal_id if isinstance(req, AuthRequest) else req.terminal_id
         if req_tid != tid:
@@ -441,6 +472,11 @@ class CenterServer:
                 resp = await self.submit(req, wire_hash(fields))
             except _Unanswered:
                 return None
+        if isinstance(req, AuthRequest):
+            kind = req.txn.type.value
+        else:
+            kind = "reversal" if isinstance(req, codec.ReversalRequest) else "other"
+        self.metrics.answered(kind, resp.response_code, time.perf_counter() - received)
         try:
             return codec.encode(codec.response_fields(fields, resp))
         except SwipepayError as exc:  # an echoed field we cannot re-encode: should not happen
@@ -480,6 +516,7 @@ def lab_server(
     *,
     use_verifier: bool = True,
     database: str | None = None,
+    metrics: ServerMetrics | None = None,
 ) -> CenterServer:
     """A server for the lab at ``home``: its CA, center certificate, keys and database
     (``database``, a URL or path, instead of the lab's own when given)."""
@@ -491,4 +528,6 @@ def lab_server(
     ctx = server_context(
         home / "ca" / "ca.crt", home / "center" / "center.crt", home / "center" / "center.key"
     )
-    return CenterServer(lambda: Center.open(url, keys), ctx, limits, use_verifier=use_verifier)
+    return CenterServer(
+        lambda: Center.open(url, keys), ctx, limits, use_verifier=use_verifier, metrics=metrics
+    )

@@ -11,6 +11,9 @@ from swipepay.cli.main import fail
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from swipepay.center.server import ServerLimits
     from swipepay.center.storage import Storage
 
 _HOME = click.option(
@@ -61,46 +64,114 @@ def center() -> None:
               "the open-file limit allows]")
 @click.option("--idle-timeout", default=30.0, show_default=True,
               help="Seconds a terminal connection may stay silent before it is closed.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N",
+              help="Worker processes serving the address (SO_REUSEPORT), each with its own "
+              "event loop, signature verifier and database connection; a worker that dies is "
+              "started again.  Above 1 needs PostgreSQL (--db postgresql://...).")
+@click.option("--metrics", "metrics_at", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (summed over the "
+              "workers) and a health check at /healthz.")
 def serve(
     home: Path, database: str | None, listen: str, max_connections: int | None,
-    idle_timeout: float,
+    idle_timeout: float, workers: int, metrics_at: str | None,
 ) -> None:
     """Serve ISO 8583 over TLS 1.3 with required client certificates from the lab CA."""
     import asyncio
     import logging
 
     from swipepay.center.fdlimit import fit_connection_cap
-    from swipepay.center.server import ServerLimits, lab_server, new_event_loop, serve_forever
+    from swipepay.center.server import ServerLimits, new_event_loop
     from swipepay.firmware_sim.address import parse_address
 
     try:
         host, port = parse_address(listen, "--listen", any_port=True)
+        metrics_address = (
+            None if metrics_at is None else parse_address(metrics_at, "--metrics", any_port=True)
+        )
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         defaults = ServerLimits()
         max_connections = fit_connection_cap(
             max_connections, defaults.max_connections, defaults.max_handshakes
         )
-        server = lab_server(
-            home,
-            ServerLimits(idle_timeout=idle_timeout, max_connections=max_connections),
-            database=_database(home, database),
-        )
+        limits = ServerLimits(idle_timeout=idle_timeout, max_connections=max_connections)
+        url = _database(home, database)
 
         def ready(port: int) -> None:
+            each = " each" if workers > 1 else ""
             click.echo(
-                f"center listening on {host}:{port} (TLS 1.3, client cert required, up to "
-                f"{max_connections} terminals)",
+                f"center listening on {host}:{port} (TLS 1.3, client cert required, "
+                f"{workers} worker{'s' if workers > 1 else ''}, up to {max_connections} "
+                f"terminals{each})",
                 err=True,
             )
 
+        def metrics_ready(port: int) -> None:
+            assert metrics_address is not None
+            click.echo(f"metrics on http://{metrics_address[0]}:{port}/metrics", err=True)
+
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(serve_forever(server, host, port, ready))
+            if workers > 1:
+                runner.run(_supervise(home, url, host, port, limits, workers,
+                                      metrics_address, ready, metrics_ready))
+            else:
+                runner.run(_serve_one(home, url, host, port, limits,
+                                      metrics_address, ready, metrics_ready))
     except SwipepayError as exc:
         fail(exc)
     except OSError as exc:
         fail(ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}"))
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
+
+
+async def _supervise(
+    home: Path, url: str, host: str, port: int, limits: ServerLimits, workers: int,
+    metrics_at: tuple[str, int] | None, ready: Callable[[int], None],
+    metrics_ready: Callable[[int], None],
+) -> None:
+    import os
+
+    from swipepay.center.workers import WorkerSettings, check_storage, supervise
+
+    check_storage(url, workers)
+    settings = WorkerSettings(
+        home=str(home.resolve()), database=url, host=host, port=port,
+        idle_timeout=limits.idle_timeout, max_connections=limits.max_connections,
+        supervisor=os.getpid(), index=0,
+    )  # fmt: skip
+    await supervise(settings, workers, metrics_at=metrics_at, on_ready=ready,
+                    on_metrics=metrics_ready)
+
+
+async def _serve_one(
+    home: Path, url: str, host: str, port: int, limits: ServerLimits,
+    metrics_at: tuple[str, int] | None, ready: Callable[[int], None],
+    metrics_ready: Callable[[int], None],
+) -> None:
+    from swipepay.center.server import lab_server, serve_forever
+
+    if metrics_at is None:
+        await serve_forever(lab_server(home, limits, database=url), host, port, ready)
+        return
+    from prometheus_client import CollectorRegistry
+
+    from swipepay.center.metrics import MetricsEndpoint, PrometheusMetrics
+
+    registry = CollectorRegistry()
+    server = lab_server(home, limits, database=url, metrics=PrometheusMetrics(registry))
+
+    def health() -> tuple[bool, str]:
+        if server.storage_down:
+            return False, "database unavailable"
+        return True, "serving"
+
+    endpoint = MetricsEndpoint(registry, health)
+    metrics_ready(await endpoint.start(*metrics_at))
+    try:
+        await serve_forever(server, host, port, ready)
+    finally:
+        await endpoint.close()
 
 
 @center.command()
