@@ -112,6 +112,25 @@ def test_schema_version_is_recorded(pg_url: str) -> None:
     PostgresStorage(pg_url).close()  # reopening applies nothing twice
 
 
+def test_multi_host_url_settles_on_the_server_that_answers(pg_url: str, tmp_path: Path) -> None:
+    """The libpq multi-host form a center uses in front of a primary and its standby
+    (hardware_notes/center-scale.md): the first host is not there, the second is the writable
+    server; ``target_session_attrs=read-write`` keeps the center off a read-only standby."""
+    base, query = pg_url.split("?", 1)
+    params = dict(p.split("=", 1) for p in query.split("&"))
+    dead = tmp_path / "no-server-here"
+    dead.mkdir()
+    url = (
+        f"{base}?host={dead},{params['host']}&port={params['port']},{params['port']}"
+        "&target_session_attrs=read-write"
+    )
+    storage = PostgresStorage(url)
+    try:
+        assert storage.schema_version() == 2
+    finally:
+        storage.close()
+
+
 def test_funds_check_waits_for_the_other_writer(
     two: tuple[PostgresStorage, PostgresStorage], pg_url: str
 ) -> None:
