@@ -322,7 +322,8 @@ class MetricsEndpoint:
         self._timeout = timeout
         self._max_clients = max_clients
         self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        #: The connections being served: each one's handler task and writer.
+        self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0: any free port); the bound port."""
@@ -333,10 +334,14 @@ class MetricsEndpoint:
         """Stop listening and drop the connections being served."""
         if self._server is not None:
             self._server.close()
-        clients = list(self._clients)
-        for task in clients:
-            task.cancel()
-        await asyncio.gather(*clients, return_exceptions=True)
+        # Aborting a client's connection ends its handler (its read or drain fails at once);
+        # cancelling the handler instead would make asyncio's stream callback log a traceback.
+        for writer in self._clients.values():
+            writer.transport.abort()
+        if self._clients:
+            _, stuck = await asyncio.wait(list(self._clients), timeout=self._timeout)
+            for task in stuck:
+                task.cancel()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -346,7 +351,7 @@ class MetricsEndpoint:
         if task is None or len(self._clients) >= self._max_clients:
             writer.transport.abort()
             return
-        self._clients.add(task)
+        self._clients[task] = writer
         answered = False
         try:
             async with asyncio.timeout(self._timeout):
@@ -363,8 +368,10 @@ class MetricsEndpoint:
             pass  # slow, gone mid-request, or reset: nothing to answer
         except OSError as exc:
             _log.debug("metrics client: %s", exc)
+        except Exception as exc:  # a bug here must not become asyncio's logged traceback
+            _log.error("metrics endpoint: %s: %s", type(exc).__name__, exc)
         finally:
-            self._clients.discard(task)
+            del self._clients[task]
             if answered:
                 writer.close()  # the answer is with the kernel: an orderly close
             else:
