@@ -43,9 +43,10 @@ called :func:`worker_exited` for each worker it reaped.  What this asks of the s
   entries of the same files over each other.
 
 Cost: the hot hook, :meth:`PrometheusMetrics.answered`, finds the counter child for its
-``(kind, code)`` in a dict (the label lookup and checks run once per pair) and does three value
-increments: ~1-2 us in memory, a few us file-backed (each increment takes a lock, checks the pid
-for a fork and writes 16 bytes into the mmap).
+``(kind, code)`` in a dict (prometheus_client's label checks and locked lookup run once per
+pair) and does three value increments: ~1.8 us per call in memory, ~3.9 us file-backed (each
+increment takes a lock, checks the pid for a fork and writes into the mmap), measured with
+timeit on the 2-core development machine; at 1,000 answers/s that is under 0.4 % of a core.
 """
 
 from __future__ import annotations
@@ -305,8 +306,9 @@ class MetricsEndpoint:
     ``max_clients`` connections are served at once, more are closed on arrival.  Failures are
     logged in one line and answered with a status, never a traceback.
 
-    Collecting runs on the loop: a center's own registry takes well under a millisecond, a
-    multiprocess registry reads every worker's files (a few milliseconds for a few workers).
+    Collecting runs on the loop, which it holds for the while: ~1.3 ms for a center's own
+    registry with 48 (kind, code) pairs, ~1.8 ms for a multiprocess registry over four workers'
+    files; once per scrape interval.  A thread would not help: collecting holds the GIL.
     """
 
     def __init__(
