@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from swipepay.center.core import Center, wire_hash
-from swipepay.center.metrics import ServerMetrics
+from swipepay.center.metrics import ServerMetrics, approvals_kind
 from swipepay.center.response_codes import RC
 from swipepay.center.storage import (
     CommitOutcomeUnknown,
@@ -221,6 +221,9 @@ class CenterServer:
             responses = await self._decide(center, jobs)
             if responses is not None:
                 self.metrics.batch(len(jobs), self._commit_seconds)
+            if self._verifier is not None and self._verifier.failed and not self._verifier_down:
+                self._verifier_down = True  # it failed or was given up: inline from now on
+                self.metrics.verifier(False)
             self.batches += 1
             self.decided += len(jobs)
             if responses is None:
@@ -234,6 +237,8 @@ class CenterServer:
 
     #: Set while the database is unreachable, so an outage is logged once, not per batch.
     _storage_down = False
+    #: The verifier's failure has been reported to the metrics.
+    _verifier_down = False
     #: How long the last batch's commit took (from its last decision to the end of COMMIT).
     _commit_seconds = 0.0
 
@@ -472,11 +477,8 @@ class CenterServer:
                 resp = await self.submit(req, wire_hash(fields))
             except _Unanswered:
                 return None
-        if isinstance(req, AuthRequest):
-            kind = req.txn.type.value
-        else:
-            kind = "reversal" if isinstance(req, codec.ReversalRequest) else "other"
-        self.metrics.answered(kind, resp.response_code, time.perf_counter() - received)
+        elapsed = time.perf_counter() - received
+        self.metrics.answered(approvals_kind(req), resp.response_code, elapsed)
         try:
             return codec.encode(codec.response_fields(fields, resp))
         except SwipepayError as exc:  # an echoed field we cannot re-encode: should not happen

@@ -171,3 +171,116 @@ def test_worker_error_before_listening_is_reported(pg_home: Path) -> None:
     assert run.returncode == 3, run.stderr
     assert "Traceback" not in run.stderr
     assert "cannot listen" in run.stderr
+
+
+# -- metrics: scraped while terminals pay --------------------------------------------------------
+
+
+def _scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, err.read().decode()
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _approved(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> float:
+    key = ("swipepay_center_requests_total", frozenset({("kind", "purchase"), ("code", "00")}))
+    return samples.get(key, 0.0)
+
+
+def _scrape_during_load(home: Path, port: int, metrics_port: int, workers: int) -> None:
+    """Two terminals pay until the scrape has seen 10 approvals; the final scrape counts
+    exactly the approvals they got, and the gauges show live connections and verifiers."""
+    import threading
+
+    lab = Lab(home)
+    signers = [LabSigner(lab, "alice-phone"), LabSigner(lab, "bob-phone")]
+    stop_load = threading.Event()
+    approved: list[int] = [0, 0]
+    connected = threading.Barrier(3)
+
+    def load(n: int) -> None:
+        host = TlsHost.for_lab(home, POS, "127.0.0.1", port, connect_timeout=2)
+        try:
+            host.echo(POS, f"{900_000 + n:06d}", STAN_AT, 15)
+            connected.wait(30)
+            stan = 100_000 + n * 10_000
+            while not stop_load.is_set():
+                stan += 1
+                req = signers[n].request(f"{stan:06d}")
+                if host.authorize(req, 15).approved:
+                    host.settle(req.txn)
+                    approved[n] += 1
+        finally:
+            host.close()
+
+    threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        connected.wait(30)
+        wait_for(lambda: _approved(_samples(_scrape(metrics_port)[1])) >= 10, 60,
+                 "10 approvals in the metrics")  # fmt: skip
+        during = _samples(_scrape(metrics_port)[1])  # the load is still running
+        assert during[("swipepay_center_open_connections", frozenset())] == 2
+        assert during[("swipepay_center_verifier_up", frozenset())] == workers
+        assert during[("swipepay_center_batch_size_count", frozenset())] >= 1
+        assert during[("swipepay_center_commit_seconds_count", frozenset())] >= 1
+        assert during[("swipepay_center_request_seconds_count", frozenset())] >= 10
+        status, health = _scrape(metrics_port, "/healthz")
+        assert status == 200, health
+    finally:
+        stop_load.set()
+        for t in threads:
+            t.join(60)
+    after = _samples(_scrape(metrics_port)[1])
+    assert _approved(after) == sum(approved)
+    errors = {k: v for k, v in after.items() if k[0] == "swipepay_center_database_errors_total"}
+    assert errors and not any(errors.values())
+
+
+def test_metrics_of_one_process_scraped_during_load(tmp_path: Path) -> None:
+    home = create_lab(tmp_path / "lab").root
+    port, metrics_port = free_port(), free_port()
+    proc = start_center(home, port, "--metrics", f"127.0.0.1:{metrics_port}")
+    try:
+        _scrape_during_load(home, port, metrics_port, workers=1)
+    finally:
+        stop(proc)
+
+
+def test_metrics_summed_over_workers_scraped_during_load(pg_home: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    proc = start_center(pg_home, port, "--workers", "2", "--metrics",
+                        f"127.0.0.1:{metrics_port}")  # fmt: skip
+    try:
+        status, text = _scrape(metrics_port, "/healthz")
+        assert (status, text.strip()) == (200, "ok 2/2 workers ready")
+        _scrape_during_load(pg_home, port, metrics_port, workers=2)
+        victim = min(_workers(port, proc.pid))
+        os.kill(victim, signal.SIGKILL)
+        # While the supervisor restarts it: unhealthy, and its gauges leave the sums.
+        wait_for(lambda: _scrape(metrics_port, "/healthz")[0] == 503 or
+                 len(_workers(port, proc.pid) - {victim}) == 2, 30, "the kill to be seen")
+        wait_for(lambda: _scrape(metrics_port, "/healthz")[0] == 200, 30, "healthy again")
+        samples = _samples(_scrape(metrics_port)[1])
+        assert samples[("swipepay_center_verifier_up", frozenset())] == 2
+        assert samples[("swipepay_center_open_connections", frozenset())] == 0
+    finally:
+        stop(proc)
