@@ -53,7 +53,7 @@ import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
@@ -93,6 +93,11 @@ from swipepay.firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
 __all__ = ["AuthRequest", "AuthResponse", "Center"]
 
 _log = logging.getLogger(__name__)
+
+#: ``txn_type`` of the record a reversal leaves when it names a message never seen.
+REVERSED_UNSEEN = "reversal"
+#: What that record, and an original that arrives after it, say.
+_LATE_ORIGINAL = "reversed by the terminal before it arrived; not processed"
 _APPROVED = RC.APPROVED.value
 
 _REQUEST_DOMAIN = b"swipepay/center/request/v1\x00"
@@ -393,6 +398,9 @@ class Center:
                 if stored is not None:
                     if hmac.compare_digest(stored.content_hash, digest):
                         return self._response_of(stored, req)
+                    if stored.txn_type == REVERSED_UNSEEN:
+                        _log.warning("message %s arrived after its reversal; refused", key)
+                        return AuthResponse(RC.DUPLICATE_TRANSMISSION.value, message=_LATE_ORIGINAL)
                     _log.warning("message %s reused with different content", key)
                     return AuthResponse(
                         RC.DUPLICATE_TRANSMISSION.value,
@@ -620,6 +628,7 @@ class Center:
         amount: int | None = None,
         *,
         original_amount: int | None = None,
+        now: datetime | None = None,
     ) -> AuthResponse:
         """Undo the approved transaction (terminal, STAN, transmission time) of a request.
 
@@ -630,7 +639,11 @@ class Center:
 
         * "00" "reversed N of M" — the money moved back (or the hold shrank);
         * "00" "unknown transaction; nothing to reverse" — never seen (lost on the way, or the
-          terminal timed out before we answered a request we never got);
+          terminal timed out before we answered a request we never got).  The reversal is
+          recorded under the original's key (a declined message of type ``reversal``), so an
+          original that is still on its way (in another worker's or center's batch, or delayed
+          in the network) and arrives afterwards is refused (94), never booked: once a terminal
+          is told "nothing to reverse" it forgets the transaction;
         * "13" "reversal amount mismatch" — ``original_amount`` is not the original's amount:
           the reversal is refused whatever the original's state, nothing changes;
         * "00" "declined transaction; nothing to reverse";
@@ -646,7 +659,9 @@ class Center:
         key = MessageKey(terminal_id, stan, transmitted_at)
         try:
             with self._storage.transaction():
-                response = self._reverse(key, amount, original_amount)
+                response = self._reverse(
+                    key, amount, original_amount, datetime.now(UTC) if now is None else now
+                )
         except (StorageConflict, StorageUnavailable):
             raise
         except Exception:
@@ -658,10 +673,30 @@ class Center:
         return response
 
     def _reverse(
-        self, key: MessageKey, amount: int | None, original_amount: int | None
+        self, key: MessageKey, amount: int | None, original_amount: int | None, now: datetime
     ) -> AuthResponse:
         original = self._storage.get_message(key)
         if original is None:
+            self._storage.insert_message(
+                MessageRecord(
+                    key=key,
+                    content_hash=b"",  # matches no request: a late original is refused
+                    txn_type=REVERSED_UNSEEN,
+                    amount=(amount or 0) if original_amount is None else original_amount,
+                    pan="",
+                    account_id=None,
+                    response_code=RC.DUPLICATE_TRANSMISSION.value,
+                    auth_code=None,
+                    available_balance=None,
+                    message=_LATE_ORIGINAL,
+                    state=MessageState.DECLINED,
+                    received_at=self._iso(now),
+                )
+            )
+            return AuthResponse(
+                RC.APPROVED.value, message="unknown transaction; nothing to reverse"
+            )
+        if original.txn_type == REVERSED_UNSEEN:  # this reversal again: the same answer
             return AuthResponse(
                 RC.APPROVED.value, message="unknown transaction; nothing to reverse"
             )

@@ -341,6 +341,7 @@ class CenterServer:
                 req.original_at,
                 req.amount,
                 original_amount=req.original_amount,
+                now=now,
             )
         return AuthResponse(RC.APPROVED.value)
 

@@ -433,6 +433,39 @@ def test_reversal_of_unknown_transaction_is_acknowledged(world: World) -> None:
     assert balances(world) == (OPENING, OPENING, 0, 0)
 
 
+def test_an_original_arriving_after_its_reversal_is_refused(world: World) -> None:
+    """The terminal gave up on a request and reversed it before the request itself reached
+    the center (it was still in another worker's batch, or late in the network): the reversal
+    is acknowledged, and the original, when it comes, is refused and moves nothing."""
+    req = world.signed(P, 7_00)
+    t = req.txn
+    r = world.center.reverse(t.terminal_id, t.stan, t.transmitted_at, original_amount=7_00)
+    assert (r.response_code, r.message) == ("00", "unknown transaction; nothing to reverse")
+    late = world.center.authorize(req, NOW)
+    assert late.response_code == "94" and late.auth_code is None
+    assert "before it arrived" in late.message
+    assert world.center.authorize(req, NOW) == late  # and again, if it is retransmitted
+    again = world.center.reverse(t.terminal_id, t.stan, t.transmitted_at, original_amount=7_00)
+    assert again == r
+    assert balances(world) == (OPENING, OPENING, 0, 0)
+    assert world.center.check_balanced()
+
+
+def test_the_record_of_a_reversal_without_original_is_not_in_the_report(world: World) -> None:
+    from swipepay.center.database import open_storage
+    from swipepay.center.report import reconcile, settlement
+
+    world.center.reverse(POS, "123457", "0615120000")
+    assert code(world, world.signed(P, 3_00)) == "00"
+    storage = open_storage(world.db_path)
+    try:
+        rows = settlement(storage)
+        assert [(r.txn_type, r.count, r.net) for r in rows] == [("purchase", 1, 3_00)]
+        assert not reconcile(storage, rows)
+    finally:
+        storage.close()
+
+
 def test_reversal_of_declined_transaction_changes_nothing(world: World) -> None:
     req = world.signed(P, OPENING + 1)
     assert code(world, req) == "51"

@@ -317,12 +317,17 @@ def _server(center: Center) -> CenterServer:
     return server
 
 
-def decide(server: CenterServer, center: Center, reqs: list[AuthRequest]) -> list[AuthResponse]:
+def decide(
+    server: CenterServer, center: Center, reqs: list[AuthRequest | codec.ReversalRequest]
+) -> list[AuthResponse]:
     """What :meth:`CenterServer._decide` answers for ``reqs`` as one batch."""
 
     async def run() -> list[AuthResponse]:
         loop = asyncio.get_running_loop()
-        jobs: list[Any] = [(r, request_hash(r), None, loop.create_future()) for r in reqs]
+        jobs: list[Any] = [
+            (r, request_hash(r) if isinstance(r, AuthRequest) else b"", None, loop.create_future())
+            for r in reqs
+        ]
         return await server._decide(center, jobs)
 
     return asyncio.run(run())
@@ -353,6 +358,40 @@ def test_a_concurrent_duplicate_is_decided_again_and_gets_the_stored_answer(
     [answer] = deciding.result()
     assert (answer.response_code, answer.auth_code) == ("00", "654321")
     assert w.center.ledger_balance(ACCOUNT) == OPENING  # the first attempt's posting is gone
+
+
+def test_a_reversal_racing_its_original_on_another_center_never_lets_both_through(
+    pg_world: World, pg_url: str
+) -> None:
+    """The original is in another center's open batch when its reversal arrives here: the
+    reversal's record of "never seen" waits on the key, fails once the original commits, and
+    the batch decided again reverses the original.  The other order (reversal committed
+    first): the original is refused.  Either way the money is back."""
+    w = pg_world
+    other = Center.open(pg_url, w.keys)
+    try:
+        req = w.signed(P, 7_00)
+        t = req.txn
+        undo = codec.ReversalRequest(t.terminal_id, t.stan, t.transmitted_at, None, 7_00)
+        with other.batch([req]):
+            assert other.authorize(req, NOW).response_code == "00"
+            reversing = Background(lambda: decide(_server(w.center), w.center, [undo]))
+            wait_for(lambda: waiting_for_a_lock(pg_url) == 1, 10, "the reversal to wait")
+        [answer] = reversing.result()
+        assert (answer.response_code, answer.message) == ("00", "reversed 700 of 700")
+        assert w.center.ledger_balance(ACCOUNT) == OPENING
+
+        late = w.signed(P, 8_00)
+        t = late.txn
+        first = decide(_server(w.center), w.center, [
+            codec.ReversalRequest(t.terminal_id, t.stan, t.transmitted_at, None, 8_00)
+        ])  # fmt: skip
+        assert [r.message for r in first] == ["unknown transaction; nothing to reverse"]
+        assert other.authorize(late, NOW).response_code == "94"
+        assert w.center.ledger_balance(ACCOUNT) == OPENING
+        assert w.center.check_balanced()
+    finally:
+        other.close()
 
 
 class _Refusing:
