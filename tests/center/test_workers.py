@@ -284,3 +284,30 @@ def test_metrics_summed_over_workers_scraped_during_load(pg_home: Path) -> None:
         assert samples[("swipepay_center_open_connections", frozenset())] == 0
     finally:
         stop(proc)
+
+
+def test_ctrl_c_on_a_terminal_stops_every_worker(pg_home: Path) -> None:
+    """``center serve --workers 2`` run by a person: Ctrl-C in its terminal stops the
+    supervisor and both workers (each gets SIGINT too), says so, exits 0, frees the port."""
+    import pexpect
+
+    from swipepay.cli.harness.processes import child_env, swipepay_argv
+
+    port = free_port()
+    argv = swipepay_argv("center", "serve", "--home", str(pg_home), "--listen",
+                         f"127.0.0.1:{port}", "--workers", "2")  # fmt: skip
+    child = pexpect.spawn(argv[0], argv[1:], env=child_env(), encoding="utf-8", timeout=30)
+    try:
+        child.expect(f"center listening on 127.0.0.1:{port} .*2 workers")
+        workers = _workers(port, child.pid)
+        assert len(workers) == 2
+        child.sendintr()
+        child.expect("stopped")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, child.before
+    assert "Traceback" not in (child.before or "")
+    assert not listening_pids(port)
+    for pid in workers:  # stopped and reaped by the supervisor before it exited
+        assert not Path(f"/proc/{pid}").exists()
