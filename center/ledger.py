@@ -243,6 +243,23 @@ class Ledger:
     def held(self, account_id: str) -> int:
         return self._storage.active_hold_sum(account_id)
 
+    def available_change(self, txn_type: TxnType, account_id: str, amount: int) -> int | None:
+        """How :meth:`apply` of ``amount`` for ``txn_type`` moves the available balance of the
+        cardholder party's account ``account_id`` (read off :data:`POSTING_RULES`), or
+        ``None`` when that depends on more than the amount (a released hold).
+
+        Lets a decision that has just read the available balance for its funds check know the
+        balance after its posting without reading it again inside the same transaction.
+        """
+        rule = POSTING_RULES[txn_type]
+        if rule.hold is HoldAction.RELEASE:
+            return None  # what it releases is the pre-authorization's held amount
+        kind = AccountKind(self.account(account_id).kind)
+        change = balance_effect(txn_type, Party.CARDHOLDER, kind) * amount
+        if rule.hold is HoldAction.PLACE:
+            change -= amount
+        return change
+
     def available(self, account_id: str) -> int:
         """What the holder can still spend: ledger balance minus active holds."""
         kind = AccountKind(self.account(account_id).kind)

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Protocol
 
 from swipepay.center import schema
@@ -245,34 +246,12 @@ class SQLiteStorage:
 
     # -- transactions -------------------------------------------------------------------------
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        with self._lock:
-            depth = self._depth
-            savepoint = f"sp{depth}"
-            self._db.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {savepoint}")
-            self._depth += 1
-            try:
-                yield
-            except BaseException:
-                self._depth -= 1
-                self._forget_cached()  # a rolled-back insert must not stay cached
-                if depth == 0:
-                    self._db.execute("ROLLBACK")
-                else:
-                    self._db.execute(f"ROLLBACK TO {savepoint}")
-                    self._db.execute(f"RELEASE {savepoint}")
-                raise
-            self._depth -= 1
-            try:
-                self._db.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
-            except BaseException:
-                self._forget_cached()
-                # A failed COMMIT may or may not have rolled back by itself (SQLite does for
-                # I/O errors, not for SQLITE_BUSY): make sure nothing of it stays open.
-                if depth == 0 and self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+    def transaction(self) -> AbstractContextManager[None]:
+        """Outermost: ``BEGIN IMMEDIATE`` ... ``COMMIT``; nested: a savepoint (an exception rolls
+        back only that block).  A small class instead of a generator context manager: every
+        decision opens one, and the generator's set-up and two resumptions cost more than
+        the savepoint's own statements."""
+        return _SQLiteTransaction(self)
 
     def _forget_cached(self) -> None:
         self._accounts.clear()
@@ -321,10 +300,17 @@ class SQLiteStorage:
         )
         posting_id = cur.lastrowid
         assert posting_id is not None
-        self._db.executemany(
-            "INSERT INTO entries (posting_id, account_id, amount) VALUES (?, ?, ?)",
-            [(posting_id, account_id, amount) for account_id, amount in entries],
-        )
+        # One multi-row INSERT (its text cached per entry count) instead of executemany: a
+        # posting has two entries, and one statement call costs less than the batch machinery.
+        if not entries:
+            return posting_id
+        sql = _ENTRIES_INSERT.get(len(entries))
+        if sql is None:
+            sql = _ENTRIES_INSERT[len(entries)] = _entries_insert(len(entries))
+        params: list[object] = []
+        for account_id, amount in entries:
+            params += (posting_id, account_id, amount)
+        self._db.execute(sql, params)
         return posting_id
 
     def entry_sum(self, account_id: str | None = None) -> int:
@@ -518,3 +504,69 @@ class SQLiteStorage:
     def _update_one(self, sql: str, params: tuple[object, ...]) -> None:
         if self._db.execute(sql, params).rowcount != 1:
             raise LocalError("update matched no row")
+
+
+class _SQLiteTransaction:
+    """:meth:`SQLiteStorage.transaction`'s context manager: holds the storage's lock from
+    ``__enter__`` to ``__exit__``; outermost = ``BEGIN IMMEDIATE`` ... ``COMMIT``, nested = a
+    savepoint named after its depth.  On an exception inside, the block is rolled back (and the
+    caches of insert-only rows are dropped, so a rolled-back insert is never served from them);
+    a failed ``COMMIT`` leaves no transaction open."""
+
+    __slots__ = ("_depth", "_storage")
+
+    def __init__(self, storage: SQLiteStorage) -> None:
+        self._storage = storage
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        storage = self._storage
+        storage._lock.acquire()
+        try:
+            depth = storage._depth
+            storage._db.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT sp{depth}")
+        except BaseException:
+            storage._lock.release()
+            raise
+        storage._depth = depth + 1
+        self._depth = depth
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        storage = self._storage
+        depth = self._depth
+        db = storage._db
+        try:
+            storage._depth = depth
+            if exc_type is not None:
+                storage._forget_cached()  # a rolled-back insert must not stay cached
+                if depth == 0:
+                    db.execute("ROLLBACK")
+                else:
+                    db.execute(f"ROLLBACK TO sp{depth}")
+                    db.execute(f"RELEASE sp{depth}")
+                return
+            try:
+                db.execute("COMMIT" if depth == 0 else f"RELEASE sp{depth}")
+            except BaseException:
+                storage._forget_cached()
+                # A failed COMMIT may or may not have rolled back by itself (SQLite does for
+                # I/O errors, not for SQLITE_BUSY): make sure nothing of it stays open.
+                if depth == 0 and db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        finally:
+            storage._lock.release()
+
+
+#: entry count -> the INSERT of that many entries (:meth:`SQLiteStorage.insert_posting`).
+_ENTRIES_INSERT: dict[int, str] = {}
+
+
+def _entries_insert(count: int) -> str:
+    rows = ", ".join(["(?, ?, ?)"] * count)
+    return f"INSERT INTO entries (posting_id, account_id, amount) VALUES {rows}"  # noqa: S608 -- placeholders only
