@@ -129,6 +129,10 @@ class _Outcome:
 #: How many cards' phone keys :meth:`Center.signature_check` can know (~100 bytes each).
 PHONE_KEYS_REMEMBERED = 100_000
 
+#: What ``json.dumps(..., sort_keys=True, separators=(",", ":"))`` uses, made once: dumps with
+#: any non-default option builds a new encoder per call, and every request is hashed.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
 _TXN_FIELDS = tuple(f.name for f in fields(Transaction) if f.name != "extra")
 
 
@@ -147,7 +151,7 @@ def request_hash(req: AuthRequest) -> bytes:
         "ksn": None if req.ksn is None else req.ksn.hex(),
         "confirmation": None if req.confirmation is None else req.confirmation.hex(),
     }
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    text = _CANONICAL_JSON.encode(payload)
     return hashlib.sha256(_REQUEST_DOMAIN + text.encode("utf-8")).digest()
 
 
@@ -159,7 +163,7 @@ def wire_hash(fields: Mapping[str, object]) -> bytes:
     field 22, no unknown field), so the server hashes what the terminal sent: any field changed,
     added or dropped makes another message.
     """
-    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    text = _CANONICAL_JSON.encode(fields)
     return hashlib.sha256(_WIRE_DOMAIN + text.encode("utf-8")).digest()
 
 
