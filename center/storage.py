@@ -219,6 +219,10 @@ class SQLiteStorage:
         self._terminals: dict[str, TerminalRecord] = {}
         # isolation_level=None: no implicit BEGINs; this class issues every BEGIN/COMMIT itself.
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        #: One cursor for the data statements (each is read out at once): Connection.execute
+        #: makes a new cursor object per statement, ~8 per authorization.  Transaction control
+        #: (BEGIN, SAVEPOINT, COMMIT, ROLLBACK) stays on the connection.
+        self._cur = self._db.cursor()
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -271,7 +275,7 @@ class SQLiteStorage:
 
     def insert_account(self, account: AccountRecord) -> None:
         self._require_txn()
-        self._db.execute(
+        self._cur.execute(
             "INSERT INTO accounts (account_id, holder, kind, currency) VALUES (?, ?, ?, ?)",
             (account.account_id, account.holder, account.kind, account.currency),
         )
@@ -283,7 +287,7 @@ class SQLiteStorage:
         cached = self._accounts.get(account_id)
         if cached is not None:
             return cached
-        row = self._db.execute(
+        row = self._cur.execute(
             "SELECT account_id, holder, kind, currency FROM accounts WHERE account_id = ?",
             (account_id,),
         ).fetchone()
@@ -295,7 +299,7 @@ class SQLiteStorage:
 
     def insert_posting(self, reference: str, memo: str, entries: Sequence[tuple[str, int]]) -> int:
         self._require_txn()
-        cur = self._db.execute(
+        cur = self._cur.execute(
             "INSERT INTO postings (reference, memo) VALUES (?, ?)", (reference, memo)
         )
         posting_id = cur.lastrowid
@@ -310,20 +314,20 @@ class SQLiteStorage:
         params: list[object] = []
         for account_id, amount in entries:
             params += (posting_id, account_id, amount)
-        self._db.execute(sql, params)
+        self._cur.execute(sql, params)
         return posting_id
 
     def entry_sum(self, account_id: str | None = None) -> int:
         if account_id is None:
-            row = self._db.execute("SELECT COALESCE(SUM(amount), 0) FROM entries").fetchone()
+            row = self._cur.execute("SELECT COALESCE(SUM(amount), 0) FROM entries").fetchone()
         else:  # the trigger-kept running balance (the full sum stays the audit check above)
-            row = self._db.execute(
+            row = self._cur.execute(
                 "SELECT amount FROM balances WHERE account_id = ?", (account_id,)
             ).fetchone()
         return int(row[0]) if row else 0
 
     def unbalanced_postings(self) -> list[int]:
-        rows = self._db.execute(
+        rows = self._cur.execute(
             "SELECT p.posting_id FROM postings p LEFT JOIN entries e USING (posting_id) "
             "GROUP BY p.posting_id HAVING COALESCE(SUM(e.amount), 0) <> 0 OR COUNT(e.entry_id) < 2"
         ).fetchall()
@@ -333,13 +337,13 @@ class SQLiteStorage:
 
     def insert_hold(self, hold: HoldRecord) -> None:
         self._require_txn()
-        self._db.execute(
+        self._cur.execute(
             "INSERT INTO holds (reference, account_id, amount, active) VALUES (?, ?, ?, ?)",
             (hold.reference, hold.account_id, hold.amount, int(hold.active)),
         )
 
     def get_hold(self, reference: str) -> HoldRecord | None:
-        row = self._db.execute(
+        row = self._cur.execute(
             "SELECT reference, account_id, amount, active FROM holds WHERE reference = ?",
             (reference,),
         ).fetchone()
@@ -353,14 +357,14 @@ class SQLiteStorage:
         )
 
     def active_hold_sum(self, account_id: str) -> int:
-        row = self._db.execute(
+        row = self._cur.execute(
             "SELECT COALESCE(SUM(amount), 0) FROM holds WHERE account_id = ? AND active = 1",
             (account_id,),
         ).fetchone()
         return int(row[0])
 
     def balance_and_holds(self, account_id: str) -> tuple[int, int]:
-        row = self._db.execute(
+        row = self._cur.execute(
             "SELECT (SELECT amount FROM balances WHERE account_id = ?1), "
             "(SELECT COALESCE(SUM(amount), 0) FROM holds WHERE account_id = ?1 AND active = 1)",
             (account_id,),
@@ -371,7 +375,7 @@ class SQLiteStorage:
 
     def insert_terminal(self, terminal: TerminalRecord) -> None:
         self._require_txn()
-        self._db.execute(
+        self._cur.execute(
             "INSERT INTO terminals (terminal_id, merchant_id, merchant_name, kind, account_id) "
             "VALUES (?, ?, ?, ?, ?)",
             (
@@ -388,7 +392,7 @@ class SQLiteStorage:
         cached = self._terminals.get(terminal_id)
         if cached is not None:
             return cached
-        row = self._db.execute(
+        row = self._cur.execute(
             "SELECT terminal_id, merchant_id, merchant_name, kind, account_id FROM terminals "
             "WHERE terminal_id = ?",
             (terminal_id,),
@@ -400,7 +404,7 @@ class SQLiteStorage:
 
     def insert_card(self, card: CardRecord) -> None:
         self._require_txn()
-        self._db.execute(
+        self._cur.execute(
             "INSERT INTO cards (pan, expiry, account_id, phone_key, ikid, last_ksn_counter, pvd, "
             "pin_tries) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -416,7 +420,7 @@ class SQLiteStorage:
         )
 
     def get_card(self, pan: str) -> CardRecord | None:
-        row = self._db.execute(
+        row = self._cur.execute(
             "SELECT pan, expiry, account_id, phone_key, ikid, last_ksn_counter, pvd, pin_tries "
             "FROM cards WHERE pan = ?",
             (pan,),
@@ -435,7 +439,7 @@ class SQLiteStorage:
     def insert_message(self, message: MessageRecord) -> None:
         self._require_txn()
         k = message.key
-        self._db.execute(
+        self._cur.execute(
             "INSERT INTO messages (terminal_id, stan, transmitted_at, content_hash, txn_type, "
             "amount, pan, account_id, response_code, auth_code, available_balance, message, "
             "state, reversed_amount, received_at) "
@@ -460,7 +464,7 @@ class SQLiteStorage:
         )
 
     def get_message(self, key: MessageKey) -> MessageRecord | None:
-        row = self._db.execute(
+        row = self._cur.execute(
             "SELECT content_hash, txn_type, amount, pan, account_id, response_code, auth_code, "
             "available_balance, message, state, reversed_amount, received_at FROM messages "
             "WHERE terminal_id = ? AND stan = ? AND transmitted_at = ?",
@@ -477,7 +481,7 @@ class SQLiteStorage:
         )
 
     def list_messages(self, day: str | None = None) -> list[MessageRecord]:
-        rows = self._db.execute(
+        rows = self._cur.execute(
             "SELECT terminal_id, stan, transmitted_at, content_hash, txn_type, amount, pan, "
             "account_id, response_code, auth_code, available_balance, message, state, "
             "reversed_amount, received_at FROM messages WHERE ? IS NULL OR substr(received_at, "
@@ -487,7 +491,7 @@ class SQLiteStorage:
         return [MessageRecord(MessageKey(r[0], r[1], r[2]), *r[3:]) for r in rows]
 
     def list_terminals(self) -> list[TerminalRecord]:
-        rows = self._db.execute(
+        rows = self._cur.execute(
             "SELECT terminal_id, merchant_id, merchant_name, kind, account_id FROM terminals "
             "ORDER BY terminal_id"
         ).fetchall()
@@ -502,7 +506,7 @@ class SQLiteStorage:
         """Nothing to do: ``BEGIN IMMEDIATE`` already holds the database's one write lock."""
 
     def _update_one(self, sql: str, params: tuple[object, ...]) -> None:
-        if self._db.execute(sql, params).rowcount != 1:
+        if self._cur.execute(sql, params).rowcount != 1:
             raise LocalError("update matched no row")
 
 
