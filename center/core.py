@@ -474,12 +474,12 @@ class Center:
         card = self._storage.get_card(txn.pan)
         if card is None:
             raise _Declined(RC.INVALID_CARD, "card unknown")
-        expiries = [card.expiry]
         if txn.expiry:  # a completion may be sent without the card present
             if parse_expiry(txn.expiry) is None:
                 raise _Declined(RC.INVALID_CARD, "expiry date is not YYMM")
-            expiries.append(txn.expiry)
-        if any(is_expired(e, now) for e in expiries):
+            if is_expired(card.expiry, now) or is_expired(txn.expiry, now):
+                raise _Declined(RC.EXPIRED_CARD, "card expired")
+        elif is_expired(card.expiry, now):
             raise _Declined(RC.EXPIRED_CARD, "card expired")
         return card
 
