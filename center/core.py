@@ -388,6 +388,7 @@ class Center:
         same key must match.
         """
         txn = req.txn
+        type_name = txn.type.value  # an enum property: read once
         key = MessageKey(txn.terminal_id, txn.stan, txn.transmitted_at)
         digest = request_hash(req) if content_hash is None else content_hash
         self._ahead = self._described.pop(id(req), None) if self._described else None
@@ -409,7 +410,7 @@ class Center:
                     MessageRecord(
                         key=key,
                         content_hash=digest,
-                        txn_type=txn.type.value,
+                        txn_type=type_name,
                         amount=txn.amount,
                         pan=txn.pan,
                         account_id=outcome.account_id,
@@ -432,7 +433,7 @@ class Center:
         # payment (`swipepay --log-level warning center serve` skips the formatting).
         if _log.isEnabledFor(logging.INFO):
             _log.info(
-                "authorization %s %s %d card %s: %s %s", key, txn.type.value, txn.amount,
+                "authorization %s %s %d card %s: %s %s", key, type_name, txn.amount,
                 _masked(txn.pan), r.response_code, describe(r.response_code).text,
             )  # fmt: skip
         return r
@@ -567,7 +568,7 @@ class Center:
         self._ledger.apply(txn.type, reference, parties, txn.amount, hold_reference=hold_reference)
         available = self._ledger.available(card.account_id) if after is None else after
         response = AuthResponse(
-            RC.APPROVED.value,
+            _APPROVED,
             auth_code=_new_auth_code(),
             message="approved",
             sealed_balance=self._sealed_balance(req, available),
