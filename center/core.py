@@ -485,15 +485,14 @@ class Center:
         return card
 
     def _check_amount(self, txn: Transaction, card: CardRecord, terminal: TerminalRecord) -> None:
-        if txn.spec.has_amount and txn.amount == 0:
+        has_amount = txn.spec.has_amount
+        if has_amount and txn.amount == 0:
             raise _Declined(RC.INVALID_AMOUNT, "amount is zero")
-        if not txn.spec.has_amount and txn.amount != 0:
+        if not has_amount and txn.amount != 0:
             raise _Declined(RC.INVALID_AMOUNT, f"a {txn.type.value} carries no amount")
-        currencies = {
-            self._ledger.account(card.account_id).currency,
-            self._ledger.account(terminal.account_id).currency,
-        }
-        if currencies != {txn.currency}:
+        cardholder = self._ledger.account(card.account_id).currency
+        merchant = self._ledger.account(terminal.account_id).currency
+        if cardholder != txn.currency or merchant != txn.currency:
             raise _Declined(RC.INVALID_TRANSACTION, "currency not supported for this account")
 
     def _verify_phone(
