@@ -134,6 +134,10 @@ class _Outcome:
 #: How many cards' phone keys :meth:`Center.signature_check` can know (~100 bytes each).
 PHONE_KEYS_REMEMBERED = 100_000
 
+#: What ``json.dumps(..., sort_keys=True, separators=(",", ":"))`` uses, made once: dumps with
+#: any non-default option builds a new encoder per call, and every request is hashed.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
 _TXN_FIELDS = tuple(f.name for f in fields(Transaction) if f.name != "extra")
 
 
@@ -152,7 +156,7 @@ def request_hash(req: AuthRequest) -> bytes:
         "ksn": None if req.ksn is None else req.ksn.hex(),
         "confirmation": None if req.confirmation is None else req.confirmation.hex(),
     }
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    text = _CANONICAL_JSON.encode(payload)
     return hashlib.sha256(_REQUEST_DOMAIN + text.encode("utf-8")).digest()
 
 
@@ -164,7 +168,7 @@ def wire_hash(fields: Mapping[str, object]) -> bytes:
     field 22, no unknown field), so the server hashes what the terminal sent: any field changed,
     added or dropped makes another message.
     """
-    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    text = _CANONICAL_JSON.encode(fields)
     return hashlib.sha256(_WIRE_DOMAIN + text.encode("utf-8")).digest()
 
 
@@ -389,6 +393,7 @@ class Center:
         same key must match.
         """
         txn = req.txn
+        type_name = txn.type.value  # an enum property: read once
         key = MessageKey(txn.terminal_id, txn.stan, txn.transmitted_at)
         digest = request_hash(req) if content_hash is None else content_hash
         self._ahead = self._described.pop(id(req), None) if self._described else None
@@ -413,7 +418,7 @@ class Center:
                     MessageRecord(
                         key=key,
                         content_hash=digest,
-                        txn_type=txn.type.value,
+                        txn_type=type_name,
                         amount=txn.amount,
                         pan=txn.pan,
                         account_id=outcome.account_id,
@@ -436,7 +441,7 @@ class Center:
         # payment (`swipepay --log-level warning center serve` skips the formatting).
         if _log.isEnabledFor(logging.INFO):
             _log.info(
-                "authorization %s %s %d card %s: %s %s", key, txn.type.value, txn.amount,
+                "authorization %s %s %d card %s: %s %s", key, type_name, txn.amount,
                 _masked(txn.pan), r.response_code, describe(r.response_code).text,
             )  # fmt: skip
         return r
@@ -478,25 +483,24 @@ class Center:
         card = self._storage.get_card(txn.pan)
         if card is None:
             raise _Declined(RC.INVALID_CARD, "card unknown")
-        expiries = [card.expiry]
         if txn.expiry:  # a completion may be sent without the card present
             if parse_expiry(txn.expiry) is None:
                 raise _Declined(RC.INVALID_CARD, "expiry date is not YYMM")
-            expiries.append(txn.expiry)
-        if any(is_expired(e, now) for e in expiries):
+            if is_expired(card.expiry, now) or is_expired(txn.expiry, now):
+                raise _Declined(RC.EXPIRED_CARD, "card expired")
+        elif is_expired(card.expiry, now):
             raise _Declined(RC.EXPIRED_CARD, "card expired")
         return card
 
     def _check_amount(self, txn: Transaction, card: CardRecord, terminal: TerminalRecord) -> None:
-        if txn.spec.has_amount and txn.amount == 0:
+        has_amount = txn.spec.has_amount
+        if has_amount and txn.amount == 0:
             raise _Declined(RC.INVALID_AMOUNT, "amount is zero")
-        if not txn.spec.has_amount and txn.amount != 0:
+        if not has_amount and txn.amount != 0:
             raise _Declined(RC.INVALID_AMOUNT, f"a {txn.type.value} carries no amount")
-        currencies = {
-            self._ledger.account(card.account_id).currency,
-            self._ledger.account(terminal.account_id).currency,
-        }
-        if currencies != {txn.currency}:
+        cardholder = self._ledger.account(card.account_id).currency
+        merchant = self._ledger.account(terminal.account_id).currency
+        if cardholder != txn.currency or merchant != txn.currency:
             raise _Declined(RC.INVALID_TRANSACTION, "currency not supported for this account")
 
     def _verify_phone(
@@ -555,17 +559,23 @@ class Center:
             Party.CARDHOLDER: card.account_id,
             Party.TERMINAL: terminal.account_id,
         }
-        hold_reference = str(key)
+        reference = hold_reference = str(key)
+        after: int | None = None
         if txn.type is TxnType.COMPLETION:
             hold_reference = self._check_completion(txn, card)
         elif POSTING_RULES[txn.type].checks_funds:
             available = self._ledger.available(card.account_id)
             if txn.amount > available:
                 raise _Declined(RC.INSUFFICIENT_FUNDS, "insufficient funds", available)
-        self._ledger.apply(txn.type, str(key), parties, txn.amount, hold_reference=hold_reference)
-        available = self._ledger.available(card.account_id)
+            # The balance after the posting, from the one just read in this transaction
+            # (one statement less per approval); read again where the rule cannot tell it.
+            change = self._ledger.available_change(txn.type, card.account_id, txn.amount)
+            if change is not None:
+                after = available + change
+        self._ledger.apply(txn.type, reference, parties, txn.amount, hold_reference=hold_reference)
+        available = self._ledger.available(card.account_id) if after is None else after
         response = AuthResponse(
-            RC.APPROVED.value,
+            _APPROVED,
             auth_code=_new_auth_code(),
             message="approved",
             sealed_balance=self._sealed_balance(req, available),

@@ -48,6 +48,11 @@ NORMAL_SIDE: dict[AccountKind, Side] = {
 }
 
 
+#: :data:`NORMAL_SIDE` keyed by the kind as stored (text) and signed as a plain int: looked up
+#: for every available balance, without making an enum member from the stored text first.
+_NORMAL_SIGN: dict[str, int] = {kind.value: int(side) for kind, side in NORMAL_SIDE.items()}
+
+
 class Party(Enum):
     """Whose account a rule means; the caller maps each party to an account ID."""
 
@@ -153,11 +158,19 @@ class Ledger:
 
     def post(self, reference: str, memo: str, entries: Sequence[tuple[str, int]]) -> int:
         """Record one posting; refuse it unless it has ≥ 2 non-zero entries summing to zero."""
-        if len(entries) < 2 or any(amount == 0 for _, amount in entries):
+        # Plain loops, not generator expressions: every approval posts once.
+        total = 0
+        for _, amount in entries:
+            if amount == 0:
+                raise LocalError("a posting needs at least two non-zero entries")
+            total += amount
+        if len(entries) < 2:
             raise LocalError("a posting needs at least two non-zero entries")
-        if sum(amount for _, amount in entries) != 0:
+        if total != 0:
             raise LocalError("posting does not balance")
-        currencies = {self.account(account_id).currency for account_id, _ in entries}
+        currencies = set()
+        for account_id, _ in entries:
+            currencies.add(self.account(account_id).currency)
         if len(currencies) != 1:
             raise LocalError("a posting must not mix currencies")
         return self._storage.insert_posting(reference, memo, entries)
@@ -243,11 +256,28 @@ class Ledger:
     def held(self, account_id: str) -> int:
         return self._storage.active_hold_sum(account_id)
 
+    def available_change(self, txn_type: TxnType, account_id: str, amount: int) -> int | None:
+        """How :meth:`apply` of ``amount`` for ``txn_type`` moves the available balance of the
+        cardholder party's account ``account_id`` (read off :data:`POSTING_RULES`), or
+        ``None`` when that depends on more than the amount (a released hold).
+
+        Lets a decision that has just read the available balance for its funds check know the
+        balance after its posting without reading it again inside the same transaction.
+        """
+        rule = POSTING_RULES[txn_type]
+        if rule.hold is HoldAction.RELEASE:
+            return None  # what it releases is the pre-authorization's held amount
+        kind = AccountKind(self.account(account_id).kind)
+        change = balance_effect(txn_type, Party.CARDHOLDER, kind) * amount
+        if rule.hold is HoldAction.PLACE:
+            change -= amount
+        return change
+
     def available(self, account_id: str) -> int:
         """What the holder can still spend: ledger balance minus active holds."""
-        kind = AccountKind(self.account(account_id).kind)
+        sign = _NORMAL_SIGN[self.account(account_id).kind]
         entries, held = self._storage.balance_and_holds(account_id)
-        return NORMAL_SIDE[kind] * entries - held
+        return sign * entries - held
 
     def trial_balance(self) -> int:
         """Sum of all entries of all accounts (debits − credits): 0 when the books are right."""

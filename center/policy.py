@@ -6,6 +6,7 @@ not a programmer) without reading the control flow that applies them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -54,8 +55,13 @@ COMPLETABLE: frozenset[MessageState] = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_expiry(yymm: str) -> tuple[int, int] | None:
-    """``(year, month)`` of a YYMM expiry date, or ``None`` if it is not one."""
+    """``(year, month)`` of a YYMM expiry date, or ``None`` if it is not one.
+
+    Remembered for the last few thousand texts (a pure function of a short string): every
+    decision parses the card's enrolled expiry and the presented one.
+    """
     if len(yymm) != 4 or not yymm.isdigit() or not 1 <= int(yymm[2:]) <= 12:
         return None
     return 2000 + int(yymm[:2]), int(yymm[2:])

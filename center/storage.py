@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Protocol
 
 from swipepay.center import schema
@@ -218,6 +219,10 @@ class SQLiteStorage:
         self._terminals: dict[str, TerminalRecord] = {}
         # isolation_level=None: no implicit BEGINs; this class issues every BEGIN/COMMIT itself.
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        #: One cursor for the data statements (each is read out at once): Connection.execute
+        #: makes a new cursor object per statement, ~8 per authorization.  Transaction control
+        #: (BEGIN, SAVEPOINT, COMMIT, ROLLBACK) stays on the connection.
+        self._cur = self._db.cursor()
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -245,34 +250,12 @@ class SQLiteStorage:
 
     # -- transactions -------------------------------------------------------------------------
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        with self._lock:
-            depth = self._depth
-            savepoint = f"sp{depth}"
-            self._db.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {savepoint}")
-            self._depth += 1
-            try:
-                yield
-            except BaseException:
-                self._depth -= 1
-                self._forget_cached()  # a rolled-back insert must not stay cached
-                if depth == 0:
-                    self._db.execute("ROLLBACK")
-                else:
-                    self._db.execute(f"ROLLBACK TO {savepoint}")
-                    self._db.execute(f"RELEASE {savepoint}")
-                raise
-            self._depth -= 1
-            try:
-                self._db.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
-            except BaseException:
-                self._forget_cached()
-                # A failed COMMIT may or may not have rolled back by itself (SQLite does for
-                # I/O errors, not for SQLITE_BUSY): make sure nothing of it stays open.
-                if depth == 0 and self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+    def transaction(self) -> AbstractContextManager[None]:
+        """Outermost: ``BEGIN IMMEDIATE`` ... ``COMMIT``; nested: a savepoint (an exception rolls
+        back only that block).  A small class instead of a generator context manager: every
+        decision opens one, and the generator's set-up and two resumptions cost more than
+        the savepoint's own statements."""
+        return _SQLiteTransaction(self)
 
     def _forget_cached(self) -> None:
         self._accounts.clear()
@@ -292,7 +275,7 @@ class SQLiteStorage:
 
     def insert_account(self, account: AccountRecord) -> None:
         self._require_txn()
-        self._db.execute(
+        self._cur.execute(
             "INSERT INTO accounts (account_id, holder, kind, currency) VALUES (?, ?, ?, ?)",
             (account.account_id, account.holder, account.kind, account.currency),
         )
@@ -304,7 +287,7 @@ class SQLiteStorage:
         cached = self._accounts.get(account_id)
         if cached is not None:
             return cached
-        row = self._db.execute(
+        row = self._cur.execute(
             "SELECT account_id, holder, kind, currency FROM accounts WHERE account_id = ?",
             (account_id,),
         ).fetchone()
@@ -316,28 +299,35 @@ class SQLiteStorage:
 
     def insert_posting(self, reference: str, memo: str, entries: Sequence[tuple[str, int]]) -> int:
         self._require_txn()
-        cur = self._db.execute(
+        cur = self._cur.execute(
             "INSERT INTO postings (reference, memo) VALUES (?, ?)", (reference, memo)
         )
         posting_id = cur.lastrowid
         assert posting_id is not None
-        self._db.executemany(
-            "INSERT INTO entries (posting_id, account_id, amount) VALUES (?, ?, ?)",
-            [(posting_id, account_id, amount) for account_id, amount in entries],
-        )
+        # One multi-row INSERT (its text cached per entry count) instead of executemany: a
+        # posting has two entries, and one statement call costs less than the batch machinery.
+        if not entries:
+            return posting_id
+        sql = _ENTRIES_INSERT.get(len(entries))
+        if sql is None:
+            sql = _ENTRIES_INSERT[len(entries)] = _entries_insert(len(entries))
+        params: list[object] = []
+        for account_id, amount in entries:
+            params += (posting_id, account_id, amount)
+        self._cur.execute(sql, params)
         return posting_id
 
     def entry_sum(self, account_id: str | None = None) -> int:
         if account_id is None:
-            row = self._db.execute("SELECT COALESCE(SUM(amount), 0) FROM entries").fetchone()
+            row = self._cur.execute("SELECT COALESCE(SUM(amount), 0) FROM entries").fetchone()
         else:  # the trigger-kept running balance (the full sum stays the audit check above)
-            row = self._db.execute(
+            row = self._cur.execute(
                 "SELECT amount FROM balances WHERE account_id = ?", (account_id,)
             ).fetchone()
         return int(row[0]) if row else 0
 
     def unbalanced_postings(self) -> list[int]:
-        rows = self._db.execute(
+        rows = self._cur.execute(
             "SELECT p.posting_id FROM postings p LEFT JOIN entries e USING (posting_id) "
             "GROUP BY p.posting_id HAVING COALESCE(SUM(e.amount), 0) <> 0 OR COUNT(e.entry_id) < 2"
         ).fetchall()
@@ -347,13 +337,13 @@ class SQLiteStorage:
 
     def insert_hold(self, hold: HoldRecord) -> None:
         self._require_txn()
-        self._db.execute(
+        self._cur.execute(
             "INSERT INTO holds (reference, account_id, amount, active) VALUES (?, ?, ?, ?)",
             (hold.reference, hold.account_id, hold.amount, int(hold.active)),
         )
 
     def get_hold(self, reference: str) -> HoldRecord | None:
-        row = self._db.execute(
+        row = self._cur.execute(
             "SELECT reference, account_id, amount, active FROM holds WHERE reference = ?",
             (reference,),
         ).fetchone()
@@ -367,14 +357,14 @@ class SQLiteStorage:
         )
 
     def active_hold_sum(self, account_id: str) -> int:
-        row = self._db.execute(
+        row = self._cur.execute(
             "SELECT COALESCE(SUM(amount), 0) FROM holds WHERE account_id = ? AND active = 1",
             (account_id,),
         ).fetchone()
         return int(row[0])
 
     def balance_and_holds(self, account_id: str) -> tuple[int, int]:
-        row = self._db.execute(
+        row = self._cur.execute(
             "SELECT (SELECT amount FROM balances WHERE account_id = ?1), "
             "(SELECT COALESCE(SUM(amount), 0) FROM holds WHERE account_id = ?1 AND active = 1)",
             (account_id,),
@@ -385,7 +375,7 @@ class SQLiteStorage:
 
     def insert_terminal(self, terminal: TerminalRecord) -> None:
         self._require_txn()
-        self._db.execute(
+        self._cur.execute(
             "INSERT INTO terminals (terminal_id, merchant_id, merchant_name, kind, account_id) "
             "VALUES (?, ?, ?, ?, ?)",
             (
@@ -402,7 +392,7 @@ class SQLiteStorage:
         cached = self._terminals.get(terminal_id)
         if cached is not None:
             return cached
-        row = self._db.execute(
+        row = self._cur.execute(
             "SELECT terminal_id, merchant_id, merchant_name, kind, account_id FROM terminals "
             "WHERE terminal_id = ?",
             (terminal_id,),
@@ -414,7 +404,7 @@ class SQLiteStorage:
 
     def insert_card(self, card: CardRecord) -> None:
         self._require_txn()
-        self._db.execute(
+        self._cur.execute(
             "INSERT INTO cards (pan, expiry, account_id, phone_key, ikid, last_ksn_counter, pvd, "
             "pin_tries) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -430,7 +420,7 @@ class SQLiteStorage:
         )
 
     def get_card(self, pan: str) -> CardRecord | None:
-        row = self._db.execute(
+        row = self._cur.execute(
             "SELECT pan, expiry, account_id, phone_key, ikid, last_ksn_counter, pvd, pin_tries "
             "FROM cards WHERE pan = ?",
             (pan,),
@@ -449,7 +439,7 @@ class SQLiteStorage:
     def insert_message(self, message: MessageRecord) -> None:
         self._require_txn()
         k = message.key
-        self._db.execute(
+        self._cur.execute(
             "INSERT INTO messages (terminal_id, stan, transmitted_at, content_hash, txn_type, "
             "amount, pan, account_id, response_code, auth_code, available_balance, message, "
             "state, reversed_amount, received_at) "
@@ -474,7 +464,7 @@ class SQLiteStorage:
         )
 
     def get_message(self, key: MessageKey) -> MessageRecord | None:
-        row = self._db.execute(
+        row = self._cur.execute(
             "SELECT content_hash, txn_type, amount, pan, account_id, response_code, auth_code, "
             "available_balance, message, state, reversed_amount, received_at FROM messages "
             "WHERE terminal_id = ? AND stan = ? AND transmitted_at = ?",
@@ -491,7 +481,7 @@ class SQLiteStorage:
         )
 
     def list_messages(self, day: str | None = None) -> list[MessageRecord]:
-        rows = self._db.execute(
+        rows = self._cur.execute(
             "SELECT terminal_id, stan, transmitted_at, content_hash, txn_type, amount, pan, "
             "account_id, response_code, auth_code, available_balance, message, state, "
             "reversed_amount, received_at FROM messages WHERE ? IS NULL OR substr(received_at, "
@@ -501,7 +491,7 @@ class SQLiteStorage:
         return [MessageRecord(MessageKey(r[0], r[1], r[2]), *r[3:]) for r in rows]
 
     def list_terminals(self) -> list[TerminalRecord]:
-        rows = self._db.execute(
+        rows = self._cur.execute(
             "SELECT terminal_id, merchant_id, merchant_name, kind, account_id FROM terminals "
             "ORDER BY terminal_id"
         ).fetchall()
@@ -516,5 +506,71 @@ class SQLiteStorage:
         """Nothing to do: ``BEGIN IMMEDIATE`` already holds the database's one write lock."""
 
     def _update_one(self, sql: str, params: tuple[object, ...]) -> None:
-        if self._db.execute(sql, params).rowcount != 1:
+        if self._cur.execute(sql, params).rowcount != 1:
             raise LocalError("update matched no row")
+
+
+class _SQLiteTransaction:
+    """:meth:`SQLiteStorage.transaction`'s context manager: holds the storage's lock from
+    ``__enter__`` to ``__exit__``; outermost = ``BEGIN IMMEDIATE`` ... ``COMMIT``, nested = a
+    savepoint named after its depth.  On an exception inside, the block is rolled back (and the
+    caches of insert-only rows are dropped, so a rolled-back insert is never served from them);
+    a failed ``COMMIT`` leaves no transaction open."""
+
+    __slots__ = ("_depth", "_storage")
+
+    def __init__(self, storage: SQLiteStorage) -> None:
+        self._storage = storage
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        storage = self._storage
+        storage._lock.acquire()
+        try:
+            depth = storage._depth
+            storage._db.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT sp{depth}")
+        except BaseException:
+            storage._lock.release()
+            raise
+        storage._depth = depth + 1
+        self._depth = depth
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        storage = self._storage
+        depth = self._depth
+        db = storage._db
+        try:
+            storage._depth = depth
+            if exc_type is not None:
+                storage._forget_cached()  # a rolled-back insert must not stay cached
+                if depth == 0:
+                    db.execute("ROLLBACK")
+                else:
+                    db.execute(f"ROLLBACK TO sp{depth}")
+                    db.execute(f"RELEASE sp{depth}")
+                return
+            try:
+                db.execute("COMMIT" if depth == 0 else f"RELEASE sp{depth}")
+            except BaseException:
+                storage._forget_cached()
+                # A failed COMMIT may or may not have rolled back by itself (SQLite does for
+                # I/O errors, not for SQLITE_BUSY): make sure nothing of it stays open.
+                if depth == 0 and db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        finally:
+            storage._lock.release()
+
+
+#: entry count -> the INSERT of that many entries (:meth:`SQLiteStorage.insert_posting`).
+_ENTRIES_INSERT: dict[int, str] = {}
+
+
+def _entries_insert(count: int) -> str:
+    rows = ", ".join(["(?, ?, ?)"] * count)
+    return f"INSERT INTO entries (posting_id, account_id, amount) VALUES {rows}"  # noqa: S608 -- placeholders only

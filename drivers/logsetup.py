@@ -49,8 +49,19 @@ _PAN = re.compile(r"(?<![0-9])([0-9]{6})([0-9]{2,9})([0-9]{4})(?![0-9])")
 _TRACK_TAIL = re.compile(r"([\^=])[^?\s]*\?")
 
 
+#: The shortest run of digits :data:`_PAN` masks.
+_TWELVE_DIGITS = re.compile(r"[0-9]{12}")
+
+
 def redact(text: str) -> str:
-    """Mask card numbers (6+4) and track data in a log message."""
+    """Mask card numbers (6+4) and track data in a log message.
+
+    What could need masking is looked for first: most lines (every decision the center logs)
+    hold neither a track separator nor 12 digits in a row, and then the two substitutions could
+    not change anything (one scan for the digits costs about half of the two).
+    """
+    if "^" not in text and "=" not in text and _TWELVE_DIGITS.search(text) is None:
+        return text
     text = _TRACK_TAIL.sub(r"\1…?", text)
     return _PAN.sub(lambda m: m.group(1) + "*" * len(m.group(2)) + m.group(3), text)
 

@@ -116,6 +116,25 @@ def test_completion_of_full_hold_amount_is_allowed(world: World) -> None:
     assert balances(world)[:2] == (OPENING - 30_00, OPENING - 30_00)
 
 
+def test_recorded_balance_after_each_approval_is_the_ledgers(world: World) -> None:
+    """The balance a decision records with its answer is the ledger's available balance after
+    its posting, for every type (some are worked out from the funds check's read)."""
+    pre: AuthRequest | None = None
+    for type_, amount in ((P, 25_00), (W, 10_00), (D, 5_00), (PRE, 30_00), (COMP, 20_00)):
+        if type_ is COMP:
+            assert pre is not None
+            req = completion(world, pre, amount)
+        else:
+            req = world.signed(type_, amount)
+        pre = req if type_ is PRE else pre
+        approve(world, req)
+        key = MessageKey(req.txn.terminal_id, req.txn.stan, req.txn.transmitted_at)
+        with world.center._storage.transaction():
+            stored = world.center._storage.get_message(key)
+        assert stored is not None
+        assert stored.available_balance == world.center.available_balance(ACCOUNT), type_
+
+
 # -- declines before the phone checks --------------------------------------------------------
 
 
