@@ -106,6 +106,12 @@ def reserve_port(host: str, port: int) -> socket.socket:
         raise ConfigError("--workers needs SO_REUSEPORT (Linux, BSD); use --workers 1")
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, address = infos[0]
+    if port != 0:
+        # Without SO_REUSEPORT first: a bind that fails here means another program (another
+        # center of this user's included, which SO_REUSEPORT would silently join) has the port.
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

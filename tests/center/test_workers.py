@@ -311,3 +311,21 @@ def test_ctrl_c_on_a_terminal_stops_every_worker(pg_home: Path) -> None:
     assert not listening_pids(port)
     for pid in workers:  # stopped and reaped by the supervisor before it exited
         assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_second_center_on_the_port_of_a_running_one_is_refused(pg_home: Path) -> None:
+    """SO_REUSEPORT would let a second ``--workers`` center of the same user join the first
+    one's port and take half its terminals: it is refused, and the first keeps serving."""
+    port = free_port()
+    proc = start_center(pg_home, port, "--workers", "2")
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "swipepay", "center", "serve", "--home", str(pg_home),
+             "--listen", f"127.0.0.1:{port}", "--workers", "2"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 3, run.stderr
+        assert "cannot listen" in run.stderr and "Traceback" not in run.stderr
+        assert len(_workers(port, proc.pid)) == 2 and proc.poll() is None
+    finally:
+        stop(proc)
