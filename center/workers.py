@@ -283,10 +283,37 @@ class Supervisor:
             slot.proc = None
 
 
+_METRICS_PREFIX = "swipepay-metrics-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _me() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
 @contextlib.contextmanager
-def metrics_directory() -> Any:
-    """A private directory for prometheus_client's per-process files, removed at the end."""
-    path = Path(tempfile.mkdtemp(prefix="swipepay-metrics-"))
+def metrics_directory(parent: Path | None = None) -> Any:
+    """A private directory for prometheus_client's per-process files, removed at the end.
+
+    Its name carries the supervisor's pid; directories left by a supervisor that was killed
+    (its pid gone) are removed first, so SIGKILLed centers do not pile up files."""
+    base = Path(tempfile.gettempdir()) if parent is None else parent
+    for stale in base.glob(f"{_METRICS_PREFIX}*-*"):
+        pid = stale.name[len(_METRICS_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and stale.owner() == _me():
+            shutil.rmtree(stale, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-", dir=base))
     try:
         yield path
     finally:

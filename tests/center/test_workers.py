@@ -329,3 +329,18 @@ def test_a_second_center_on_the_port_of_a_running_one_is_refused(pg_home: Path) 
         assert len(_workers(port, proc.pid)) == 2 and proc.poll() is None
     finally:
         stop(proc)
+
+
+def test_metrics_directories_of_killed_supervisors_are_removed(tmp_path: Path) -> None:
+    from swipepay.center.workers import metrics_directory
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    stale = tmp_path / f"swipepay-metrics-{dead.stdout.strip()}-abc"
+    (stale / "sub").mkdir(parents=True)
+    live = tmp_path / f"swipepay-metrics-{os.getpid()}-xyz"
+    live.mkdir()
+    with metrics_directory(tmp_path) as path:
+        assert path.is_dir() and path.name.startswith(f"swipepay-metrics-{os.getpid()}-")
+        assert not stale.exists() and live.exists()
+    assert not path.exists()
