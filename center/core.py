@@ -703,13 +703,8 @@ class Center:
                     received_at=self._iso(now),
                 )
             )
-            return AuthResponse(
-                RC.APPROVED.value, message="unknown transaction; nothing to reverse"
-            )
-        if original.txn_type == REVERSED_UNSEEN:  # this reversal again: the same answer
-            return AuthResponse(
-                RC.APPROVED.value, message="unknown transaction; nothing to reverse"
-            )
+        if original is None or original.txn_type == REVERSED_UNSEEN:  # again: the same answer
+            return AuthResponse(_APPROVED, message="unknown transaction; nothing to reverse")
         if original_amount is not None and original_amount != original.amount:
             _log.warning(
                 "reversal %s names amount %d, the original is %d; refused",

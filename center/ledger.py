@@ -159,13 +159,13 @@ class Ledger:
     def post(self, reference: str, memo: str, entries: Sequence[tuple[str, int]]) -> int:
         """Record one posting; refuse it unless it has ≥ 2 non-zero entries summing to zero."""
         # Plain loops, not generator expressions: every approval posts once.
+        if len(entries) < 2:
+            raise LocalError("a posting needs at least two non-zero entries")
         total = 0
         for _, amount in entries:
             if amount == 0:
                 raise LocalError("a posting needs at least two non-zero entries")
             total += amount
-        if len(entries) < 2:
-            raise LocalError("a posting needs at least two non-zero entries")
         if total != 0:
             raise LocalError("posting does not balance")
         currencies = set()

@@ -185,7 +185,7 @@ class PrometheusMetrics(ServerMetrics):
         )
         self._commit_seconds = Histogram(
             _PREFIX + "commit_seconds",
-            "Seconds to decide and commit one group-commit batch.",
+            "Seconds one group-commit batch's COMMIT took, from its last decision.",
             buckets=COMMIT_BUCKETS,
             registry=reg,
         )

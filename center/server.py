@@ -219,8 +219,6 @@ class CenterServer:
             while not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
             responses = await self._decide(center, jobs)
-            if responses is not None:
-                self.metrics.batch(len(jobs), self._commit_seconds)
             if self._verifier is not None and self._verifier.failed and not self._verifier_down:
                 self._verifier_down = True  # it failed or was given up: inline from now on
                 self.metrics.verifier(False)
@@ -239,13 +237,12 @@ class CenterServer:
     _storage_down = False
     #: The verifier's failure has been reported to the metrics.
     _verifier_down = False
-    #: How long the last batch's commit took (from its last decision to the end of COMMIT).
-    _commit_seconds = 0.0
 
-    @property
-    def storage_down(self) -> bool:
-        """The last batch found the database unreachable (``/healthz``)."""
-        return self._storage_down
+    def health(self) -> tuple[bool, str]:
+        """``/healthz`` of a one-process center: unhealthy while the database is unreachable."""
+        if self._storage_down:
+            return False, "database unavailable"
+        return True, "serving"
 
     async def _decide(self, center: Center, jobs: list[_Job]) -> list[AuthResponse] | None:
         """Decide every job in one storage transaction and commit it (on the loop thread): the
@@ -287,7 +284,8 @@ class CenterServer:
                         for n in pending:
                             out[n] = self._decide_one(center, jobs[n], now)
                     decided = time.perf_counter()
-                self._commit_seconds = time.perf_counter() - decided
+                # From the batch's last decision to the end of its COMMIT.
+                self.metrics.batch(len(jobs), time.perf_counter() - decided)
             except StorageConflict as exc:
                 self.metrics.database_error("conflict")
                 _log.debug("batch of %d, try %d: %s; deciding it again", len(jobs), attempt, exc)

@@ -45,10 +45,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swipepay.center.database import parse_url
+from swipepay.center.metrics import MULTIPROC_ENV
 from swipepay.firmware_sim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from swipepay.center.server import ServerLimits
 
 _log = logging.getLogger(__name__)
 
@@ -61,8 +65,6 @@ _STABLE_AFTER = 60.0
 _READY_TIMEOUT = 60.0
 #: How long stopping workers get to close their connections before they are killed.
 _STOP_GRACE = 10.0
-#: Environment variable prometheus_client reads (at import) to write per-process files.
-_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def check_storage(database: str, workers: int) -> None:
 
 def reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` with ``SO_REUSEPORT`` and never listening: holds the
-    port for the workers (``port`` 0: the kernel picks one, :func:`bound_port` tells it)."""
+    port for the workers (``port`` 0: the kernel picks one)."""
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ConfigError("--workers needs SO_REUSEPORT (Linux, BSD); use --workers 1")
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -123,10 +125,6 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def bound_port(sock: socket.socket) -> int:
-    return int(sock.getsockname()[1])
-
-
 class _Slot:
     """One worker position: its current process and its restart pause."""
 
@@ -135,15 +133,14 @@ class _Slot:
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = False
         self.pause = RESTART_FIRST
-        self.restarts = 0
 
 
 class Supervisor:
     """Runs ``workers`` worker processes on one address and keeps them running.
 
     ``on_ready(port)`` is called once, when every worker listens.  ``metrics_dir`` (prometheus
-    multiprocess directory) is passed to the workers' environment; ``on_exit(pid)`` is called for
-    every worker process that ended (the metrics use it to drop a dead worker's gauges).
+    multiprocess directory) is passed to the workers' environment, and every worker process that
+    ended is marked dead in it, so its gauges leave the sums.
     """
 
     def __init__(
@@ -152,12 +149,10 @@ class Supervisor:
         workers: int,
         *,
         metrics_dir: Path | None = None,
-        on_exit: Callable[[int], None] | None = None,
     ) -> None:
         self._settings = settings
         self._slots = [_Slot(n + 1) for n in range(workers)]
         self._metrics_dir = metrics_dir
-        self._on_exit = on_exit
         self._stopping = False
         self._all_ready = asyncio.Event()
 
@@ -167,13 +162,6 @@ class Supervisor:
 
     def ready_count(self) -> int:
         return sum(1 for s in self._slots if s.ready)
-
-    def pids(self) -> list[int]:
-        return [s.proc.pid for s in self._slots if s.proc is not None and s.ready]
-
-    @property
-    def restarts(self) -> int:
-        return sum(s.restarts for s in self._slots)
 
     def health(self) -> tuple[bool, str]:
         """Healthy while every worker is ready (``/healthz``)."""
@@ -226,13 +214,12 @@ class Supervisor:
             _log.warning("worker %d exited; starting it again in %.1f s", slot.index, slot.pause)
             await asyncio.sleep(slot.pause)
             slot.pause = min(slot.pause * 2, RESTART_LONGEST)
-            slot.restarts += 1
 
     async def _run_once(self, slot: _Slot) -> None:
         settings = replace(self._settings, index=slot.index)
         env = dict(os.environ)
         if self._metrics_dir is not None:
-            env[_MULTIPROC_ENV] = str(self._metrics_dir)
+            env[MULTIPROC_ENV] = str(self._metrics_dir)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "swipepay.center.workers",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
@@ -260,8 +247,13 @@ class Supervisor:
             slot.ready = False
             if proc.returncode is not None:  # else cancelled: _stop_all stops it
                 slot.proc = None
-                if self._on_exit is not None:
-                    self._on_exit(proc.pid)
+                self._exited(proc.pid)
+
+    def _exited(self, pid: int) -> None:
+        if self._metrics_dir is not None:
+            from swipepay.center.metrics import worker_exited
+
+            worker_exited(self._metrics_dir, pid)
 
     async def _stop_all(self) -> None:
         procs = [s.proc for s in self._slots if s.proc is not None]
@@ -277,8 +269,7 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-            if self._on_exit is not None:
-                self._on_exit(proc.pid)
+            self._exited(proc.pid)
         for slot in self._slots:
             slot.proc = None
 
@@ -296,12 +287,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _me() -> str:
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name
-
-
 @contextlib.contextmanager
 def metrics_directory(parent: Path | None = None) -> Any:
     """A private directory for prometheus_client's per-process files, removed at the end.
@@ -311,7 +296,7 @@ def metrics_directory(parent: Path | None = None) -> Any:
     base = Path(tempfile.gettempdir()) if parent is None else parent
     for stale in base.glob(f"{_METRICS_PREFIX}*-*"):
         pid = stale.name[len(_METRICS_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)) and stale.owner() == _me():
+        if pid.isdigit() and not _alive(int(pid)) and stale.stat().st_uid == os.getuid():
             shutil.rmtree(stale, ignore_errors=True)
     path = Path(tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-", dir=base))
     try:
@@ -337,27 +322,13 @@ async def supervise(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     with contextlib.ExitStack() as stack:
         reserved = stack.enter_context(reserve_port(settings.host, settings.port))
-        settings = replace(settings, port=bound_port(reserved))
+        settings = replace(settings, port=int(reserved.getsockname()[1]))
+        metrics_dir = None if metrics_at is None else stack.enter_context(metrics_directory())
+        supervisor = Supervisor(settings, workers, metrics_dir=metrics_dir)
         endpoint = None
-        metrics_dir: Path | None = None
-        on_exit: Callable[[int], None] | None = None
-        if metrics_at is not None:
-            from swipepay.center.metrics import (
-                MetricsEndpoint,
-                multiprocess_registry,
-                worker_exited,
-            )
+        if metrics_at is not None and metrics_dir is not None:
+            from swipepay.center.metrics import MetricsEndpoint, multiprocess_registry
 
-            directory = stack.enter_context(metrics_directory())
-            metrics_dir = directory
-
-            def dropped(pid: int) -> None:
-                worker_exited(directory, pid)
-
-            on_exit = dropped
-
-        supervisor = Supervisor(settings, workers, metrics_dir=metrics_dir, on_exit=on_exit)
-        if metrics_dir is not None and metrics_at is not None:
             endpoint = MetricsEndpoint(multiprocess_registry(metrics_dir), supervisor.health)
             port = await endpoint.start(*metrics_at)
             if on_metrics is not None:
@@ -374,6 +345,51 @@ async def supervise(
                 await endpoint.close()
         if run in done and isinstance(results[0], BaseException):
             raise results[0]
+
+
+async def serve_center(
+    home: Path,
+    database: str,
+    host: str,
+    port: int,
+    limits: ServerLimits,
+    *,
+    workers: int = 1,
+    metrics_at: tuple[str, int] | None = None,
+    on_ready: Callable[[int], None] | None = None,
+    on_metrics: Callable[[int], None] | None = None,
+) -> None:
+    """``center serve``: one process (the server itself), or with ``workers`` > 1 a supervisor
+    and its workers (:func:`supervise`); with ``metrics_at``, the metrics endpoint beside it.
+    Runs until cancelled (Ctrl-C) or, with workers, SIGTERM."""
+    from swipepay.center.server import lab_server, serve_forever
+
+    if workers > 1:
+        check_storage(database, workers)
+        settings = WorkerSettings(
+            home=str(home.resolve()), database=database, host=host, port=port,
+            idle_timeout=limits.idle_timeout, max_connections=limits.max_connections,
+            supervisor=os.getpid(), index=0,
+        )  # fmt: skip
+        await supervise(
+            settings, workers, metrics_at=metrics_at, on_ready=on_ready, on_metrics=on_metrics
+        )
+        return
+    if metrics_at is None:
+        await serve_forever(lab_server(home, limits, database=database), host, port, on_ready)
+        return
+    from swipepay.center.metrics import MetricsEndpoint, PrometheusMetrics
+
+    metrics = PrometheusMetrics()
+    server = lab_server(home, limits, database=database, metrics=metrics)
+    endpoint = MetricsEndpoint(metrics.registry, server.health)
+    bound = await endpoint.start(*metrics_at)
+    if on_metrics is not None:
+        on_metrics(bound)
+    try:
+        await serve_forever(server, host, port, on_ready)
+    finally:
+        await endpoint.close()
 
 
 # -- the worker process ---------------------------------------------------------------------------
@@ -395,7 +411,7 @@ async def _serve_worker(settings: WorkerSettings) -> None:
     from swipepay.center.server import ServerLimits, lab_server
 
     metrics = None
-    if os.environ.get(_MULTIPROC_ENV):
+    if os.environ.get(MULTIPROC_ENV):
         from swipepay.center.metrics import PrometheusMetrics
 
         metrics = PrometheusMetrics()

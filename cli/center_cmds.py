@@ -11,9 +11,6 @@ from swipepay.cli.main import fail
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from swipepay.center.server import ServerLimits
     from swipepay.center.storage import Storage
 
 _HOME = click.option(
@@ -82,6 +79,7 @@ def serve(
 
     from swipepay.center.fdlimit import fit_connection_cap
     from swipepay.center.server import ServerLimits, new_event_loop
+    from swipepay.center.workers import serve_center
     from swipepay.firmware_sim.address import parse_address
 
     try:
@@ -111,67 +109,15 @@ def serve(
             click.echo(f"metrics on http://{metrics_address[0]}:{port}/metrics", err=True)
 
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            if workers > 1:
-                runner.run(_supervise(home, url, host, port, limits, workers,
-                                      metrics_address, ready, metrics_ready))
-            else:
-                runner.run(_serve_one(home, url, host, port, limits,
-                                      metrics_address, ready, metrics_ready))
+            runner.run(serve_center(home, url, host, port, limits, workers=workers,
+                                    metrics_at=metrics_address, on_ready=ready,
+                                    on_metrics=metrics_ready))  # fmt: skip
     except SwipepayError as exc:
         fail(exc)
     except OSError as exc:
         fail(ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}"))
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
-
-
-async def _supervise(
-    home: Path, url: str, host: str, port: int, limits: ServerLimits, workers: int,
-    metrics_at: tuple[str, int] | None, ready: Callable[[int], None],
-    metrics_ready: Callable[[int], None],
-) -> None:
-    import os
-
-    from swipepay.center.workers import WorkerSettings, check_storage, supervise
-
-    check_storage(url, workers)
-    settings = WorkerSettings(
-        home=str(home.resolve()), database=url, host=host, port=port,
-        idle_timeout=limits.idle_timeout, max_connections=limits.max_connections,
-        supervisor=os.getpid(), index=0,
-    )  # fmt: skip
-    await supervise(settings, workers, metrics_at=metrics_at, on_ready=ready,
-                    on_metrics=metrics_ready)
-
-
-async def _serve_one(
-    home: Path, url: str, host: str, port: int, limits: ServerLimits,
-    metrics_at: tuple[str, int] | None, ready: Callable[[int], None],
-    metrics_ready: Callable[[int], None],
-) -> None:
-    from swipepay.center.server import lab_server, serve_forever
-
-    if metrics_at is None:
-        await serve_forever(lab_server(home, limits, database=url), host, port, ready)
-        return
-    from prometheus_client import CollectorRegistry
-
-    from swipepay.center.metrics import MetricsEndpoint, PrometheusMetrics
-
-    registry = CollectorRegistry()
-    server = lab_server(home, limits, database=url, metrics=PrometheusMetrics(registry))
-
-    def health() -> tuple[bool, str]:
-        if server.storage_down:
-            return False, "database unavailable"
-        return True, "serving"
-
-    endpoint = MetricsEndpoint(registry, health)
-    metrics_ready(await endpoint.start(*metrics_at))
-    try:
-        await serve_forever(server, host, port, ready)
-    finally:
-        await endpoint.close()
 
 
 @center.command()
