@@ -35,6 +35,11 @@ def pcscd() -> Iterator[Pcscd]:
         daemon.stop()
 
 
+#: Seconds (several of pcscd's ~400 ms presence polls) after which a card that is connected but
+#: not reported PRESENT counts as missed.
+_MISSED_AFTER = 2.0
+
+
 @dataclass
 class Slot:
     """One vpcd slot: a virtual card goes in (connects) and out (closes), and each move waits
@@ -45,11 +50,23 @@ class Slot:
     client: VpcdClient | None = None
 
     def insert(self, client: VpcdClient) -> VpcdClient:
-        """Connect ``client`` and wait until pcscd reports the slot PRESENT."""
+        """Connect ``client`` and wait until pcscd reports the slot PRESENT.
+
+        pcscd can miss a card that connects soon after the previous one left and keep the slot
+        EMPTY while the card is connected (hardware_notes/pcsc.md).  When the slot is still
+        EMPTY after several presence polls (~400 ms each), that is the state seen: the card is
+        taken out (pcscd confirms EMPTY) and put in again, once.
+        """
         self.remove()
         self.client = client
         client.insert()
-        wait_slot(self.reader, True)
+        try:
+            wait_slot(self.reader, True, timeout=_MISSED_AFTER)
+        except ConfigError:
+            client.remove()
+            wait_slot(self.reader, False)
+            client.insert()
+            wait_slot(self.reader, True)
         return client
 
     def remove(self) -> None:
