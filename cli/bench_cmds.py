@@ -38,6 +38,11 @@ def bench() -> None:
     """Benchmarks: center throughput, whole-transaction latency, phone-link cost, start-up."""
 
 
+def _ratio(value: float, unit: float) -> str:
+    """``value`` in units of ``unit`` (a machine reference), or "-" when it was not measured."""
+    return f"{value / unit:.2f}" if unit > 0 else "-"
+
+
 @bench.command()
 @click.option("--terminals", default=16, show_default=True, type=click.IntRange(1, 200))
 @click.option("--seconds", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600))
@@ -147,6 +152,14 @@ def center(
                 for r in runs
             ],
         ),
+        (
+            "  in P-256 verifies",
+            [_ratio(r.center_cpu_us_per_approval, r.reference_verify_us) for r in runs],
+        ),
+        (
+            "  in Python units",
+            [_ratio(r.center_cpu_us_per_approval, r.reference_python_us) for r in runs],
+        ),
         ("center cores busy", [f"{r.center_cpu_cores:.2f}" for r in runs]),
         (
             "database CPU/approval",
@@ -192,6 +205,15 @@ def center(
         slowest = max(r.precompute_s for r in runs)
         click.echo(f"precomputed: {runs[0].precomputed} ({slowest:.1f} s)")
         click.echo(f"CPU time: {runs[0].cpu_method}")
+        click.echo(
+            "machine reference, this run: "
+            + "; ".join(
+                f"{r.configuration}: P-256 verify {r.reference_verify_us:.1f} us, Python unit "
+                f"{r.reference_python_us:.1f} us"
+                for r in runs
+            )
+            + " (CPU per approval divided by these moves far less between machines)"
+        )
         click.echo(
             "baseline: durable one-row commits/s, one per transaction (SQLite: same disk, WAL, "
             "synchronous=FULL; PostgreSQL: same server, synchronous_commit=on)"

@@ -461,6 +461,11 @@ class CenterBench:
     database_commits_per_approval: float
     #: The load generators' CPU per request (TLS and framing of the terminals' side).
     load_cpu_us_per_request: float
+    #: The machine's speed in this run (:mod:`cli.harness.reference`), measured just before and
+    #: just after this configuration: CPU µs of one P-256 verification and of the fixed Python
+    #: unit.  The center's CPU per approval divided by them moves far less between machines.
+    reference_verify_us: float = 0.0
+    reference_python_us: float = 0.0
     cpu_method: str = (
         "utime+stime+cutime+cstime from /proc/<pid>/stat of the center process and every "
         "descendant, sampled at the start of the timed region and after the last answer, "
@@ -512,7 +517,9 @@ def bench_center(
     from swipepay.center.core import Center
     from swipepay.center.database import open_storage
     from swipepay.center.lab import Lab, create_lab
+    from swipepay.cli.harness import reference
 
+    reference_before = reference.measure()
     tmp = Path(tempfile.mkdtemp(prefix="swipepay-bench-", dir=workdir))
     try:
         root = create_lab(tmp / "lab", database=database).root
@@ -586,6 +593,7 @@ def bench_center(
             storage.close()
         with Center.open(url, Lab(root).center_keys()) as center:
             balanced = center.check_balanced()
+        machine = reference.MachineReference.mean(reference_before, reference.measure())
         approvals = merged.codes.get("00", 0)
         cpu = CpuSplit.between(server.pid, cpu_before, cpu_after)
         db_cpu = CpuSplit.between(database_pid or 0, db_before, db_after)
@@ -635,6 +643,8 @@ def bench_center(
                 (commits_after - commits_before) / approvals if approvals else 0
             ),
             load_cpu_us_per_request=per(sum(r.cpu_s for r in results), requests),
+            reference_verify_us=machine.verify_us,
+            reference_python_us=machine.python_us,
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

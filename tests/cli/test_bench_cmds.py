@@ -45,6 +45,8 @@ def _check_run(r: dict[str, Any]) -> None:
         r["center_server_cpu_us_per_approval"] + r["center_helper_cpu_us_per_approval"]
     )
     assert "/proc/<pid>/stat" in r["cpu_method"]
+    # the machine's speed, measured in the same run (cli/harness/reference.py)
+    assert r["reference_verify_us"] > 0 and r["reference_python_us"] > 0
     # the center's children (signature verifier; workers) are counted apart from its root
     assert r["center_helper_peak_rss_mb"] > 0
     assert r["errors"] == []
@@ -97,7 +99,8 @@ def test_bench_center_table() -> None:
     assert result.exit_code == 0, result.output
     for label in ("configuration", "SQLite x 1", "approvals/s", "latency p99", "baseline",
                   "center peak RSS", "precomputed:", "center CPU/approval",
-                  "load CPU/request", "CPU time:", "ledger balanced"):  # fmt: skip
+                  "load CPU/request", "CPU time:", "ledger balanced", "in P-256 verifies",
+                  "in Python units", "machine reference, this run:"):  # fmt: skip
         assert label in result.output
 
 
