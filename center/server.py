@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -84,6 +85,10 @@ class ServerLimits:
     #: Each is a file descriptor: ``center serve`` fits it in the open-file limit (fdlimit.py).
     max_connections: int = 10_000
     max_handshakes: int = 256  # handshakes in progress; one more TCP connection is closed at once
+    #: TCP connections the kernel completes and queues while the loop has not accepted them
+    #: (a fleet reconnecting after a restart arrives at once; asyncio's default of 100 has the
+    #: rest's SYNs dropped and retried 1, 3, 7 s later).  Linux caps it at net.core.somaxconn.
+    listen_backlog: int = socket.SOMAXCONN
 
 
 class _Unanswered(Exception):
@@ -181,7 +186,11 @@ class CenterServer:
         self._batcher = asyncio.create_task(self._run_batches())
         # Plain TCP: the handshake is run per connection by :class:`TlsStream` (see there why).
         self._server = await asyncio.start_server(
-            self._handle, host, port, reuse_port=reuse_port or None
+            self._handle,
+            host,
+            port,
+            reuse_port=reuse_port or None,
+            backlog=self.limits.listen_backlog,
         )
         sock = self._server.sockets[0]
         return int(sock.getsockname()[1])

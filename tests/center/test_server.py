@@ -6,6 +6,7 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -213,6 +214,52 @@ def test_idle_client_is_timed_out_and_connections_are_capped(server: ServerThrea
     finally:
         for c in clients:
             c.close()
+
+
+def test_a_fleet_reconnecting_at_once_is_queued_not_dropped(server: ServerThread) -> None:
+    """After a restart every terminal reconnects at once.  While the loop is busy (here:
+    blocked), the kernel must finish their TCP handshakes into the listen queue: with a short
+    queue (asyncio's default backlog of 100) the rest have their SYNs dropped and wait for
+    retransmissions (1, 3, 7 s ...), so terminals time out that a second later would have been
+    served.  300 connections, none accepted by the center meanwhile, all connect."""
+    import select
+
+    count = 300
+    blocked, release = threading.Event(), threading.Event()
+
+    def block() -> None:
+        blocked.set()
+        release.wait(30)
+
+    server.loop.call_soon_threadsafe(block)
+    assert blocked.wait(10)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", server.port))
+            socks.append(s)
+        pending = set(socks)
+        while pending:  # the kernel completes them at once, or never while the queue is full
+            _, writable, _ = select.select([], list(pending), [], 5.0)
+            if not writable:
+                break
+            pending -= set(writable)
+        errors = [s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) for s in socks]
+        assert not pending, f"{len(pending)} of {count} connections not established"
+        assert errors == [0] * count
+    finally:
+        for s in socks:
+            s.close()
+        release.set()
+    # The center now accepts the 300 and sees each end before its handshake (or closes it at
+    # the handshake cap); once all are counted, it serves a new terminal as before.
+    deadline = time.monotonic() + 30
+    while server.server.handshakes_failed + server.server.handshakes_refused < count:
+        assert time.monotonic() < deadline, "the queued connections were not all taken"
+        time.sleep(0.01)  # polling a counter the loop thread updates
+    still_serves(server)
 
 
 def test_slow_client_is_timed_out(server: ServerThread) -> None:
