@@ -6,8 +6,21 @@ behind one storage interface, and the server decides a batch between two awaits 
 an async driver would mean a second, async copy of every rule or a loop inside the loop.
 psycopg 3 is the maintained successor of psycopg2, speaks libpq (binary wheels, so no compiler
 on the machine), and has server-side parameter binding, automatic prepared statements and a
-pipeline mode (not used yet: the cost of a decision here is its ~10 round trips, and a
-pipeline could send the ones whose results nothing waits for without waiting).
+pipeline mode.
+
+Pipeline mode.  The cost of a decision here is its round trips to the server: every statement
+waited for its answer, ~10 per request.  Inside a transaction the connection is in libpq's
+pipeline mode: a statement whose result nothing reads (``SAVEPOINT``, the card's counter
+update, the message's insert, ``RELEASE``) is sent without waiting and goes out with the next
+read, which waits for everything before it; ``COMMIT`` is followed by a sync.  The price: an
+error of a statement sent without waiting shows at a later read, possibly in the next request
+of the batch, so it cannot be pinned on one request.  A conflict or a lost connection fails the
+whole batch anyway (decided again, or 91); any other error fails the whole transaction as a
+:class:`StorageConflict`, and the next transaction runs without the pipeline, one statement at
+a time, where the error is raised inside the request that caused it and rolls back that one
+only, as always.  Updates sent without waiting do not check their row count: each updates a row
+this transaction read ``FOR UPDATE`` (a card, an original message) or a hold, and no row of
+those is ever deleted.
 
 Transactions.  The outermost :meth:`PostgresStorage.transaction` is one PostgreSQL transaction
 at READ COMMITTED with ``synchronous_commit = on`` (``COMMIT`` returning means the WAL is on the
@@ -49,7 +62,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any, NoReturn
 
 import psycopg
@@ -102,8 +115,17 @@ class PostgresStorage:
         #: Balance rows :meth:`lock_rows` locked in the current outermost transaction (outside
         #: any savepoint, so held until it ends): a funds check on them needs no lock of its own.
         self._locked: set[str] = set()
+        #: The open transaction's pipeline (see the module docstring), or None.
+        self._pipeline: psycopg.Pipeline | None = None
+        self._pipeline_block: AbstractContextManager[psycopg.Pipeline] | None = None
+        #: Off while migrating: DDL is sent the plain way.
+        self._pipelining = False
+        #: The next outermost transaction runs without the pipeline (the last one failed on an
+        #: error that a pipeline cannot pin on one request: see the module docstring).
+        self._step_by_step = False
         with self.transaction():
             self._migrate()
+        self._pipelining = True
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -144,6 +166,7 @@ class PostgresStorage:
 
     def _drop_connection(self) -> None:
         conn, self._conn, self._cur = self._conn, None, None
+        self._pipeline = self._pipeline_block = None  # they go with their connection
         if conn is not None:
             with suppress(psycopg.Error):
                 conn.close()
@@ -152,6 +175,9 @@ class PostgresStorage:
         """Raise ``exc`` as what it means to the center (see the module docstring)."""
         state = exc.sqlstate or ""
         conn = self._conn
+        if isinstance(exc, pgerrors.PipelineAborted):  # the error that aborted it came first
+            self._step_by_step = True
+            raise StorageConflict("pipeline aborted by an earlier error") from exc
         if (
             isinstance(exc, psycopg.InterfaceError | psycopg.OperationalError)
             and (not state or state.startswith("08") or state in _UNAVAILABLE_STATES)
@@ -164,6 +190,12 @@ class PostgresStorage:
             raise StorageConflict(f"concurrent transaction: {_first_line(exc)}") from exc
         if isinstance(exc, pgerrors.UniqueViolation) and exc.diag.table_name == "messages":
             raise StorageConflict("message key stored concurrently by another writer") from exc
+        if self._pipeline is not None:  # the failed statement may be any sent since the last wait
+            self._step_by_step = True
+            raise StorageConflict(
+                f"a statement sent in a pipeline failed ({_first_line(exc)}); the transaction is "
+                "decided again one statement at a time"
+            ) from exc
         raise exc
 
     def _execute(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
@@ -173,8 +205,20 @@ class PostgresStorage:
             self._raise(exc)
 
     def _one(self, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
-        row: tuple[Any, ...] | None = self._execute(sql, params).fetchone()
+        cursor = self._execute(sql, params)
+        try:  # in a pipeline, the server's answer (an error included) arrives with the fetch
+            row: tuple[Any, ...] | None = cursor.fetchone()
+        except psycopg.Error as exc:
+            self._raise(exc)
         return row
+
+    def _all(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        cursor = self._execute(sql, params)
+        try:  # see _one
+            rows: list[tuple[Any, ...]] = cursor.fetchall()
+        except psycopg.Error as exc:
+            self._raise(exc)
+        return rows
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -207,6 +251,9 @@ class PostgresStorage:
             if depth == 0:
                 self._locked.clear()
                 self._begin()
+                if self._pipelining and not self._step_by_step:
+                    self._enter_pipeline()
+                self._step_by_step = False
             else:
                 self._execute(f"SAVEPOINT {savepoint}")
             self._depth += 1
@@ -220,6 +267,8 @@ class PostgresStorage:
             self._depth -= 1
             try:
                 self._execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
+                if depth == 0:  # every statement sent without waiting answers (or raises) here
+                    self._leave_pipeline()
             except StorageUnavailable as exc:
                 self._forget_cached()
                 self._roll_back(depth, savepoint)
@@ -232,6 +281,35 @@ class PostgresStorage:
                 self._forget_cached()
                 self._roll_back(depth, savepoint)
                 raise
+
+    def _enter_pipeline(self) -> None:
+        conn = self._conn
+        if conn is not None and self._pipeline is None:
+            self._pipeline_block = conn.pipeline()
+            self._pipeline = self._pipeline_block.__enter__()
+
+    def _leave_pipeline(self, *, quiet: bool = False) -> None:
+        """Sync and leave pipeline mode; an error of a statement sent without waiting is
+        raised here (as what it means, :meth:`_raise`), or swallowed when ``quiet`` (a
+        rollback: the error that caused it is already on its way)."""
+        block, self._pipeline, self._pipeline_block = self._pipeline_block, None, None
+        if block is None:
+            return
+        try:
+            block.__exit__(None, None, None)
+        except psycopg.Error as exc:
+            if not quiet:
+                self._raise(exc)
+
+    def _sync(self) -> None:
+        """Wait for the answers to everything sent so far (see :meth:`_leave_pipeline`)."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            return
+        try:
+            pipeline.sync()
+        except psycopg.Error as exc:
+            self._raise(exc)
 
     def _begin(self) -> None:
         """``BEGIN``, connecting first if there is no connection.  A connection found dead here
@@ -252,8 +330,14 @@ class PostgresStorage:
         if conn is None or conn.broken or conn.closed:
             self._drop_connection()
             return
+        if depth and self._pipeline is not None:
+            # Everything sent so far must have succeeded before this block alone is undone: an
+            # error of an earlier block's statement that only shows now fails the whole
+            # transaction instead (raised here, in place of the caller's exception).
+            self._sync()
         try:
             if depth == 0:
+                self._leave_pipeline(quiet=True)
                 conn.execute("ROLLBACK")
             else:
                 conn.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
@@ -288,10 +372,10 @@ class PostgresStorage:
         outermost = self._depth == 1  # a savepoint's locks go if it is rolled back
         accounts: set[str] = set()
         if pans:
-            rows = self._execute(
+            rows = self._all(
                 "SELECT account_id FROM cards WHERE pan = ANY(%s) ORDER BY pan FOR UPDATE",
                 (sorted(pans),),
-            ).fetchall()
+            )
             accounts.update(r[0] for r in rows)
         for terminal_id in {*terminal_ids, *(k.terminal_id for k in messages)}:
             terminal = self.get_terminal(terminal_id)
@@ -299,7 +383,7 @@ class PostgresStorage:
                 accounts.add(terminal.account_id)
         if messages:
             keys = sorted(messages, key=lambda k: (k.terminal_id, k.stan, k.transmitted_at))
-            rows = self._execute(
+            rows = self._all(
                 "SELECT m.account_id FROM messages m JOIN unnest(%s::text[], %s::text[], "
                 "%s::text[]) AS k(t, s, a) ON (m.terminal_id, m.stan, m.transmitted_at) = "
                 "(k.t, k.s, k.a) WHERE m.account_id IS NOT NULL",
@@ -308,14 +392,14 @@ class PostgresStorage:
                     [k.stan for k in keys],
                     [k.transmitted_at for k in keys],
                 ),
-            ).fetchall()
+            )
             accounts.update(r[0] for r in rows)
         if accounts:
-            rows = self._execute(
+            rows = self._all(
                 "SELECT account_id FROM balances WHERE account_id = ANY(%s) "
                 "ORDER BY account_id FOR UPDATE",
                 (sorted(accounts),),
-            ).fetchall()
+            )
             if outermost:
                 self._locked.update(r[0] for r in rows)
 
@@ -377,11 +461,11 @@ class PostgresStorage:
         return int(row[0]) if row else 0
 
     def unbalanced_postings(self) -> list[int]:
-        rows = self._execute(
+        rows = self._all(
             "SELECT p.posting_id FROM postings p LEFT JOIN entries e USING (posting_id) "
             "GROUP BY p.posting_id HAVING COALESCE(SUM(e.amount), 0) <> 0 OR COUNT(e.entry_id) < 2 "
             "ORDER BY p.posting_id"
-        ).fetchall()
+        )
         return [int(r[0]) for r in rows]
 
     # -- holds --------------------------------------------------------------------------------
@@ -550,25 +634,27 @@ class PostgresStorage:
 
     def list_messages(self, day: str | None = None) -> list[MessageRecord]:
         """Oldest first: by receive time, then key (PostgreSQL has no insertion order)."""
-        rows = self._execute(
+        rows = self._all(
             "SELECT terminal_id, stan, transmitted_at, content_hash, txn_type, amount, pan, "
             "account_id, response_code, auth_code, available_balance, message, state, "
             "reversed_amount, received_at FROM messages "
             "WHERE %s::text IS NULL OR substr(received_at, 1, 10) = %s "
             "ORDER BY received_at, terminal_id, stan, transmitted_at",
             (day, day),
-        ).fetchall()
+        )
         return [_message(MessageKey(r[0], r[1], r[2]), r[3:]) for r in rows]
 
     def list_terminals(self) -> list[TerminalRecord]:
-        rows = self._execute(
+        rows = self._all(
             "SELECT terminal_id, merchant_id, merchant_name, kind, account_id FROM terminals "
             "ORDER BY terminal_id"
-        ).fetchall()
+        )
         return [TerminalRecord(*r) for r in rows]
 
     def _update_one(self, sql: str, params: tuple[object, ...]) -> None:
-        if self._execute(sql, params).rowcount != 1:
+        cursor = self._execute(sql, params)
+        # In a pipeline the count is not waited for (the module docstring says why it is safe).
+        if self._pipeline is None and cursor.rowcount != 1:
             raise LocalError("update matched no row")
 
 

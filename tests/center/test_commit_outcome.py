@@ -33,6 +33,7 @@ class _LostAcknowledgement:
         def execute(storage: PostgresStorage, sql: str, params: Any = None) -> Any:
             result = real(storage, sql, params)
             if sql == "COMMIT" and self.armed:
+                storage._sync()  # in pipeline mode: the COMMIT reaches the server and commits
                 self.armed -= 1
                 self.fired += 1
                 assert storage._conn is not None

@@ -194,6 +194,63 @@ def test_concurrent_insert_of_one_message_key_is_a_conflict(
         assert second.get_message(key) == message(key)
 
 
+def test_a_pipelined_error_fails_the_batch_then_it_runs_one_statement_at_a_time(
+    two: tuple[PostgresStorage, PostgresStorage],
+) -> None:
+    """Writes go out without waiting (pipeline mode), so a failing one cannot be pinned on its
+    request: the whole transaction fails as a conflict, nothing of it stays, and the next one
+    runs step by step, where the failure stays inside its own request's savepoint."""
+    storage, other = two
+
+    def batch() -> list[str]:
+        outcomes = []
+        with storage.transaction():
+            with storage.transaction():  # request 1: fine
+                storage.insert_account(AccountRecord("P1", "holder", "cardholder", "978"))
+                outcomes.append("ok")
+            try:
+                with storage.transaction():  # request 2: breaks the accounts' primary key
+                    storage.insert_account(AccountRecord("A", "holder", "cardholder", "978"))
+                    outcomes.append("sent")
+            except psycopg.errors.UniqueViolation:
+                outcomes.append("refused")
+            with storage.transaction():  # request 3: a read after it
+                outcomes.append("read" if storage.get_account("B") is not None else "missing")
+        return outcomes
+
+    with pytest.raises(StorageConflict):  # the INSERT's error, or "pipeline aborted" after it
+        batch()
+    with other.transaction():
+        assert other.get_account("P1") is None  # the failed transaction left nothing
+    assert batch() == ["ok", "refused", "read"]  # step by step: request 2 alone refused
+    with storage.transaction():
+        assert storage.get_account("P1") is not None
+    # and the one after runs in a pipeline again
+    with storage.transaction():
+        assert storage._pipeline is not None
+
+
+def test_in_a_pipeline_a_request_that_fails_in_python_is_rolled_back_alone(
+    two: tuple[PostgresStorage, PostgresStorage],
+) -> None:
+    storage, other = two
+    with storage.transaction():
+        assert storage._pipeline is not None
+        with storage.transaction():
+            storage.insert_account(AccountRecord("P2", "holder", "cardholder", "978"))
+        with pytest.raises(LookupError), storage.transaction():
+            storage.insert_account(AccountRecord("P3", "holder", "cardholder", "978"))
+            raise LookupError("a decision that failed after writing")
+        with storage.transaction():
+            storage.insert_account(AccountRecord("P4", "holder", "cardholder", "978"))
+    with other.transaction():
+        assert [other.get_account(a) is not None for a in ("P2", "P3", "P4")] == [
+            True,
+            False,
+            True,
+        ]
+
+
 def test_a_deadlock_is_a_conflict(two: tuple[PostgresStorage, PostgresStorage]) -> None:
     """Two writers that lock two rows in opposite orders: PostgreSQL breaks the cycle and the
     victim gets a StorageConflict (rolled back whole), the other commits."""
