@@ -248,7 +248,7 @@ class Center:
         ``requests`` (authorizations, and the keys of the messages reversals name) have their
         rows locked first, in the storage's fixed order (:meth:`Storage.lock_rows`).
         """
-        with self._storage.transaction():
+        with self._storage.batch_transaction():  # the server decides it again on a conflict
             pans: set[str] = set()
             terminal_ids: set[str] = set()
             keys: set[MessageKey] = set()

@@ -9,8 +9,9 @@ on the machine), and has server-side parameter binding, automatic prepared state
 pipeline mode.
 
 Pipeline mode.  The cost of a decision here is its round trips to the server: every statement
-waited for its answer, ~10 per request.  Inside a transaction the connection is in libpq's
-pipeline mode: a statement whose result nothing reads (``SAVEPOINT``, the card's counter
+waited for its answer, ~10 per request.  In a :meth:`PostgresStorage.batch_transaction` (the
+server's group commit, which decides the batch again on a conflict) the connection is in
+libpq's pipeline mode: a statement whose result nothing reads (``SAVEPOINT``, the card's counter
 update, the message's insert, ``RELEASE``) is sent without waiting and goes out with the next
 read, which waits for everything before it; ``COMMIT`` is followed by a sync.  The price: an
 error of a statement sent without waiting shows at a later read, possibly in the next request
@@ -118,14 +119,11 @@ class PostgresStorage:
         #: The open transaction's pipeline (see the module docstring), or None.
         self._pipeline: psycopg.Pipeline | None = None
         self._pipeline_block: AbstractContextManager[psycopg.Pipeline] | None = None
-        #: Off while migrating: DDL is sent the plain way.
-        self._pipelining = False
-        #: The next outermost transaction runs without the pipeline (the last one failed on an
+        #: The next batch transaction runs without the pipeline (the last one failed on an
         #: error that a pipeline cannot pin on one request: see the module docstring).
         self._step_by_step = False
         with self.transaction():
             self._migrate()
-        self._pipelining = True
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -243,17 +241,29 @@ class PostgresStorage:
 
     # -- transactions -------------------------------------------------------------------------
 
+    def transaction(self) -> AbstractContextManager[None]:
+        """Outermost: one transaction, each statement waiting for its answer; nested: a
+        savepoint (in a batch transaction, part of its pipeline)."""
+        return self._transaction(pipelined=False)
+
+    def batch_transaction(self) -> AbstractContextManager[None]:
+        """An outermost transaction in pipeline mode (the module docstring): any failure of a
+        statement is a :class:`StorageConflict` of the whole transaction, and the next batch
+        transaction then runs one statement at a time."""
+        return self._transaction(pipelined=True)
+
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def _transaction(self, *, pipelined: bool) -> Iterator[None]:
         with self._lock:
             depth = self._depth
             savepoint = f"sp{depth}"
             if depth == 0:
                 self._locked.clear()
                 self._begin()
-                if self._pipelining and not self._step_by_step:
-                    self._enter_pipeline()
-                self._step_by_step = False
+                if pipelined:
+                    if not self._step_by_step:
+                        self._enter_pipeline()
+                    self._step_by_step = False
             else:
                 self._execute(f"SAVEPOINT {savepoint}")
             self._depth += 1

@@ -149,6 +149,13 @@ class Storage(Protocol):
         """Context manager: outermost = one durable transaction, nested = savepoint."""
         ...
 
+    def batch_transaction(self) -> AbstractContextManager[None]:
+        """An outermost :meth:`transaction` for a group of independent requests whose caller
+        decides the whole group again on :class:`StorageConflict` (the server's group commit).
+        A backend may then report any failure of a statement as a conflict of the whole
+        transaction, and answer the retry one statement at a time (PostgreSQL's pipeline)."""
+        ...
+
     def close(self) -> None: ...
 
     # accounts and ledger
@@ -255,6 +262,10 @@ class SQLiteStorage:
         back only that block).  A small class instead of a generator context manager: every
         decision opens one, and the generator's set-up and two resumptions cost more than
         the savepoint's own statements."""
+        return _SQLiteTransaction(self)
+
+    def batch_transaction(self) -> AbstractContextManager[None]:
+        """The same transaction: SQLite runs in this process and waits for nothing."""
         return _SQLiteTransaction(self)
 
     def _forget_cached(self) -> None:

@@ -204,7 +204,7 @@ def test_a_pipelined_error_fails_the_batch_then_it_runs_one_statement_at_a_time(
 
     def batch() -> list[str]:
         outcomes = []
-        with storage.transaction():
+        with storage.batch_transaction():
             with storage.transaction():  # request 1: fine
                 storage.insert_account(AccountRecord("P1", "holder", "cardholder", "978"))
                 outcomes.append("ok")
@@ -225,16 +225,18 @@ def test_a_pipelined_error_fails_the_batch_then_it_runs_one_statement_at_a_time(
     assert batch() == ["ok", "refused", "read"]  # step by step: request 2 alone refused
     with storage.transaction():
         assert storage.get_account("P1") is not None
-    # and the one after runs in a pipeline again
-    with storage.transaction():
+    # and the one after runs in a pipeline again; a plain transaction never does
+    with storage.batch_transaction():
         assert storage._pipeline is not None
+    with storage.transaction():
+        assert storage._pipeline is None
 
 
 def test_in_a_pipeline_a_request_that_fails_in_python_is_rolled_back_alone(
     two: tuple[PostgresStorage, PostgresStorage],
 ) -> None:
     storage, other = two
-    with storage.transaction():
+    with storage.batch_transaction():
         assert storage._pipeline is not None
         with storage.transaction():
             storage.insert_account(AccountRecord("P2", "holder", "cardholder", "978"))
