@@ -212,7 +212,8 @@ def center(
                 f"{r.reference_python_us:.1f} us"
                 for r in runs
             )
-            + " (CPU per approval divided by these moves far less between machines)"
+            + " (CPU per approval divided by these takes out the machine's drift between runs,"
+            " not the contention inside one)"
         )
         click.echo(
             "baseline: durable one-row commits/s, one per transaction (SQLite: same disk, WAL, "

@@ -463,7 +463,7 @@ class CenterBench:
     load_cpu_us_per_request: float
     #: The machine's speed in this run (:mod:`cli.harness.reference`), measured just before and
     #: just after this configuration: CPU µs of one P-256 verification and of the fixed Python
-    #: unit.  The center's CPU per approval divided by them moves far less between machines.
+    #: unit.  The center's CPU per approval divided by them takes out the machine's drift.
     reference_verify_us: float = 0.0
     reference_python_us: float = 0.0
     cpu_method: str = (

@@ -5,7 +5,9 @@ Why: CPU time per approval moves less with the machine than throughput does, but
 moves.  On one 2-core machine here a P-256 verification took 66 µs of CPU at one hour and
 87-95 µs half an hour later (a busier host under the same virtual machine), and the center's
 CPU per approval rose with it, from 475 to 615 µs, without a line of code changing.  Dividing
-by a reference measured in the same run takes most of that out.
+by a reference measured in the same run takes that slow drift out; it does not take out the
+contention inside a run (runs of one build back to back still spread by ±20 % here), so compare
+the medians of several interleaved runs.
 
 Two references, independent of swipepay's own code so that a change to the center never moves
 them:
