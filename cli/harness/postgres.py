@@ -15,6 +15,9 @@ as our child, removed at the end.  Used by the tests, ``bench center`` and ``ben
   recovery, on the same port.
 * Durability settings stay PostgreSQL's defaults (``fsync``, ``synchronous_commit`` on): the
   benches measure real commits.
+* :meth:`PostgresCluster.standby_of` makes a streaming-replication standby of a running cluster
+  (``pg_basebackup -R``), and :meth:`PostgresCluster.promote` makes it the primary: the failover
+  of ``hardware_notes/center-scale.md``, on one machine.
 """
 
 from __future__ import annotations
@@ -76,7 +79,17 @@ def missing() -> str | None:
 class PostgresCluster:
     """One throwaway cluster; a context manager (started on enter, removed on exit)."""
 
-    def __init__(self, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        settings: dict[str, str] | None = None,
+        primary: PostgresCluster | None = None,
+        name: str = "standby1",
+    ) -> None:
+        """A new cluster by ``initdb``; or, with ``primary``, a standby of that running cluster
+        named ``name`` (its ``application_name``, what ``synchronous_standby_names`` lists).
+        ``settings``: server settings on top of :data:`SETTINGS`."""
         reason = missing()
         if reason is not None:
             raise ConfigError(reason)
@@ -94,17 +107,58 @@ class PostgresCluster:
             entry = pwd.getpwnam(RUN_AS)
             os.chown(self.dir, entry.pw_uid, entry.pw_gid)
         self._databases = 0
+        self.settings = {**SETTINGS, **(settings or {})}
         try:
-            self._run(
-                [
-                    str(self._bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
-                    "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync",
-                    "--no-instructions",
-                ]
-            )  # fmt: skip
+            if primary is None:
+                self._run(
+                    [
+                        str(self._bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
+                        "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync",
+                        "--no-instructions",
+                    ]
+                )  # fmt: skip
+            else:
+                # -R: standby.signal and primary_conninfo (with our application_name) written
+                # for us; -X stream: the WAL of the copy comes along.
+                self._run(
+                    [
+                        str(self._bin / "pg_basebackup"), "-D", str(self.data), "-R",
+                        "-X", "stream", "--no-sync", "-d",
+                        f"host={primary.dir} port={primary.port} user={SUPERUSER} "
+                        f"application_name={name}",
+                    ]
+                )  # fmt: skip
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
+
+    @classmethod
+    def standby_of(cls, primary: PostgresCluster, name: str = "standby1") -> PostgresCluster:
+        """A hot standby of the running ``primary``, streaming its WAL (not started)."""
+        return cls(primary=primary, name=name)
+
+    def promote(self, timeout: float = 30.0) -> None:
+        """Make this standby the primary (``pg_ctl promote``); return once it takes writes."""
+        self._run([str(self._bin / "pg_ctl"), "promote", "-D", str(self.data), "-w"])
+        wait_for(lambda: not self.in_recovery(), timeout, "the promoted standby to take writes")
+
+    def in_recovery(self) -> bool:
+        """True while this server is a standby (read-only, replaying WAL)."""
+        import psycopg
+
+        with psycopg.connect(self.url, connect_timeout=2, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        return bool(row and row[0])
+
+    def replication(self) -> list[tuple[str, str]]:
+        """``(application_name, sync_state)`` of each standby streaming from this server."""
+        import psycopg
+
+        with psycopg.connect(self.url, connect_timeout=2, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT application_name, sync_state FROM pg_stat_replication ORDER BY 1"
+            ).fetchall()
+        return [(str(a), str(b)) for a, b in rows]
 
     def _run(self, argv: list[str]) -> None:
         done = subprocess.run(  # noqa: S603 - PostgreSQL's own binaries, our arguments
@@ -145,7 +199,7 @@ class PostgresCluster:
             str(self._bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
             "-k", str(self.dir),
         ]  # fmt: skip
-        for name, value in SETTINGS.items():
+        for name, value in self.settings.items():
             argv += ["-c", f"{name}={value}"]
         with open(self._log, "ab") as log:
             self._proc = subprocess.Popen(  # noqa: S603 - PostgreSQL's own binary
