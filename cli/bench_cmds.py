@@ -38,6 +38,17 @@ def bench() -> None:
     """Benchmarks: center throughput, whole-transaction latency, phone-link cost, start-up."""
 
 
+def _spread(values: list[float], unit: str) -> str:
+    """``min–median–max`` of several runs' figures."""
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    mid = ordered[(len(ordered) - 1) // 2]
+    fmt = "{:.0f}" if unit else "{:.2f}"
+    text = "–".join(fmt.format(v) for v in (ordered[0], mid, ordered[-1]))
+    return f"{text} {unit}".rstrip()
+
+
 def _ratio(value: float, unit: float) -> str:
     """``value`` in units of ``unit`` (a machine reference), or "-" when it was not measured."""
     return f"{value / unit:.2f}" if unit > 0 else "-"
@@ -84,6 +95,15 @@ def _ratio(value: float, unit: float) -> str:
     type=click.IntRange(2, 64),
     help="Worker processes of the postgresql-workers configuration.",
 )
+@click.option(
+    "--repeat",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="Runs of each configuration, interleaved; the table shows each configuration's "
+    "median run (by CPU per approval) and the spread.  One run on a shared machine moves by "
+    "±20 %.",
+)
 @_WORKDIR
 @_JSON
 def center(
@@ -94,6 +114,7 @@ def center(
     only: tuple[str, ...],
     postgresql_url: str | None,
     pg_workers: int,
+    repeat: int,
     workdir: Path | None,
     as_json: bool,
 ) -> None:
@@ -107,7 +128,7 @@ def center(
     moves least with the machine.  The PostgreSQL server's own CPU per approval is shown apart
     (when the bench started it), and every configuration counts its durable approvals in its
     database and checks its ledger."""
-    from swipepay.cli.harness.benchmarks import CONFIGURATIONS, bench_center_suite
+    from swipepay.cli.harness.benchmarks import CONFIGURATIONS, bench_center_suite, median_run
     from swipepay.cli.main import fail
     from swipepay.firmware_sim.errors import SwipepayError
 
@@ -117,6 +138,7 @@ def center(
             chosen,
             postgresql_url=postgresql_url,
             pg_workers=pg_workers,
+            repeat=repeat,
             progress=None if as_json else lambda n: click.echo(f"measuring {n} ...", err=True),
             terminals=terminals,
             seconds=seconds,
@@ -131,7 +153,8 @@ def center(
         click.echo(json.dumps(dataclasses.asdict(suite), sort_keys=True))
         _exit_on_failure(suite.runs)
         return
-    runs = suite.runs
+    groups = list(suite.by_configuration().values())
+    runs = [median_run(g) for g in groups]
     rows: list[tuple[str, list[str]]] = [
         ("configuration", [r.configuration for r in runs]),
         ("terminals", [f"{r.terminals} ({r.load_processes} load procs)" for r in runs]),
@@ -161,6 +184,30 @@ def center(
             [_ratio(r.center_cpu_us_per_approval, r.reference_python_us) for r in runs],
         ),
         ("center cores busy", [f"{r.center_cpu_cores:.2f}" for r in runs]),
+    ]
+    if suite.repeat > 1:
+        rows.insert(1, ("runs", [f"{len(g)}, the median shown" for g in groups]))
+        rows += [
+            (
+                "  CPU/approval spread",
+                [_spread([r.center_cpu_us_per_approval for r in g], "us") for g in groups],
+            ),
+            (
+                "  verifies spread",
+                [
+                    _spread(
+                        [
+                            r.center_cpu_us_per_approval / r.reference_verify_us
+                            for r in g
+                            if r.reference_verify_us > 0
+                        ],
+                        "",
+                    )
+                    for g in groups
+                ],
+            ),
+        ]
+    rows += [
         (
             "database CPU/approval",
             [
@@ -228,7 +275,7 @@ def center(
             click.echo(f"warning: {r.configuration}: {r.exhausted_terminals} terminals ran out")
         for e in r.errors:
             click.echo(f"error: {r.configuration}: {e}")
-    _exit_on_failure(runs)
+    _exit_on_failure(suite.runs)
 
 
 def _exit_on_failure(runs: list[Any]) -> None:

@@ -667,6 +667,22 @@ class CenterSuite:
     postgresql: str
     #: Configurations not run, and why (e.g. no PostgreSQL server binaries).
     skipped: dict[str, str] = field(default_factory=dict)
+    #: Runs of each configuration, interleaved (round 1 of every configuration, then round 2 ...).
+    repeat: int = 1
+
+    def by_configuration(self) -> dict[str, list[CenterBench]]:
+        """The runs of each configuration, in the order they ran."""
+        out: dict[str, list[CenterBench]] = {}
+        for run in self.runs:
+            out.setdefault(run.configuration, []).append(run)
+        return out
+
+
+def median_run(runs: Sequence[CenterBench]) -> CenterBench:
+    """The run whose center CPU per approval is the median (the lower one of the middle two):
+    a whole run, so every figure shown beside it comes from the same run."""
+    ordered = sorted(runs, key=lambda r: r.center_cpu_us_per_approval)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def bench_center_suite(
@@ -675,9 +691,12 @@ def bench_center_suite(
     postgresql_url: str | None = None,
     pg_workers: int = 2,
     progress: Any = None,
+    repeat: int = 1,
     **kwargs: Any,
 ) -> CenterSuite:
-    """Run :func:`bench_center` on each of ``configurations`` (names of :data:`CONFIGURATIONS`).
+    """Run :func:`bench_center` on each of ``configurations`` (names of :data:`CONFIGURATIONS`),
+    ``repeat`` times each, interleaved: on a shared machine one run moves by ±20 %, so compare
+    medians (:func:`median_run`).
 
     The PostgreSQL ones each get a new database: in ``postgresql_url``'s server (its role
     needs CREATEDB; the databases are dropped afterwards), else in a throwaway cluster started
@@ -702,7 +721,8 @@ def bench_center_suite(
     try:
         if cluster is not None:
             cluster.start()
-        for name in configurations:
+        rounds = [(n, c) for n in range(1, repeat + 1) for c in configurations]
+        for round_no, name in rounds:
             is_pg, workers = CONFIGURATIONS[name]
             if name in skipped:
                 continue
@@ -713,7 +733,9 @@ def bench_center_suite(
             database = None
             if is_pg:
                 if cluster is not None:
-                    database = cluster.create_database(f"swipepay_bench_{name.replace('-', '_')}")
+                    database = cluster.create_database(
+                        f"swipepay_bench_{name.replace('-', '_')}_{round_no}"
+                    )
                 else:
                     database = _create_database(postgresql_url or "", name)
             try:
@@ -731,7 +753,7 @@ def bench_center_suite(
     finally:
         if cluster is not None:
             cluster.close()
-    return CenterSuite(runs, where, skipped)
+    return CenterSuite(runs, where, skipped, repeat)
 
 
 def _redact(url: str) -> str:

@@ -90,6 +90,24 @@ def test_bench_center_on_a_given_postgresql_server(pg_url: str) -> None:
     assert not [n for n in names if n.startswith("swipepay_bench_")]
 
 
+def test_bench_center_repeat_interleaves_runs_and_shows_the_median() -> None:
+    r = _json("center", "--only", "sqlite", "--terminals", "1", "--seconds", "0.3",
+              "--baseline-seconds", "0.1", "--repeat", "2")  # fmt: skip
+    assert r["repeat"] == 2 and len(r["runs"]) == 2
+    for run in r["runs"]:
+        _check_run(run)
+    result = CliRunner().invoke(
+        main,
+        ["bench", "center", "--only", "sqlite", "--terminals", "1", "--seconds", "0.3",
+         "--baseline-seconds", "0.1", "--repeat", "3"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "3, the median shown" in result.output
+    spread = next(line for line in result.output.splitlines() if "CPU/approval spread" in line)
+    low, mid, high = (int(v) for v in spread.split()[-2].split("–"))
+    assert low <= mid <= high
+
+
 def test_bench_center_table() -> None:
     result = CliRunner().invoke(
         main,

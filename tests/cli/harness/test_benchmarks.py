@@ -127,3 +127,23 @@ def test_precompute_mix_and_completion_reference(tmp_path: Path) -> None:
     assert fields[2]["90"][4:10] == fields[1]["11"]  # the completion names the pre-auth
     with pytest.raises(KeyError):
         _precompute(pos.__class__(**{**pos.__dict__, "kind": "kiosk"}), 1, 1)
+
+
+def test_median_run_is_a_whole_run_by_center_cpu() -> None:
+    import dataclasses
+
+    from swipepay.cli.harness.benchmarks import CenterBench, median_run
+
+    names = [f.name for f in dataclasses.fields(CenterBench) if f.default is dataclasses.MISSING]
+    base = dict.fromkeys(names, 0)
+
+    def run(cpu: float, rate: float) -> CenterBench:
+        values: dict[str, object] = {**base, "configuration": "SQLite x 1", "storage": "SQLite"}
+        values.update(center_cpu_us_per_approval=cpu, approvals_per_s=rate, codes={},
+                      approvals_by_type={}, errors=[])  # fmt: skip
+        return CenterBench(**values)  # type: ignore[arg-type]
+
+    runs = [run(500, 1), run(400, 2), run(450, 3), run(600, 4)]
+    chosen = median_run(runs)
+    assert (chosen.center_cpu_us_per_approval, chosen.approvals_per_s) == (450, 3)
+    assert median_run(runs[:1]) is runs[0]
