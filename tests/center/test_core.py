@@ -509,6 +509,19 @@ def test_deposit_reversal_takes_the_credit_back(world: World) -> None:
     assert balances(world) == (OPENING, OPENING, 0, 0)
 
 
+def test_reversing_a_spent_deposit_takes_the_account_below_zero(world: World) -> None:
+    """A reversal is not declined for funds (hardware_notes/iso8583.md): the deposit did not
+    happen, so money withdrawn on the strength of it becomes the cardholder's debt."""
+    deposit = world.signed(D, 10_00)
+    approve(world, deposit)
+    approve(world, world.signed(W, OPENING + 10_00))  # everything, the deposit included
+    assert code(world, world.signed(W, 1)) == "51"
+    r = world.center.reverse(ATM, deposit.txn.stan, deposit.txn.transmitted_at)
+    assert r.approved
+    assert world.center.available_balance(ACCOUNT) == -10_00
+    assert world.center.check_balanced()
+
+
 def test_preauth_reversal_releases_the_hold(world: World) -> None:
     pre = world.signed(PRE, 30_00)
     approve(world, pre)
