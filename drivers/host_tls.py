@@ -19,7 +19,9 @@
   share one database answer a retransmission with the stored answer (exactly-once by terminal,
   STAN and transmission time), so no money moves twice.  Each center gets an equal share of
   what is left of the request's time, so a silent first center leaves time for the second.
-  Queued reversals go to whichever center answers the connection.
+  Queued reversals go to whichever center answers the connection.  An *answer* ends the
+  request, 91 and 96 included: centers share one database, so a center that could not reach
+  it would be followed by another that cannot either, and the terminal shows the decline.
 """
 
 from __future__ import annotations
