@@ -64,6 +64,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import psycopg
@@ -116,6 +117,10 @@ class PostgresStorage:
         #: Balance rows :meth:`lock_rows` locked in the current outermost transaction (outside
         #: any savepoint, so held until it ends): a funds check on them needs no lock of its own.
         self._locked: set[str] = set()
+        #: Cards :meth:`lock_rows` locked and read in the current outermost transaction, as this
+        #: transaction last wrote them: nobody else can change them until it ends, so
+        #: :meth:`get_card` needs no round trip for them.  Dropped on every rollback.
+        self._cards: dict[str, CardRecord] = {}
         #: The open transaction's pipeline (see the module docstring), or None.
         self._pipeline: psycopg.Pipeline | None = None
         self._pipeline_block: AbstractContextManager[psycopg.Pipeline] | None = None
@@ -259,6 +264,7 @@ class PostgresStorage:
             savepoint = f"sp{depth}"
             if depth == 0:
                 self._locked.clear()
+                self._cards.clear()
                 self._begin()
                 if pipelined:
                     if not self._step_by_step:
@@ -356,6 +362,7 @@ class PostgresStorage:
             self._drop_connection()
 
     def _forget_cached(self) -> None:
+        self._cards.clear()
         self._accounts.clear()
         self._terminals.clear()
 
@@ -383,10 +390,15 @@ class PostgresStorage:
         accounts: set[str] = set()
         if pans:
             rows = self._all(
-                "SELECT account_id FROM cards WHERE pan = ANY(%s) ORDER BY pan FOR UPDATE",
+                "SELECT pan, expiry, account_id, phone_key, ikid, last_ksn_counter, pvd, pin_tries "
+                "FROM cards WHERE pan = ANY(%s) ORDER BY pan FOR UPDATE",
                 (sorted(pans),),
             )
-            accounts.update(r[0] for r in rows)
+            for row in rows:
+                card = _card(row)
+                accounts.add(card.account_id)
+                if outermost:
+                    self._cards[card.pan] = card
         for terminal_id in {*terminal_ids, *(k.terminal_id for k in messages)}:
             terminal = self.get_terminal(terminal_id)
             if terminal is not None:
@@ -558,6 +570,7 @@ class PostgresStorage:
 
     def insert_card(self, card: CardRecord) -> None:
         self._require_txn()
+        self._cards.pop(card.pan, None)
         self._execute(
             "INSERT INTO cards (pan, expiry, account_id, phone_key, ikid, last_ksn_counter, pvd, "
             "pin_tries) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
@@ -575,18 +588,17 @@ class PostgresStorage:
 
     def get_card(self, pan: str) -> CardRecord | None:
         """Locked (``FOR UPDATE``) until the transaction ends: the KSN counter and PIN tries
-        read here are what the decision checks and then writes."""
+        read here are what the decision checks and then writes.  A card :meth:`lock_rows`
+        already locked and read in this transaction comes from that read."""
+        locked = self._cards.get(pan)
+        if locked is not None:
+            return locked
         row = self._one(
             "SELECT pan, expiry, account_id, phone_key, ikid, last_ksn_counter, pvd, pin_tries "
             "FROM cards WHERE pan = %s FOR UPDATE",
             (pan,),
         )
-        if not row:
-            return None
-        return CardRecord(
-            row[0], row[1], row[2], bytes(row[3]), bytes(row[4]), int(row[5]), bytes(row[6]),
-            int(row[7]),
-        )  # fmt: skip
+        return _card(row) if row else None
 
     def update_card_security(self, pan: str, last_ksn_counter: int, pin_tries: int) -> None:
         self._require_txn()
@@ -594,6 +606,11 @@ class PostgresStorage:
             "UPDATE cards SET last_ksn_counter = %s, pin_tries = %s WHERE pan = %s",
             (last_ksn_counter, pin_tries, pan),
         )
+        locked = self._cards.get(pan)
+        if locked is not None:
+            self._cards[pan] = replace(
+                locked, last_ksn_counter=last_ksn_counter, pin_tries=pin_tries
+            )
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -666,6 +683,15 @@ class PostgresStorage:
         # In a pipeline the count is not waited for (the module docstring says why it is safe).
         if self._pipeline is None and cursor.rowcount != 1:
             raise LocalError("update matched no row")
+
+
+def _card(row: Sequence[Any]) -> CardRecord:
+    """A card from the columns pan, expiry, account_id, phone_key, ikid, last_ksn_counter, pvd,
+    pin_tries (in that order)."""
+    return CardRecord(
+        row[0], row[1], row[2], bytes(row[3]), bytes(row[4]), int(row[5]), bytes(row[6]),
+        int(row[7]),
+    )  # fmt: skip
 
 
 def _message(key: MessageKey, row: Sequence[Any]) -> MessageRecord:

@@ -253,6 +253,30 @@ def test_in_a_pipeline_a_request_that_fails_in_python_is_rolled_back_alone(
         ]
 
 
+def test_cards_locked_for_a_batch_are_read_once_and_kept_current(
+    two: tuple[PostgresStorage, PostgresStorage],
+) -> None:
+    """lock_rows reads the batch's cards with their locks; get_card then needs no round trip,
+    sees this transaction's own updates, and after a rolled-back request reads the table again
+    (so the undone update is not served)."""
+    storage, _ = two
+    with storage.transaction():
+        storage.insert_card(CardRecord("4111", "2712", "A", bytes(33), bytes(8), 0, bytes(32)))
+    with storage.batch_transaction():
+        storage.lock_rows({"4111"}, set(), set())
+        assert "4111" in storage._cards
+        with storage.transaction():
+            storage.update_card_security("4111", 5, 1)
+        card = storage.get_card("4111")
+        assert card is not None and (card.last_ksn_counter, card.pin_tries) == (5, 1)
+        with pytest.raises(LookupError), storage.transaction():
+            storage.update_card_security("4111", 6, 2)
+            raise LookupError("this request fails after writing")
+        assert "4111" not in storage._cards  # dropped with the rollback
+        card = storage.get_card("4111")
+        assert card is not None and (card.last_ksn_counter, card.pin_tries) == (5, 1)
+
+
 def test_a_deadlock_is_a_conflict(two: tuple[PostgresStorage, PostgresStorage]) -> None:
     """Two writers that lock two rows in opposite orders: PostgreSQL breaks the cycle and the
     victim gets a StorageConflict (rolled back whole), the other commits."""
