@@ -156,7 +156,7 @@ class Ledger:
 
     # -- postings -----------------------------------------------------------------------------
 
-    def post(self, reference: str, memo: str, entries: Sequence[tuple[str, int]]) -> int:
+    def post(self, reference: str, memo: str, entries: Sequence[tuple[str, int]]) -> None:
         """Record one posting; refuse it unless it has ≥ 2 non-zero entries summing to zero."""
         # Plain loops, not generator expressions: every approval posts once.
         if len(entries) < 2:
@@ -173,14 +173,12 @@ class Ledger:
             currencies.add(self.account(account_id).currency)
         if len(currencies) != 1:
             raise LocalError("a posting must not mix currencies")
-        return self._storage.insert_posting(reference, memo, entries)
+        self._storage.insert_posting(reference, memo, entries)
 
-    def transfer(self, reference: str, memo: str, debit: str, credit: str, amount: int) -> int:
+    def transfer(self, reference: str, memo: str, debit: str, credit: str, amount: int) -> None:
         if amount <= 0:
             raise LocalError("transfer amount must be positive")
-        return self.post(
-            reference, memo, [(debit, Side.DEBIT * amount), (credit, Side.CREDIT * amount)]
-        )
+        self.post(reference, memo, [(debit, Side.DEBIT * amount), (credit, Side.CREDIT * amount)])
 
     def apply(
         self,

@@ -455,25 +455,21 @@ class PostgresStorage:
         record = self._accounts[account_id] = AccountRecord(*row)
         return record
 
-    def insert_posting(self, reference: str, memo: str, entries: Sequence[tuple[str, int]]) -> int:
+    def insert_posting(
+        self, reference: str, memo: str, entries: Sequence[tuple[str, int]]
+    ) -> None:
         self._require_txn()
-        # One statement, one round trip: the posting, then its entries in the given order.
-        row = self._one(
+        # One statement, and in a pipeline no wait: the posting (inserted by the data-modifying
+        # CTE whatever the entries), then its entries in the given order.
+        self._execute(
             "WITH p AS (INSERT INTO postings (reference, memo) VALUES (%s, %s) "
             "RETURNING posting_id) "
             "INSERT INTO entries (posting_id, account_id, amount) "
             "SELECT p.posting_id, e.account_id, e.amount FROM p, "
             "unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS e(account_id, amount, n) "
-            "ORDER BY e.n RETURNING posting_id",
+            "ORDER BY e.n",
             (reference, memo, [a for a, _ in entries], [m for _, m in entries]),
         )
-        if row is None:  # no entries: the posting alone (the ledger refuses such postings)
-            row = self._one(
-                "INSERT INTO postings (reference, memo) VALUES (%s, %s) RETURNING posting_id",
-                (reference, memo),
-            )
-            assert row is not None
-        return int(row[0])
 
     def entry_sum(self, account_id: str | None = None) -> int:
         if account_id is None:

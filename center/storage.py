@@ -163,7 +163,10 @@ class Storage(Protocol):
     def get_account(self, account_id: str) -> AccountRecord | None: ...
     def insert_posting(
         self, reference: str, memo: str, entries: Sequence[tuple[str, int]]
-    ) -> int: ...
+    ) -> None:
+        """One posting and its entries.  Returns nothing: nothing the center decides needs the
+        posting's ID, and on PostgreSQL waiting for it would cost a round trip per approval."""
+        ...
     def entry_sum(self, account_id: str | None = None) -> int:
         """Sum of the signed entries of one account, or of all accounts when ``None``."""
         ...
@@ -308,7 +311,9 @@ class SQLiteStorage:
         self._accounts[account_id] = record
         return record
 
-    def insert_posting(self, reference: str, memo: str, entries: Sequence[tuple[str, int]]) -> int:
+    def insert_posting(
+        self, reference: str, memo: str, entries: Sequence[tuple[str, int]]
+    ) -> None:
         self._require_txn()
         cur = self._cur.execute(
             "INSERT INTO postings (reference, memo) VALUES (?, ?)", (reference, memo)
@@ -318,7 +323,7 @@ class SQLiteStorage:
         # One multi-row INSERT (its text cached per entry count) instead of executemany: a
         # posting has two entries, and one statement call costs less than the batch machinery.
         if not entries:
-            return posting_id
+            return
         sql = _ENTRIES_INSERT.get(len(entries))
         if sql is None:
             sql = _ENTRIES_INSERT[len(entries)] = _entries_insert(len(entries))
@@ -326,7 +331,6 @@ class SQLiteStorage:
         for account_id, amount in entries:
             params += (posting_id, account_id, amount)
         self._cur.execute(sql, params)
-        return posting_id
 
     def entry_sum(self, account_id: str | None = None) -> int:
         if account_id is None:

@@ -118,10 +118,10 @@ def test_entry_sums_and_unbalanced_postings(storage: Storage) -> None:
         storage.insert_account(account("A"))
         storage.insert_account(account("B"))
         storage.insert_posting("p1", "ok", [("A", 7), ("B", -7)])
-        bad = storage.insert_posting("p2", "bad", [("A", 3), ("B", -2)])
+        storage.insert_posting("p2", "bad", [("A", 3), ("B", -2)])
     assert storage.entry_sum("A") == 10
     assert storage.entry_sum() == 1
-    assert storage.unbalanced_postings() == [bad]
+    assert len(storage.unbalanced_postings()) == 1  # p2's
 
 
 def test_update_of_missing_row_is_an_error(storage: Storage) -> None:
