@@ -252,14 +252,22 @@ class Center:
             pans: set[str] = set()
             terminal_ids: set[str] = set()
             keys: set[MessageKey] = set()
+            lookups: set[MessageKey] = set()
+            ahead = self._storage.reads_ahead
             for r in requests:
                 if isinstance(r, MessageKey):
                     keys.add(r)
                 else:
-                    pans.add(r.txn.pan)
-                    terminal_ids.add(r.txn.terminal_id)
+                    txn = r.txn
+                    pans.add(txn.pan)
+                    terminal_ids.add(txn.terminal_id)
+                    if ahead:
+                        tid = txn.terminal_id
+                        lookups.add(MessageKey(tid, txn.stan, txn.transmitted_at))
+                        if txn.original_stan is not None and txn.original_at is not None:
+                            lookups.add(MessageKey(tid, txn.original_stan, txn.original_at))
             if pans or keys:
-                self._storage.lock_rows(pans, terminal_ids, keys)
+                self._storage.lock_rows(pans, terminal_ids, keys, lookups)
             yield
 
     # -- administration -----------------------------------------------------------------------

@@ -103,6 +103,8 @@ class PostgresStorage:
     take turns per outermost transaction; other processes are kept apart by row locks.
     """
 
+    reads_ahead = True  # lock_rows reads a batch's message lookups in one round trip
+
     def __init__(self, url: str) -> None:
         self._url = url
         self._where = redact(url)
@@ -121,6 +123,10 @@ class PostgresStorage:
         #: transaction last wrote them: nobody else can change them until it ends, so
         #: :meth:`get_card` needs no round trip for them.  Dropped on every rollback.
         self._cards: dict[str, CardRecord] = {}
+        #: Messages :meth:`lock_rows` looked up for the batch (``None``: not stored), locked when
+        #: found, kept current by this transaction's own inserts and updates; dropped on every
+        #: rollback.  A key absent from it is read from the table.
+        self._messages: dict[MessageKey, MessageRecord | None] = {}
         #: The open transaction's pipeline (see the module docstring), or None.
         self._pipeline: psycopg.Pipeline | None = None
         self._pipeline_block: AbstractContextManager[psycopg.Pipeline] | None = None
@@ -265,6 +271,7 @@ class PostgresStorage:
             if depth == 0:
                 self._locked.clear()
                 self._cards.clear()
+                self._messages.clear()
                 self._begin()
                 if pipelined:
                     if not self._step_by_step:
@@ -363,6 +370,7 @@ class PostgresStorage:
 
     def _forget_cached(self) -> None:
         self._cards.clear()
+        self._messages.clear()
         self._accounts.clear()
         self._terminals.clear()
 
@@ -383,8 +391,11 @@ class PostgresStorage:
         pans: Collection[str],
         terminal_ids: Collection[str],
         messages: Collection[MessageKey],
+        lookups: Collection[MessageKey] = (),
     ) -> None:
-        """Cards by PAN, then balance rows by account ID, ``FOR UPDATE`` (see the protocol)."""
+        """Cards by PAN, then balance rows by account ID, ``FOR UPDATE`` (see the protocol);
+        then the stored messages among ``messages`` and ``lookups``, ``FOR UPDATE`` by key, read
+        whole for :meth:`get_message` (one round trip for the batch instead of one each)."""
         self._require_txn()
         outermost = self._depth == 1  # a savepoint's locks go if it is rolled back
         accounts: set[str] = set()
@@ -424,6 +435,28 @@ class PostgresStorage:
             )
             if outermost:
                 self._locked.update(r[0] for r in rows)
+        wanted = sorted(
+            {*messages, *lookups}, key=lambda k: (k.terminal_id, k.stan, k.transmitted_at)
+        )
+        if wanted and outermost:
+            rows = self._all(
+                "SELECT m.terminal_id, m.stan, m.transmitted_at, m.content_hash, m.txn_type, "
+                "m.amount, m.pan, m.account_id, m.response_code, m.auth_code, "
+                "m.available_balance, m.message, m.state, m.reversed_amount, m.received_at "
+                "FROM messages m JOIN unnest(%s::text[], %s::text[], %s::text[]) "
+                "AS k(t, s, a) ON (m.terminal_id, m.stan, m.transmitted_at) = (k.t, k.s, k.a) "
+                "ORDER BY m.terminal_id, m.stan, m.transmitted_at FOR UPDATE OF m",
+                (
+                    [k.terminal_id for k in wanted],
+                    [k.stan for k in wanted],
+                    [k.transmitted_at for k in wanted],
+                ),
+            )
+            found: dict[MessageKey, MessageRecord | None] = dict.fromkeys(wanted)
+            for r in rows:
+                key = MessageKey(r[0], r[1], r[2])
+                found[key] = _message(key, r[3:])
+            self._messages.update(found)
 
     # -- accounts and ledger ------------------------------------------------------------------
 
@@ -636,9 +669,15 @@ class PostgresStorage:
                 message.received_at,
             ),
         )
+        # A later lookup of this key in this transaction (a duplicate in the same batch) must
+        # find it, as a read of the table would (if the insert failed, so does the transaction).
+        self._messages[k] = message
 
     def get_message(self, key: MessageKey) -> MessageRecord | None:
-        """Locked (``FOR UPDATE``) when found: a completion or reversal changes its state."""
+        """Locked (``FOR UPDATE``) when found: a completion or reversal changes its state.  A
+        key :meth:`lock_rows` read ahead in this transaction comes from that read."""
+        if key in self._messages:
+            return self._messages[key]
         row = self._one(
             "SELECT content_hash, txn_type, amount, pan, account_id, response_code, auth_code, "
             "available_balance, message, state, reversed_amount, received_at FROM messages "
@@ -654,6 +693,11 @@ class PostgresStorage:
             "WHERE terminal_id = %s AND stan = %s AND transmitted_at = %s",
             (state, reversed_amount, key.terminal_id, key.stan, key.transmitted_at),
         )
+        cached = self._messages.get(key)
+        if cached is not None:
+            self._messages[key] = replace(cached, state=state, reversed_amount=reversed_amount)
+        else:
+            self._messages.pop(key, None)
 
     def list_messages(self, day: str | None = None) -> list[MessageRecord]:
         """Oldest first: by receive time, then key (PostgreSQL has no insertion order)."""

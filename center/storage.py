@@ -145,6 +145,10 @@ class MessageRecord:
 class Storage(Protocol):
     """What the center needs from a database.  Every method must run inside :meth:`transaction`."""
 
+    #: Whether :meth:`lock_rows` reads the ``lookups`` it is given ahead (a backend whose every
+    #: read is a round trip); else the caller need not build them.
+    reads_ahead: bool
+
     def transaction(self) -> AbstractContextManager[None]:
         """Context manager: outermost = one durable transaction, nested = savepoint."""
         ...
@@ -205,12 +209,16 @@ class Storage(Protocol):
         pans: Collection[str],
         terminal_ids: Collection[str],
         messages: Collection[MessageKey],
+        lookups: Collection[MessageKey] = (),
     ) -> None:
         """Lock, inside the current transaction, the rows a batch is about to change: the cards
         of ``pans`` (by PAN), then the balance rows (by account ID) of those cards' accounts,
         of the terminals' accounts and of the accounts of the stored ``messages`` (reversals).
         One fixed order for every process means two batches never wait for each other in a
-        circle.  A no-op where one writer excludes the others (SQLite)."""
+        circle.  ``lookups``: other message keys the batch will look up (its requests' own keys,
+        the pre-authorizations completions name); a backend whose every read is a round trip
+        may read them, and ``messages``, now.  A no-op where one writer excludes the others
+        (SQLite)."""
         ...
 
 
@@ -221,6 +229,8 @@ class SQLiteStorage:
     outermost transaction; other processes are kept out by ``BEGIN IMMEDIATE`` and wait up to
     ``busy_timeout_ms`` for the lock.
     """
+
+    reads_ahead = False  # a read is a function call, not a round trip
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
         self._lock = threading.RLock()
@@ -517,8 +527,10 @@ class SQLiteStorage:
         pans: Collection[str],
         terminal_ids: Collection[str],
         messages: Collection[MessageKey],
+        lookups: Collection[MessageKey] = (),
     ) -> None:
-        """Nothing to do: ``BEGIN IMMEDIATE`` already holds the database's one write lock."""
+        """Nothing to do: ``BEGIN IMMEDIATE`` already holds the database's one write lock, and
+        a read costs no round trip."""
 
     def _update_one(self, sql: str, params: tuple[object, ...]) -> None:
         if self._cur.execute(sql, params).rowcount != 1:

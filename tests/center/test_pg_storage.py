@@ -356,6 +356,35 @@ def test_unreachable_server_is_unavailable_at_once() -> None:
 # -- the center's decisions on PostgreSQL ------------------------------------------------------
 
 
+def test_a_batch_reads_its_messages_ahead_and_sees_its_own_writes(pg_world: World) -> None:
+    """The batch's retransmission lookups and the pre-authorization a completion names are read
+    by lock_rows in one round trip; a request repeated inside the same batch still finds the
+    first copy's answer (the batch's own insert), and a completion sees the state it wrote."""
+    w = pg_world
+    storage = w.center._storage
+    assert isinstance(storage, PostgresStorage)
+    pre = w.signed(PRE, 30_00)
+    assert w.center.authorize(pre, NOW).response_code == "00"
+    comp = AuthRequest(
+        w.txn(COMP, 20_00, original_stan=pre.txn.stan, original_at=pre.txn.transmitted_at)
+    )
+    buy = w.signed(P, 5_00)
+    with w.center.batch([buy, buy, comp]):
+        key = MessageKey(buy.txn.terminal_id, buy.txn.stan, buy.txn.transmitted_at)
+        original = MessageKey(pre.txn.terminal_id, pre.txn.stan, pre.txn.transmitted_at)
+        assert storage._messages[key] is None  # looked up ahead: not stored yet
+        stored_pre = storage._messages[original]
+        assert stored_pre is not None and stored_pre.state == "approved"
+        first = w.center.authorize(buy, NOW)
+        again = w.center.authorize(buy, NOW)  # the same message again, in the same batch
+        assert first.response_code == "00" and again == first
+        assert w.center.authorize(comp, NOW).response_code == "00"
+        completed = storage.get_message(original)
+        assert completed is not None and completed.state == "completed"
+    assert w.center.ledger_balance(ACCOUNT) == OPENING - 5_00 - 20_00  # each once
+    assert w.center.check_balanced()
+
+
 def test_center_decides_on_postgresql(pg_world: World) -> None:
     w = pg_world
     buy = w.signed(P, 25_00)
