@@ -8,20 +8,25 @@ psycopg 3 is the maintained successor of psycopg2, speaks libpq (binary wheels, 
 on the machine), and has server-side parameter binding, automatic prepared statements and a
 pipeline mode.
 
-Pipeline mode.  The cost of a decision here is its round trips to the server: every statement
-waited for its answer, ~10 per request.  In a :meth:`PostgresStorage.batch_transaction` (the
-server's group commit, which decides the batch again on a conflict) the connection is in
-libpq's pipeline mode: a statement whose result nothing reads (``SAVEPOINT``, the card's counter
-update, the message's insert, ``RELEASE``) is sent without waiting and goes out with the next
-read, which waits for everything before it; ``COMMIT`` is followed by a sync.  The price: an
-error of a statement sent without waiting shows at a later read, possibly in the next request
-of the batch, so it cannot be pinned on one request.  A conflict or a lost connection fails the
-whole batch anyway (decided again, or 91); any other error fails the whole transaction as a
-:class:`StorageConflict`, and the next transaction runs without the pipeline, one statement at
-a time, where the error is raised inside the request that caused it and rolls back that one
-only, as always.  Updates sent without waiting do not check their row count: each updates a row
-this transaction read ``FOR UPDATE`` (a card, an original message) or a hold, and no row of
-those is ever deleted.
+Round trips. The cost of a decision here is its round trips to the server: with every statement
+waiting for its answer, ~10 per request. Two things bring that to one (the funds check) plus the
+batch's BEGIN, lock statements and COMMIT. :meth:`PostgresStorage.lock_rows` reads the batch's
+cards and messages whole, with their locks, in one statement each, and
+:meth:`~PostgresStorage.get_card` / :meth:`~PostgresStorage.get_message` answer from that read
+(kept current by the transaction's own writes, dropped on any rollback: the rows are locked, so
+nobody else changes them meanwhile). And pipeline mode: in a
+:meth:`PostgresStorage.batch_transaction` (the server's group commit, which decides the batch
+again on a conflict) the connection is in libpq's pipeline mode: a statement whose result
+nothing reads (``SAVEPOINT``, the card's counter update, the message's insert, ``RELEASE``) is
+sent without waiting and goes out with the next read, which waits for everything before it;
+``COMMIT`` is followed by a sync. The price: an error of a statement sent without waiting shows
+at a later read, possibly in the next request of the batch, so it cannot be pinned on one
+request. A conflict or a lost connection fails the whole batch anyway (decided again, or 91);
+any other error fails the whole transaction as a :class:`StorageConflict`, and the next
+transaction runs without the pipeline, one statement at a time, where the error is raised inside
+the request that caused it and rolls back that one only, as always. Updates sent without waiting
+do not check their row count: each updates a row this transaction read ``FOR UPDATE`` (a card,
+an original message) or a hold, and no row of those is ever deleted.
 
 Transactions.  The outermost :meth:`PostgresStorage.transaction` is one PostgreSQL transaction
 at READ COMMITTED with ``synchronous_commit = on`` (``COMMIT`` returning means the WAL is on the
