@@ -420,16 +420,11 @@ class PostgresStorage:
             if terminal is not None:
                 accounts.add(terminal.account_id)
         if messages:
-            keys = sorted(messages, key=lambda k: (k.terminal_id, k.stan, k.transmitted_at))
             rows = self._all(
                 "SELECT m.account_id FROM messages m JOIN unnest(%s::text[], %s::text[], "
                 "%s::text[]) AS k(t, s, a) ON (m.terminal_id, m.stan, m.transmitted_at) = "
                 "(k.t, k.s, k.a) WHERE m.account_id IS NOT NULL",
-                (
-                    [k.terminal_id for k in keys],
-                    [k.stan for k in keys],
-                    [k.transmitted_at for k in keys],
-                ),
+                _key_arrays(messages),
             )
             accounts.update(r[0] for r in rows)
         if accounts:
@@ -440,9 +435,7 @@ class PostgresStorage:
             )
             if outermost:
                 self._locked.update(r[0] for r in rows)
-        wanted = sorted(
-            {*messages, *lookups}, key=lambda k: (k.terminal_id, k.stan, k.transmitted_at)
-        )
+        wanted = {*messages, *lookups}
         if wanted and outermost:
             rows = self._all(
                 "SELECT m.terminal_id, m.stan, m.transmitted_at, m.content_hash, m.txn_type, "
@@ -451,11 +444,7 @@ class PostgresStorage:
                 "FROM messages m JOIN unnest(%s::text[], %s::text[], %s::text[]) "
                 "AS k(t, s, a) ON (m.terminal_id, m.stan, m.transmitted_at) = (k.t, k.s, k.a) "
                 "ORDER BY m.terminal_id, m.stan, m.transmitted_at FOR UPDATE OF m",
-                (
-                    [k.terminal_id for k in wanted],
-                    [k.stan for k in wanted],
-                    [k.transmitted_at for k in wanted],
-                ),
+                _key_arrays(wanted),
             )
             found: dict[MessageKey, MessageRecord | None] = dict.fromkeys(wanted)
             for r in rows:
@@ -728,6 +717,17 @@ class PostgresStorage:
         # In a pipeline the count is not waited for (the module docstring says why it is safe).
         if self._pipeline is None and cursor.rowcount != 1:
             raise LocalError("update matched no row")
+
+
+def _key_arrays(keys: Collection[MessageKey]) -> tuple[list[str], list[str], list[str]]:
+    """Message keys as the three arrays an ``unnest(%s::text[], %s::text[], %s::text[])``
+    joins on, in key order (the order rows are then locked in)."""
+    ordered = sorted(keys, key=lambda k: (k.terminal_id, k.stan, k.transmitted_at))
+    return (
+        [k.terminal_id for k in ordered],
+        [k.stan for k in ordered],
+        [k.transmitted_at for k in ordered],
+    )
 
 
 def _card(row: Sequence[Any]) -> CardRecord:

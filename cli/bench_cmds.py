@@ -42,8 +42,10 @@ def _spread(values: list[float], unit: str) -> str:
     """``min–median–max`` of several runs' figures."""
     if not values:
         return "-"
+    from swipepay.cli.harness.benchmarks import lower_median
+
     ordered = sorted(values)
-    mid = ordered[(len(ordered) - 1) // 2]
+    mid = lower_median(ordered)
     fmt = "{:.0f}" if unit else "{:.2f}"
     text = "–".join(fmt.format(v) for v in (ordered[0], mid, ordered[-1]))
     return f"{text} {unit}".rstrip()

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from swipepay.cli.harness.processes import center_process, free_port, swipepay_command
 
@@ -678,11 +678,19 @@ class CenterSuite:
         return out
 
 
-def median_run(runs: Sequence[CenterBench]) -> CenterBench:
-    """The run whose center CPU per approval is the median (the lower one of the middle two):
-    a whole run, so every figure shown beside it comes from the same run."""
-    ordered = sorted(runs, key=lambda r: r.center_cpu_us_per_approval)
+T = TypeVar("T")
+
+
+def lower_median(ordered: Sequence[T]) -> T:
+    """The middle item of a sorted sequence, the lower one of the middle two: always one of
+    the items (a run, a figure), never an average of two."""
     return ordered[(len(ordered) - 1) // 2]
+
+
+def median_run(runs: Sequence[CenterBench]) -> CenterBench:
+    """The run whose center CPU per approval is the median (:func:`lower_median`): a whole
+    run, so every figure shown beside it comes from the same run."""
+    return lower_median(sorted(runs, key=lambda r: r.center_cpu_us_per_approval))
 
 
 def bench_center_suite(

@@ -6,7 +6,6 @@ import contextlib
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import iso8583
 import pytest
 
 from swipepay.center.lab import Lab, create_lab
+from swipepay.cli.harness.processes import wait_for
 from swipepay.drivers.host_tls import TlsHost
 from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.hostmsg import AuthRequest
@@ -255,10 +255,12 @@ def test_a_fleet_reconnecting_at_once_is_queued_not_dropped(server: ServerThread
         release.set()
     # The center now accepts the 300 and sees each end before its handshake (or closes it at
     # the handshake cap); once all are counted, it serves a new terminal as before.
-    deadline = time.monotonic() + 30
-    while server.server.handshakes_failed + server.server.handshakes_refused < count:
-        assert time.monotonic() < deadline, "the queued connections were not all taken"
-        time.sleep(0.01)  # polling a counter the loop thread updates
+    taken = server.server
+    wait_for(
+        lambda: taken.handshakes_failed + taken.handshakes_refused >= count,
+        30,
+        "the center to take the queued connections",
+    )
     still_serves(server)
 
 
