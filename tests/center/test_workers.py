@@ -291,12 +291,11 @@ def test_ctrl_c_on_a_terminal_stops_every_worker(pg_home: Path) -> None:
     supervisor and both workers (each gets SIGINT too), says so, exits 0, frees the port."""
     import pexpect
 
-    from swipepay.cli.harness.processes import child_env, swipepay_argv
+    from tests.support.pty import spawn_swipepay
 
     port = free_port()
-    argv = swipepay_argv("center", "serve", "--home", str(pg_home), "--listen",
-                         f"127.0.0.1:{port}", "--workers", "2")  # fmt: skip
-    child = pexpect.spawn(argv[0], argv[1:], env=child_env(), encoding="utf-8", timeout=30)
+    child = spawn_swipepay("center", "serve", "--home", str(pg_home), "--listen",
+                           f"127.0.0.1:{port}", "--workers", "2", timeout=30)  # fmt: skip
     try:
         child.expect(f"center listening on 127.0.0.1:{port} .*2 workers")
         workers = _workers(port, child.pid)

@@ -19,6 +19,7 @@ import pytest
 from swipepay.center.lab import Lab
 from swipepay.cli.harness.processes import child_env, free_port, swipepay_argv
 from swipepay.firmware_sim.terminal import Ending
+from tests.support.pty import spawn_swipepay
 
 #: Generous bound for one expected line on a loaded machine (never a sleep: expect returns on
 #: the first match).
@@ -26,10 +27,7 @@ LINE = 20
 
 
 def spawn(*args: str) -> pexpect.spawn:
-    argv = swipepay_argv(*args)
-    child = pexpect.spawn(argv[0], argv[1:], env=child_env(), encoding="utf-8",
-                          timeout=LINE, dimensions=(40, 200))  # fmt: skip
-    return child
+    return spawn_swipepay(*args, timeout=LINE, dimensions=(40, 200))
 
 
 @pytest.fixture

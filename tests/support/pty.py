@@ -1,4 +1,5 @@
-"""Two pseudo-terminals joined by socat: a serial line without hardware."""
+"""Pseudo-terminals: a program run as a person runs it in a terminal window, and two
+pseudo-terminals joined by socat (a serial line without hardware)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,35 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
 
+import pexpect
 import pytest
 
+from swipepay.cli.harness.processes import child_env, swipepay_argv
 from tests.support.ci import unavailable
+
+
+def _as_from_a_shell() -> None:
+    """Ctrl-C and Ctrl-\\ back to their defaults in the child, as an interactive shell starts a
+    program.  A test run started in the background (``cmd &`` without job control) inherits
+    them ignored, and CPython then installs no KeyboardInterrupt handler: every Ctrl-C test
+    would fail for a reason no user meets."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
+def spawn_swipepay(
+    *args: str, timeout: float, dimensions: tuple[int, int] = (24, 80)
+) -> pexpect.spawn:
+    """``swipepay ARGS`` on a pseudo-terminal of ``dimensions`` (rows, columns), as a person
+    starts it from a shell; ``timeout`` bounds each ``expect``."""
+    argv = swipepay_argv(*args)
+    return pexpect.spawn(argv[0], argv[1:], env=child_env(), encoding="utf-8", timeout=timeout,
+                         dimensions=dimensions, preexec_fn=_as_from_a_shell)  # fmt: skip
 
 
 @pytest.fixture

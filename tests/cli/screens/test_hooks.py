@@ -11,12 +11,11 @@ import pexpect
 
 from swipepay.center.lab import Lab
 from swipepay.cli.harness.processes import child_env, swipepay_argv
+from tests.support.pty import spawn_swipepay
 
 
 def spawn(*args: str) -> pexpect.spawn:
-    argv = swipepay_argv(*args)
-    return pexpect.spawn(argv[0], argv[1:], env=child_env(), encoding="utf-8", timeout=20,
-                         dimensions=(40, 100))  # fmt: skip
+    return spawn_swipepay(*args, timeout=20, dimensions=(40, 100))
 
 
 def test_phone_run_on_a_terminal_is_the_phone_screen_and_pays(lab: Lab) -> None:
