@@ -705,3 +705,33 @@ def test_remembered_phone_keys_are_bounded(world: World, monkeypatch: pytest.Mon
     assert list(world.center._phone_keys) == ["2222", "3333"]  # the oldest went
     world.center._remember_phone_key(record("3333"))  # already known: nothing dropped
     assert list(world.center._phone_keys) == ["2222", "3333"]
+
+
+def test_authorization_codes_are_six_digits_drawn_without_bias(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each code is a 3-byte draw below 16,000,000 taken modulo 10**6; a draw at or above it
+    is thrown away (else codes below 777216 would come more often), and the pool is read again
+    from the OS when it runs out."""
+    import swipepay.center.core as core
+
+    reads: list[int] = []
+    draws = iter([
+        # 1; 16,000,000 and 16,777,215 (thrown away); 15,999,999
+        bytes.fromhex("000001" "F42400" "FFFFFF" "F423FF"),
+        bytes.fromhex("0F4240" "000000"),  # 1,000,000 -> 000000
+    ])  # fmt: skip
+
+    def urandom(n: int) -> bytes:
+        reads.append(n)
+        return next(draws)
+
+    monkeypatch.setattr(core.os, "urandom", urandom)
+    codes = core.AuthCodes()
+    assert [codes.next() for _ in range(4)] == ["000001", "999999", "000000", "000000"]
+    assert len(reads) == 2
+
+
+def test_approvals_carry_fresh_authorization_codes(world: World) -> None:
+    codes = {approve(world, world.signed(P, 1_00)) for _ in range(20)}
+    assert len(codes) >= 18  # 20 draws from 10**6: two pairs colliding is ~2e-8
