@@ -82,13 +82,14 @@ def transaction(ident: str) -> Iterator[None]:
         TXN_ID.reset(token)
 
 
-class _TxnFilter(logging.Filter):
-    """Copies the context's transaction ID onto each record (``record.txn``)."""
+def _txn_of(record: logging.LogRecord) -> str:
+    """The transaction ID a line shows: one given with ``extra={"txn": ...}``, else the
+    context's (:data:`TXN_ID`), else a message key among the arguments; ``""`` if none.
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not getattr(record, "txn", ""):
-            record.txn = TXN_ID.get() or _txn_from_args(record.args)
-        return True
+    Looked up by the formatters, while the record is handled, in the thread and context of the
+    logging call (handlers here are synchronous), rather than by a handler filter: a filter
+    costs a fifth of a center decision's INFO line."""
+    return getattr(record, "txn", "") or TXN_ID.get() or _txn_from_args(record.args)
 
 
 def _txn_from_args(args: object) -> str:
@@ -115,7 +116,7 @@ class TextFormatter(logging.Formatter):
         stamp = self._stamp
         line = (
             f"{stamp}.{int(record.msecs):03d}Z {record.levelname:<7} {record.name} "
-            f"{getattr(record, 'txn', '') or '-'} {redact(record.getMessage())}"
+            f"{_txn_of(record) or '-'} {redact(record.getMessage())}"
         )
         if record.exc_info and record.levelno >= logging.ERROR:
             line += f" [{record.exc_info[0].__name__ if record.exc_info[0] else 'error'}]"
@@ -130,7 +131,7 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "txn": getattr(record, "txn", "") or None,
+            "txn": _txn_of(record) or None,
             "msg": redact(record.getMessage()),
         }
         if record.exc_info and record.exc_info[0] is not None:
@@ -154,7 +155,6 @@ def setup_logging(
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
-    handler.addFilter(_TxnFilter())
     root.addHandler(handler)
     root.setLevel(LEVELS[level])
     _lean_records()
