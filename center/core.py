@@ -50,7 +50,7 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -102,7 +102,10 @@ _LATE_ORIGINAL = "reversed by the terminal before it arrived; not processed"
 _APPROVED = RC.APPROVED.value
 
 _REQUEST_DOMAIN = b"swipepay/center/request/v1\x00"
-_WIRE_DOMAIN = b"swipepay/center/iso8583-request/v1\x00"
+#: :func:`wire_hash`: over the message's bytes.
+_WIRE_DOMAIN = b"swipepay/center/iso8583-message/v2\x00"
+#: :func:`fields_hash`: over the decoded fields (what earlier builds stored).
+_FIELDS_DOMAIN = b"swipepay/center/iso8583-request/v1\x00"
 
 
 class _Declined(Exception):
@@ -161,16 +164,29 @@ def request_hash(req: AuthRequest) -> bytes:
     return hashlib.sha256(_REQUEST_DOMAIN + text.encode("utf-8")).digest()
 
 
-def wire_hash(fields: Mapping[str, object]) -> bytes:
-    """SHA-256 over every field of a request as it came off the wire (decoded ISO 8583: field
-    number or ``t``/``p`` -> value), to tell a retransmission from a different message.
+def wire_hash(body: bytes) -> bytes:
+    """SHA-256 over a request exactly as it came off the wire (the ISO 8583 message, without
+    its length prefix), to tell a retransmission from a different message.
 
-    The typed request keeps only what a decision reads (the first two digits of field 3, of
-    field 22, no unknown field), so the server hashes what the terminal sent: any field changed,
-    added or dropped makes another message.
+    A terminal resends a request byte for byte (hardware_notes/design.md), so the bytes are its
+    content: any field changed, added or dropped makes another message, including the digits
+    of fields 3 and 22 the typed request does not keep.  About 2k instructions, against 72k for
+    the canonical JSON of the decoded fields (:func:`fields_hash`), on every request.
+    """
+    return hashlib.sha256(_WIRE_DOMAIN + body).digest()
+
+
+def fields_hash(fields: Mapping[str, object]) -> bytes:
+    """The content hash earlier builds stored: SHA-256 over the decoded message (field number
+    or ``t``/``p`` -> value) as canonical JSON.
+
+    Kept for one case: a message decided by an earlier build whose retransmission arrives after
+    the upgrade (a center restarted while a terminal waited) must still get its stored answer;
+    the server offers this hash to :meth:`Center.authorize` as ``earlier_hash``, computed only
+    when a stored message under the key does not match :func:`wire_hash`.
     """
     text = _CANONICAL_JSON.encode(fields)
-    return hashlib.sha256(_WIRE_DOMAIN + text.encode("utf-8")).digest()
+    return hashlib.sha256(_FIELDS_DOMAIN + text.encode("utf-8")).digest()
 
 
 def _signature_check(req: AuthRequest, phone_key: bytes) -> SignatureCheck | None:
@@ -415,6 +431,7 @@ class Center:
         checked: tuple[SignatureCheck, bool] | None = None,
         *,
         content_hash: bytes | None = None,
+        earlier_hash: Callable[[], bytes] | None = None,
     ) -> AuthResponse:
         """Decide one request (checks in the module docstring's order); record it durably.
 
@@ -423,7 +440,9 @@ class Center:
         (the card's enrolled key, this request's digest and signature); the checks still run in
         the documented order.  ``content_hash`` is the request's :func:`wire_hash` when it came
         over the wire (default: :func:`request_hash` of ``req``): what a retransmission of the
-        same key must match.
+        same key must match; ``earlier_hash`` gives the same request's hash in a form earlier
+        builds stored (:func:`fields_hash`), asked for only when a stored message under the key
+        does not match ``content_hash``.
         """
         txn = req.txn
         type_name = txn.type.value  # an enum property: read once
@@ -434,7 +453,10 @@ class Center:
             with self._storage.transaction():
                 stored = self._storage.get_message(key)
                 if stored is not None:
-                    if hmac.compare_digest(stored.content_hash, digest):
+                    if hmac.compare_digest(stored.content_hash, digest) or (
+                        earlier_hash is not None
+                        and hmac.compare_digest(stored.content_hash, earlier_hash())
+                    ):
                         return self._response_of(stored, req)
                     if stored.txn_type == REVERSED_UNSEEN:
                         _log.warning("message %s arrived after its reversal; refused", key)

@@ -52,7 +52,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from swipepay.center.core import Center, wire_hash
+from swipepay.center.core import Center, fields_hash, wire_hash
 from swipepay.center.metrics import ServerMetrics, approvals_kind
 from swipepay.center.response_codes import RC
 from swipepay.center.storage import (
@@ -129,8 +129,11 @@ def peer_terminal_id(cert: dict[str, Any]) -> str | None:
 
 #: A signature check sent to the verifier process ahead, and its result.
 _Ticket = tuple[SignatureCheck, "asyncio.Future[bool]"]
-#: A request, its wire hash (:func:`center.core.wire_hash`), its ahead check, its answer.
-_Job = tuple[codec.Request, bytes, _Ticket | None, "asyncio.Future[AuthResponse]"]
+#: A request's wire hash (:func:`center.core.wire_hash`) and its decoded fields (for the hash
+#: earlier builds stored, :func:`center.core.fields_hash`, asked for only on a key collision).
+_Content = tuple[bytes, dict[str, Any]]
+#: A request, its content, its ahead check, its answer.
+_Job = tuple[codec.Request, _Content, _Ticket | None, "asyncio.Future[AuthResponse]"]
 
 
 class CenterServer:
@@ -333,14 +336,17 @@ class CenterServer:
 
     @staticmethod
     def _decide_one(center: Center, job: _Job, now: datetime) -> AuthResponse:
-        req, content_hash, ticket, _ = job
+        req, (content_hash, fields), ticket, _ = job
         if isinstance(req, AuthRequest):
             checked = None
             if ticket is not None:
                 item, fut = ticket
                 if fut.done() and fut.exception() is None:  # else: verified inline
                     checked = (item, fut.result())
-            return center.authorize(req, now, checked, content_hash=content_hash)
+            return center.authorize(
+                req, now, checked, content_hash=content_hash,
+                earlier_hash=lambda: fields_hash(fields),
+            )  # fmt: skip
         if isinstance(req, codec.ReversalRequest):
             return center.reverse(
                 req.terminal_id,
@@ -352,9 +358,10 @@ class CenterServer:
             )
         return AuthResponse(RC.APPROVED.value)
 
-    async def submit(self, req: codec.Request, content_hash: bytes) -> AuthResponse:
-        """Queue ``req`` (whose wire message hashes to ``content_hash``) for the next batch (its
-        phone signature goes to the verifier now); its answer once the batch is committed."""
+    async def submit(self, req: codec.Request, content: _Content) -> AuthResponse:
+        """Queue ``req`` (``content``: its wire message's hash and decoded fields) for the next
+        batch (its phone signature goes to the verifier now); its answer once the batch is
+        committed."""
         ticket: _Ticket | None = None
         if isinstance(req, AuthRequest) and self._verifier is not None:
             assert self._center is not None
@@ -363,7 +370,7 @@ class CenterServer:
                 fut = self._verifier.submit(item)
                 ticket = None if fut is None else (item, fut)
         answer: asyncio.Future[AuthResponse] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((req, content_hash, ticket, answer))  # unbounded: never full
+        self._queue.put_nowait((req, content, ticket, answer))  # unbounded: never full
         return await answer
 
     # -- connections ----------------------------------------------------------------------------
@@ -482,7 +489,7 @@ class CenterServer:
             resp = AuthResponse(RC.SECURITY_VIOLATION.value, message="field 41 mismatch")
         else:
             try:
-                resp = await self.submit(req, wire_hash(fields))
+                resp = await self.submit(req, (wire_hash(body), fields))
             except _Unanswered:
                 return None
         elapsed = time.perf_counter() - received

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -413,6 +414,49 @@ def test_same_key_different_content_is_94(world: World) -> None:
     assert r.response_code == "94"
     assert world.center.ledger_balance(ACCOUNT) == OPENING - 10_00
     assert world.center.authorize(req, NOW).approved  # the original is still answered
+
+
+def test_a_message_stored_by_an_earlier_build_is_still_recognised(world: World) -> None:
+    """Earlier builds stored the hash of the decoded fields (``fields_hash``), this one the hash
+    of the bytes (``wire_hash``): a retransmission that arrives after the upgrade matches the
+    earlier form and gets the stored answer; another message under the same key still gets 94."""
+    from swipepay.center.core import fields_hash, wire_hash
+    from swipepay.firmware_sim.hostlink import iso8583 as codec
+
+    def wire(req: AuthRequest) -> tuple[bytes, dict[str, Any]]:
+        body = codec.encode(codec.request_fields(req))
+        return body, codec.decode(body)
+
+    req = world.signed(P, 10_00)
+    body, fields = wire(req)
+    first = world.center.authorize(req, NOW, content_hash=fields_hash(fields))  # before
+    assert first.approved
+    asked: list[bool] = []
+
+    def earlier(of: dict[str, Any]) -> Callable[[], bytes]:
+        def hash_() -> bytes:
+            asked.append(True)
+            return fields_hash(of)
+
+        return hash_
+
+    again = world.center.authorize(req, NOW, content_hash=wire_hash(body),
+                                   earlier_hash=earlier(fields))  # fmt: skip
+    assert again == first and asked == [True]
+    other = world.phone.request(replace(req.txn, amount=20_00))
+    other_body, other_fields = wire(other)
+    r = world.center.authorize(other, NOW, content_hash=wire_hash(other_body),
+                               earlier_hash=earlier(other_fields))  # fmt: skip
+    assert r.response_code == "94"
+    assert world.center.ledger_balance(ACCOUNT) == OPENING - 10_00
+    # A message this build stored matches at once: the earlier form is not even computed.
+    asked.clear()
+    new = world.signed(P, 5_00)
+    new_body, new_fields = wire(new)
+    decided = world.center.authorize(new, NOW, content_hash=wire_hash(new_body))
+    assert world.center.authorize(new, NOW, content_hash=wire_hash(new_body),
+                                  earlier_hash=earlier(new_fields)) == decided  # fmt: skip
+    assert asked == []
 
 
 # -- reversal --------------------------------------------------------------------------------
