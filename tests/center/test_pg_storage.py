@@ -437,7 +437,9 @@ def decide(
     async def run() -> list[AuthResponse]:
         loop = asyncio.get_running_loop()
         jobs: list[Any] = [
-            (r, request_hash(r) if isinstance(r, AuthRequest) else b"", None, loop.create_future())
+            # (request, (content hash, decoded fields), ahead check, answer): no wire form here
+            (r, (request_hash(r) if isinstance(r, AuthRequest) else b"", {}), None,
+             loop.create_future())
             for r in reqs
         ]
         return await server._decide(center, jobs)

@@ -100,7 +100,8 @@ async def _decide_all(
         jobs: list[Any] = []
         for req in batch:
             digest = request_hash(req) if isinstance(req, AuthRequest) else b""
-            jobs.append((req, digest, None, loop.create_future()))
+            # (request, (content hash, decoded fields), ahead check, answer): no wire form here
+            jobs.append((req, (digest, {}), None, loop.create_future()))
         answers: list[AuthResponse] = await server._decide(center, jobs)
         for req, answer in zip(batch, answers, strict=True):
             if isinstance(req, AuthRequest):
