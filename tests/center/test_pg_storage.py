@@ -38,7 +38,7 @@ from swipepay.cli.harness.processes import wait_for
 from swipepay.cli.main import main
 from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.transaction import TxnType
-from tests.support.lab_center import RawClient, ServerThread, cardholder, signed
+from tests.support.lab_center import RawClient, ServerThread, batch_jobs, cardholder, signed
 from tests.support.world import ACCOUNT, NOW, OPENING, World, new_world
 
 P, PRE, COMP = TxnType.PURCHASE, TxnType.PREAUTH, TxnType.COMPLETION
@@ -435,14 +435,7 @@ def decide(
     """What :meth:`CenterServer._decide` answers for ``reqs`` as one batch."""
 
     async def run() -> list[AuthResponse]:
-        loop = asyncio.get_running_loop()
-        jobs: list[Any] = [
-            # (request, (content hash, decoded fields), ahead check, answer): no wire form here
-            (r, (request_hash(r) if isinstance(r, AuthRequest) else b"", {}), None,
-             loop.create_future())
-            for r in reqs
-        ]
-        return await server._decide(center, jobs)
+        return await server._decide(center, batch_jobs(list(reqs)))
 
     return asyncio.run(run())
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from swipepay.center.core import AuthRequest, AuthResponse, Center, request_hash
+from swipepay.center.core import AuthRequest, AuthResponse, Center
 from swipepay.center.keystore import CenterKeys
 from swipepay.center.pg_storage import PostgresStorage
 from swipepay.center.policy import MessageState
@@ -42,6 +42,7 @@ from swipepay.firmware_sim.dukpt import DukptDevice, derive_initial_key
 from swipepay.firmware_sim.ecc import encode_point, generate_key
 from swipepay.firmware_sim.hostlink.iso8583 import ReversalRequest
 from swipepay.firmware_sim.transaction import Transaction, TxnType
+from tests.support.lab_center import batch_jobs
 from tests.support.world import Phone
 
 WORKERS = 4
@@ -94,15 +95,9 @@ def _worker(
 async def _decide_all(
     server: CenterServer, center: Center, batches: list[list[Request]]
 ) -> list[Outcome]:
-    loop = asyncio.get_running_loop()
     outcomes: list[Outcome] = []
     for batch in batches:
-        jobs: list[Any] = []
-        for req in batch:
-            digest = request_hash(req) if isinstance(req, AuthRequest) else b""
-            # (request, (content hash, decoded fields), ahead check, answer): no wire form here
-            jobs.append((req, (digest, {}), None, loop.create_future()))
-        answers: list[AuthResponse] = await server._decide(center, jobs)
+        answers: list[AuthResponse] = await server._decide(center, batch_jobs(list(batch)))
         for req, answer in zip(batch, answers, strict=True):
             if isinstance(req, AuthRequest):
                 t = req.txn

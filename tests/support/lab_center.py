@@ -15,7 +15,7 @@ from typing import Any
 import iso8583
 import pytest
 
-from swipepay.center.core import Center
+from swipepay.center.core import Center, request_hash
 from swipepay.center.lab import Lab
 from swipepay.center.server import CenterServer, ServerLimits, lab_server
 from swipepay.drivers.host_tls import client_context
@@ -23,6 +23,20 @@ from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.hostmsg import AuthRequest
 from swipepay.firmware_sim.transaction import Transaction, TxnType
 from tests.support.world import Phone as SigningPhone
+
+
+def batch_jobs(reqs: list[codec.Request]) -> list[Any]:
+    """``reqs`` as the jobs :meth:`CenterServer._decide` takes, for tests that decide a batch
+    without the wire: (request, (content hash, decoded fields), no ahead check, its answer);
+    an authorization's content hash is :func:`~center.core.request_hash` (no wire form).  Call
+    inside the event loop that decides them."""
+    loop = asyncio.get_running_loop()
+    return [
+        (r, (request_hash(r) if isinstance(r, AuthRequest) else b"", {}), None,
+         loop.create_future())
+        for r in reqs
+    ]  # fmt: skip
+
 
 POS, ATM = "POS00001", "ATM00001"
 MERCHANT, BANK = "MERCH0000000001", "BANKATM00000001"
