@@ -438,15 +438,14 @@ class CenterServer:
         decoder = codec.FrameDecoder()
         started: float | None = None
         while True:
-            wait = self.limits.idle_timeout
-            if started is not None:
-                wait = max(0.0, started + self.limits.frame_timeout - loop.time())
+            if started is None:
+                until = loop.time() + self.limits.idle_timeout
+            else:
+                until = started + self.limits.frame_timeout
             try:
-                # asyncio.timeout, not wait_for: wait_for wraps every read in a new Task (3.11),
-                # a measurable cost at one read per request.
-                async with asyncio.timeout(wait):
-                    data = await tls.read(65536)
-            except TimeoutError:
+                data = await tls.read(65536, until)
+            except TimeoutError as exc:
+                exc.__traceback__ = None  # the stream keeps it: no cycle through these frames
                 _log.warning(
                     "%s: %s client timed out; closed",
                     tid,

@@ -197,10 +197,13 @@ def test_tls_without_client_cert_or_from_another_ca(server: ServerThread, tmp_pa
     still_serves(server)
 
 
-def test_idle_client_is_timed_out_and_connections_are_capped(server: ServerThread) -> None:
+def test_idle_client_is_timed_out_and_connections_are_capped(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
     idle = RawClient(server.lab, server.port)
     assert idle.recv_frame() is None  # idle_timeout=2 s: the server hangs up
     idle.close()
+    wait_for(lambda: "idle client timed out" in caplog.text, 10, "the timeout's log line")
     clients = [RawClient(server.lab, server.port) for _ in range(4)]
     try:
         for c in clients:  # make sure all 4 are being served
@@ -264,11 +267,12 @@ def test_a_fleet_reconnecting_at_once_is_queued_not_dropped(server: ServerThread
     still_serves(server)
 
 
-def test_slow_client_is_timed_out(server: ServerThread) -> None:
+def test_slow_client_is_timed_out(server: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
     c = RawClient(server.lab, server.port)
     c.send_raw(b"\x00\x40abc")  # a frame that never completes; frame_timeout = 1 s
     assert c.recv_frame() is None
     c.close()
+    wait_for(lambda: "slow client timed out" in caplog.text, 10, "the timeout's log line")
 
 
 # -- group commit --------------------------------------------------------------------------------
