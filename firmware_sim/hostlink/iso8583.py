@@ -387,8 +387,8 @@ def parse_request(fields: dict[str, Any]) -> Request:
     need = MANDATORY.get(mti)
     if need is None:
         raise DecodeError(f"unknown request MTI {mti!r}")
-    missing = sorted(need - fields.keys(), key=int)
-    if missing:
+    if not need <= fields.keys():
+        missing = sorted((k for k in need if k not in fields), key=int)
         raise DecodeError(f"MTI {mti} misses field(s) {', '.join(missing)}")
     tid = _text(fields, "41")
     if mti == "0800":
