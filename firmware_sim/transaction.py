@@ -53,14 +53,16 @@ PHONE_CODE_TO_TYPE: dict[int, TxnType] = {spec.phone_code: t for t, spec in TXN_
 #: Largest amount field 4 can carry (12 digits).
 MAX_AMOUNT = 999_999_999_999
 
-def _decimal(value: str) -> bool:
-    """Only ASCII digits 0-9, at least one (``isdigit`` alone also takes "²" or "٣"; the two
-    string tests cost a fraction of a regular expression, on every request the center parses)."""
+
+def is_decimal(value: str) -> bool:
+    """Only ASCII digits 0-9, at least one: what a numeric ISO 8583 field or a PAN holds
+    (``isdigit`` alone also takes "²" or "٣"; the two string tests cost a fraction of a regular
+    expression, on every request the center parses)."""
     return value.isdigit() and value.isascii()
 
 
 def _check_digits(name: str, value: str, length: int) -> None:
-    if len(value) != length or not _decimal(value):
+    if len(value) != length or not is_decimal(value):
         raise DecodeError(f"{name} must be {length} digits")
 
 
@@ -96,7 +98,7 @@ class Transaction:
         _check_digits("STAN", self.stan, 6)
         _check_digits("transmission date/time", self.transmitted_at, 10)
         _check_digits("currency", self.currency, 3)
-        if not (12 <= len(self.pan) <= 19 and _decimal(self.pan)):
+        if not (12 <= len(self.pan) <= 19 and is_decimal(self.pan)):
             raise DecodeError("PAN must be 12-19 digits")
         if len(self.terminal_id) != 8 or not self.terminal_id.isascii():
             raise DecodeError("terminal ID must be 8 ASCII characters")

@@ -39,7 +39,7 @@ from swipepay.firmware_sim.balance_seal import SEALED_LEN
 from swipepay.firmware_sim.errors import DecodeError
 from swipepay.firmware_sim.framing import FrameError as FrameError
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
-from swipepay.firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
+from swipepay.firmware_sim.transaction import TXN_TYPES, Transaction, TxnType, is_decimal
 
 #: Largest frame body we accept.  A full 0200 with every field of ours is < 400 bytes.
 MAX_FRAME = 2048
@@ -364,7 +364,7 @@ def _text(fields: dict[str, Any], key: str) -> str:
 
 def _number(fields: dict[str, Any], key: str) -> int:
     value = _text(fields, key)
-    if not value.isdigit() or not value.isascii():
+    if not is_decimal(value):
         raise DecodeError(f"field {key} must be digits")
     return int(value)
 
