@@ -65,6 +65,11 @@ SEL_RES_ISO_DEP: Final = 0x20
 #: NFCID1 first byte 08h marks a random UID (ISO/IEC 14443-3), like HCE's new UID per tap.
 RANDOM_UID_PREFIX: Final = b"\x08"
 S_DESELECT: Final = b"\xc2"
+#: SENS_REQ (REQA) and ALL_REQ (WUPA): a reader polling again, so its field was reset even if
+#: its RF-off notice got lost (over udp: it is one datagram).  Neither is ever an ISO-DEP block
+#: (their PCB bits are RFU), so a card in a session ends it and listens again instead of
+#: waiting out its idle timeout while the reader polls in vain.
+FIELD_RESET_FRAMES: Final = frozenset({b"\x26", b"\x52"})
 #: How long the reader side waits for the S(DESELECT) answer when it disconnects.
 DESELECT_TIMEOUT: Final = 0.1
 #: Longest command the reader side sends: a short case-4 APDU (4 + 1 + 255 + 1 bytes).
@@ -247,8 +252,9 @@ class CardEmulator:
     """Serves an APDU handler as an ISO-DEP card on an nfcpy device (listen + exchange).
 
     One session per activation: RATS (or the device's own RATS handling), APDUs through
-    :class:`~firmware_sim.isodep.IsoDepCard`, until S(DESELECT), RF off or ``idle_timeout``
-    seconds without a frame; ``on_end`` runs after every session (the phone's deactivate).
+    :class:`~firmware_sim.isodep.IsoDepCard`, until S(DESELECT), RF off, the reader polling
+    again or ``idle_timeout`` seconds without a frame; ``on_end`` runs after every session (the
+    phone's deactivate).
     """
 
     def __init__(
@@ -386,7 +392,8 @@ class CardEmulator:
     def _next_frame(
         self, clf: Any, send: bytes | None, stop: threading.Event, wait: float
     ) -> bytes | None:
-        """Send ``send`` (if any) and wait for the next frame; None: RF off, idle, or stop."""
+        """Send ``send`` (if any) and wait for the next frame; None: RF off, the reader polling
+        again (:data:`FIELD_RESET_FRAMES`), idle, or stop."""
         nfc = load_nfc()
         deadline = time.monotonic() + wait
         data = None if send is None else bytearray(send)
@@ -401,7 +408,8 @@ class CardEmulator:
             except nfc.clf.CommunicationError:
                 return None  # RF off (BrokenLinkError) or the device gave up
             if received is not None:
-                return bytes(received)
+                frame = bytes(received)
+                return None if frame in FIELD_RESET_FRAMES else frame
             if stop.is_set() or time.monotonic() >= deadline:
                 return None
             data = None

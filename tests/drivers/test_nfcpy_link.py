@@ -265,3 +265,24 @@ def test_a_silent_reader_holds_the_phone_only_until_the_idle_timeout(udp_path: s
             silent.disconnect()
     assert answer[-2:] == b"\x90\x00"
     assert server.emulator.sessions >= 1
+
+
+def test_a_reader_polling_again_ends_the_cards_session() -> None:
+    """A SENS_REQ or ALL_REQ arriving in a session means the reader reset its field (its RF-off
+    datagram may be lost): the session ends at once, it does not wait out the idle timeout
+    while the reader polls in vain.  Any other frame is handed on."""
+    from swipepay.drivers.nfcpy_link import FIELD_RESET_FRAMES
+
+    class Frames:
+        def __init__(self, frame: bytes) -> None:
+            self.frame = frame
+
+        def exchange(self, data: object, timeout: float) -> bytearray:
+            return bytearray(self.frame)
+
+    emulator = CardEmulator("nfcpy:udp:127.0.0.1:1", "udp:127.0.0.1:1", idle_timeout=30.0)
+    stop = threading.Event()
+    for poll in sorted(FIELD_RESET_FRAMES):
+        assert emulator._next_frame(Frames(poll), None, stop, 30.0) is None
+    i_block = b"\x02\x00\xa4\x04\x00"
+    assert emulator._next_frame(Frames(i_block), None, stop, 30.0) == i_block
