@@ -19,8 +19,8 @@ card            :class:`NfcpyCardReader`     contactless EMV read (PPSE) through
 Timing: the card side answers RATS within nfcpy's 30 ms and asks for S(WTX) when the applet
 takes longer than half the frame waiting time, so a slow applet never makes the reader retry.
 
-On ``udp:`` with a loopback host the listening side binds that loopback address instead of
-nfcpy's ``0.0.0.0``, so tests and benches never open a port to the network.
+On ``udp:`` the listening side keeps its socket bound between listen windows, and with a
+loopback host binds that address instead of nfcpy's ``0.0.0.0`` (:func:`_adapt_udp_device`).
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ S_DESELECT: Final = b"\xc2"
 FIELD_RESET_FRAMES: Final = frozenset({b"\x26", b"\x52"})
 #: How long the reader side waits for the S(DESELECT) answer when it disconnects.
 DESELECT_TIMEOUT: Final = 0.1
+#: Where nfcpy's udp driver binds the listening side: kept for a path with a host that is not a
+#: loopback address (a bench across two machines asked for the network).
+_UDP_ALL_INTERFACES: Final = "0.0.0.0"  # noqa: S104
 #: Longest command the reader side sends: a short case-4 APDU (4 + 1 + 255 + 1 bytes).
 MAX_COMMAND: Final = 261
 
@@ -111,31 +114,66 @@ def open_frontend(path: str) -> Any:
             f"no nfcpy device at {path!r} ({exc.strerror or exc}); is it plugged in, "
             "not claimed by pcscd or the pn533_usb module, and readable (udev rule)?"
         ) from None
-    _bind_loopback_only(clf.device)
+    _adapt_udp_device(clf.device)
     return clf
 
 
-def _bind_loopback_only(device: Any) -> None:
-    """nfcpy's udp driver binds 0.0.0.0 when listening; bind the loopback host it names."""
+def _adapt_udp_device(device: Any) -> None:
+    """Two changes to nfcpy's ``udp:`` driver, for the side that listens (the card).
+
+    * Its socket stays bound from one ``listen()`` window to the next.  nfcpy closes and binds
+      it again at every call, so a frame the reader sent at that moment is lost (datagrams
+      queued in the closed socket, or sent while nothing is bound), and the reader waits out
+      its 0.5–1 s timeout.  The reader polls about once a second and the card re-listens every
+      0.5 s, so a reader whose polls fall on that instant keeps falling on it: no activation
+      for many seconds.  A kept socket loses nothing; the reader side (an unbound socket, or
+      one bound to another port) is left as nfcpy has it, and closing the device closes both.
+    * With a loopback host it binds that host instead of nfcpy's ``0.0.0.0``, so tests and
+      benches never open a port to the network.  A port another listener holds is a
+      :class:`ConfigError` (nfcpy would return from ``listen()`` at once, and a card emulator
+      calling it in a loop would spin).
+    """
     if type(device).__module__ != "nfc.clf.udp":
         return
     host, port = device.addr
     try:
-        if not ipaddress.ip_address(host).is_loopback:
-            return
+        bind_host = host if ipaddress.ip_address(host).is_loopback else _UDP_ALL_INTERFACES
     except ValueError:
-        return
+        bind_host = _UDP_ALL_INTERFACES
+    reader_mute = device.mute
+
+    def listening() -> bool:
+        sock = device.socket
+        return sock is not None and sock.getsockname()[1] == port
 
     def bind(time_to_return: float) -> bool:
+        if listening():
+            return True  # bound in an earlier window
         try:
-            device.socket.bind((host, port))
+            device.socket.bind((bind_host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                return False
+                raise ConfigError(
+                    f"udp port {port} on {bind_host} is already served (another card or phone "
+                    "emulator?): stop it or choose another port"
+                ) from None
             raise
         return True
 
+    def mute() -> None:
+        if not listening():
+            reader_mute()  # the reader turns its field off: RFOFF, new socket next poll
+
+    def close() -> None:
+        if listening():
+            device.socket.close()
+            device.socket = None
+        else:
+            reader_mute()
+
     device._bind_socket = bind
+    device.mute = mute
+    device.close = close
 
 
 def _accept_iso_dep(target: Any) -> bool:
@@ -308,9 +346,12 @@ class CardEmulator:
         stop = stop or threading.Event()
         clf = self._frontend()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="isodep-applet") as pool:
+            # One UID from one tap to the next, not per listen window: a reader whose
+            # anticollision spans two windows still selects the UID it was given.
+            local = self.local_target()
             while not stop.is_set():
                 try:
-                    target = clf.listen(self.local_target(), self.listen_window)
+                    target = clf.listen(local, self.listen_window)
                 except OSError as exc:
                     raise TransportError(f"the nfcpy device {self.path} failed: {exc}") from None
                 if target is None:
@@ -324,6 +365,7 @@ class CardEmulator:
                 finally:
                     on_end()
                 self.sessions += 1
+                local = self.local_target()  # the next tap: a new random UID, as on HCE
                 if once:
                     break
 

@@ -78,9 +78,12 @@ def serving(serve: Callable[[threading.Event], None], close: Callable[[], None])
         stop.set()
         thread.join(WAIT)
         close()
+        # The card side's failure explains the reader's (a reader that never found the card
+        # only says "no ISO-DEP device"): raise it even when the body failed; Python chains the
+        # reader's exception to it.
+        if errors:
+            raise errors[0]
         assert not thread.is_alive(), "the card side did not stop"
-    if errors:
-        raise errors[0]
 
 
 def wait_for(condition: Callable[[], bool]) -> None:
@@ -213,6 +216,37 @@ def test_long_apdus_chain_both_ways_and_slow_applets_get_wtx(udp_path: str) -> N
         assert link.transmit(b"\x80\x01\x00\x00\x02\xab\xcd") == b"\xab\xcd\xab\xcd\x90\x00"
         link.disconnect()
     assert [c[1] for c in calls] == [0x02, 0x01]  # each command reached the applet once
+
+
+def test_a_card_listening_in_short_windows_is_still_activated(udp_path: str) -> None:
+    """The card re-listens every ``listen_window``; a reader's anticollision and RATS that span
+    window ends still activate it (no frame lost between windows, the same UID throughout).
+    With 2 ms windows every activation spans several."""
+    calls: list[bytes] = []
+    emulator = CardEmulator(f"nfcpy:{udp_path}", udp_path, listen_window=0.002)
+    link = NfcpyPhoneLink.from_url(f"nfcpy:{udp_path}")
+    serve = lambda stop: emulator.serve_handler(echo_handler(calls), lambda: None, stop)  # noqa: E731
+    with serving(serve, emulator.close):
+        for _ in range(3):
+            link.connect(WAIT)
+            assert link.transmit(b"\x80\x02\x00\x00\x01\x5a") == b"\x5a\x5a\x90\x00"
+            link.disconnect()
+            wait_for(lambda: emulator.sessions == len(calls))
+    assert len(calls) == 3
+
+
+def test_a_port_another_card_serves_is_a_configuration_error(udp_path: str) -> None:
+    first = CardEmulator(f"nfcpy:{udp_path}", udp_path)
+    second = CardEmulator(f"nfcpy:{udp_path}", udp_path)
+    serve = lambda stop: first.serve_handler(echo_handler([]), lambda: None, stop)  # noqa: E731
+    with serving(serve, first.close):
+        wait_for(lambda: first._clf is not None and first._clf.device.socket is not None
+                 and first._clf.device.socket.getsockname()[1] != 0)  # fmt: skip
+        try:
+            with pytest.raises(ConfigError, match="already served"):
+                second.serve_handler(echo_handler([]), lambda: None, threading.Event())
+        finally:
+            second.close()
 
 
 def test_contactless_emv_read_over_udp(udp_path: str, tmp_path: Path) -> None:

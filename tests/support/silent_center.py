@@ -4,6 +4,7 @@ up waiting, queue a reversal, or fail over to another center."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -55,7 +56,12 @@ class SilentCenter:
 
     def close(self) -> None:
         self._stop = True
+        # close() alone leaves a thread blocked in accept() there for good (Linux): shutdown()
+        # wakes it, and it ends.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
+        self.thread.join(5)
         for c in self._conns:
             c.close()
 
