@@ -141,13 +141,11 @@ def _adapt_udp_device(device: Any) -> None:
     except ValueError:
         bind_host = _UDP_ALL_INTERFACES
     reader_mute = device.mute
-
-    def listening() -> bool:
-        sock = device.socket
-        return sock is not None and sock.getsockname()[1] == port
+    listening = False  # this device bound the port: it is the listening side
 
     def bind(time_to_return: float) -> bool:
-        if listening():
+        nonlocal listening
+        if listening:
             return True  # bound in an earlier window
         try:
             device.socket.bind((bind_host, port))
@@ -158,14 +156,17 @@ def _adapt_udp_device(device: Any) -> None:
                     "emulator?): stop it or choose another port"
                 ) from None
             raise
+        listening = True
         return True
 
     def mute() -> None:
-        if not listening():
+        if not listening:
             reader_mute()  # the reader turns its field off: RFOFF, new socket next poll
 
     def close() -> None:
-        if listening():
+        nonlocal listening
+        if listening:
+            listening = False
             device.socket.close()
             device.socket = None
         else:
