@@ -328,6 +328,11 @@ class MetricsEndpoint:
         #: The connections being served: each one's handler task and writer.
         self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
+    @property
+    def clients(self) -> int:
+        """How many connections are being served now (those closed on arrival not counted)."""
+        return len(self._clients)
+
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0: any free port); the bound port."""
         self._server = await asyncio.start_server(self._handle, host, port, limit=_MAX_HEAD)
