@@ -58,9 +58,22 @@ def udp_path() -> str:
     return f"udp:127.0.0.1:{port}"
 
 
+def bound(emulator: CardEmulator) -> bool:
+    """Whether the card side has bound its udp port (a reader polling before that loses its
+    first SENS_REQ and waits nfcpy's 1 s sense timeout)."""
+    clf = emulator._clf
+    sock = None if clf is None else clf.device.socket
+    return sock is not None and sock.getsockname()[1] == clf.device.addr[1]
+
+
 @contextmanager
-def serving(serve: Callable[[threading.Event], None], close: Callable[[], None]) -> Iterator[None]:
-    """Run ``serve(stop)`` in a thread; stop, join and close it whatever the test did."""
+def serving(
+    serve: Callable[[threading.Event], None],
+    close: Callable[[], None],
+    emulator: CardEmulator | None = None,
+) -> Iterator[None]:
+    """Run ``serve(stop)`` in a thread, wait until ``emulator`` listens (when given), stop, join
+    and close it whatever the test did."""
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -73,6 +86,8 @@ def serving(serve: Callable[[threading.Event], None], close: Callable[[], None])
     thread = threading.Thread(target=run, name="nfcpy-card-side", daemon=True)
     thread.start()
     try:
+        if emulator is not None:
+            wait_for(lambda: bound(emulator) or not thread.is_alive())
         yield
     finally:
         stop.set()
@@ -105,7 +120,7 @@ def test_phone_link_session_over_udp(udp_path: str) -> None:
     assert isinstance(server, NfcpyPhoneServer)
     link = open_phone_link(f"nfcpy:{udp_path}")
     assert isinstance(link, NfcpyPhoneLink)
-    with serving(lambda stop: server.serve(phone, stop), server.close):
+    with serving(lambda stop: server.serve(phone, stop), server.close, server.emulator):
         link.connect(WAIT)
         # nfcpy's listener would bind 0.0.0.0; ours stays on loopback.
         port = int(udp_path.rsplit(":", 1)[1])
@@ -136,7 +151,7 @@ def test_whole_transaction_over_udp_is_approved(udp_path: str, tmp_path: Path) -
     reader = open_card_reader("mock:alice-visa", DriverContext(cards=lab.cards(), amount=12_34))
     link = open_phone_link(f"nfcpy:{udp_path}")
     try:
-        with serving(lambda stop: server.serve(phone, stop), server.close):
+        with serving(lambda stop: server.serve(phone, stop), server.close, server.emulator):
             report = run_transaction(
                 terminal,
                 Order(TxnType.PURCHASE, 12_34),
@@ -162,7 +177,9 @@ def test_phone_leaving_mid_session_is_a_transport_error(udp_path: str) -> None:
     server = NfcpyPhoneServer.from_url(f"nfcpy:{udp_path}")
     link = NfcpyPhoneLink.from_url(f"nfcpy:{udp_path}")
     try:
-        with serving(lambda stop: server.serve(phone, stop, once=True), server.close):
+        with serving(
+            lambda stop: server.serve(phone, stop, once=True), server.close, server.emulator
+        ):
             link.connect(WAIT)
             pair.link.handle_select(link.transmit(pair.link.select_command().apdu))
             assert pair.applet.state is State.SELECTED
@@ -181,7 +198,7 @@ def test_reader_leaving_deactivates_the_phone(udp_path: str) -> None:
     phone = Phone(pair.applet, ScriptedUser(), lambda: float(NOW))
     server = NfcpyPhoneServer(f"nfcpy:{udp_path}", udp_path, idle_timeout=WAIT)
     link = NfcpyPhoneLink.from_url(f"nfcpy:{udp_path}")
-    with serving(lambda stop: server.serve(phone, stop), server.close):
+    with serving(lambda stop: server.serve(phone, stop), server.close, server.emulator):
         link.connect(WAIT)
         pair.link.handle_select(link.transmit(pair.link.select_command().apdu))
         clf, link._clf, link._tag = link._clf, None, None
@@ -208,7 +225,7 @@ def test_long_apdus_chain_both_ways_and_slow_applets_get_wtx(udp_path: str) -> N
     emulator = CardEmulator(f"nfcpy:{udp_path}", udp_path)
     link = NfcpyPhoneLink.from_url(f"nfcpy:{udp_path}")
     serve = lambda stop: emulator.serve_handler(echo_handler(calls), lambda: None, stop)  # noqa: E731
-    with serving(serve, emulator.close):
+    with serving(serve, emulator.close, emulator):
         link.connect(WAIT)
         data = bytes(range(255))
         command = b"\x80\x02\x00\x00\xff" + data + b"\x00"  # 261 bytes: two I-blocks (FSC 256)
@@ -226,7 +243,7 @@ def test_a_card_listening_in_short_windows_is_still_activated(udp_path: str) -> 
     emulator = CardEmulator(f"nfcpy:{udp_path}", udp_path, listen_window=0.002)
     link = NfcpyPhoneLink.from_url(f"nfcpy:{udp_path}")
     serve = lambda stop: emulator.serve_handler(echo_handler(calls), lambda: None, stop)  # noqa: E731
-    with serving(serve, emulator.close):
+    with serving(serve, emulator.close, emulator):
         for _ in range(3):
             link.connect(WAIT)
             assert link.transmit(b"\x80\x02\x00\x00\x01\x5a") == b"\x5a\x5a\x90\x00"
@@ -239,9 +256,7 @@ def test_a_port_another_card_serves_is_a_configuration_error(udp_path: str) -> N
     first = CardEmulator(f"nfcpy:{udp_path}", udp_path)
     second = CardEmulator(f"nfcpy:{udp_path}", udp_path)
     serve = lambda stop: first.serve_handler(echo_handler([]), lambda: None, stop)  # noqa: E731
-    with serving(serve, first.close):
-        wait_for(lambda: first._clf is not None and first._clf.device.socket is not None
-                 and first._clf.device.socket.getsockname()[1] != 0)  # fmt: skip
+    with serving(serve, first.close, first):
         try:
             with pytest.raises(ConfigError, match="already served"):
                 second.serve_handler(echo_handler([]), lambda: None, threading.Event())
@@ -258,7 +273,7 @@ def test_contactless_emv_read_over_udp(udp_path: str, tmp_path: Path) -> None:
     for name in ("alice-visa", "carol-qvsdc"):
         server = NfcpyCardServer.from_url(f"nfcpy:{udp_path}")
         card = cards[name]
-        with serving(partial(server.serve, card), server.close):
+        with serving(partial(server.serve, card), server.close, server.emulator):
             data = reader.read_card(WAIT)
         assert data.pan == card.pan
 
@@ -289,7 +304,7 @@ def test_a_silent_reader_holds_the_phone_only_until_the_idle_timeout(udp_path: s
     server = NfcpyPhoneServer(f"nfcpy:{udp_path}", udp_path, idle_timeout=0.5)
     silent = NfcpyPhoneLink.from_url(f"nfcpy:{udp_path}")
     second = NfcpyPhoneLink.from_url(f"nfcpy:{udp_path}")
-    with serving(lambda stop: server.serve(phone, stop), server.close):
+    with serving(lambda stop: server.serve(phone, stop), server.close, server.emulator):
         try:
             silent.connect(WAIT)
             second.connect(WAIT)
