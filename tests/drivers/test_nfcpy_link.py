@@ -25,6 +25,9 @@ from swipepay.center.local_host import LocalHost
 from swipepay.drivers.base import DriverContext
 from swipepay.drivers.nfcpy_cards import NfcpyCardServer
 from swipepay.drivers.nfcpy_link import (
+    RANDOM_UID_PREFIX,
+    SEL_RES_ISO_DEP,
+    SENS_RES,
     CardEmulator,
     NfcpyCardReader,
     NfcpyPhoneLink,
@@ -35,6 +38,7 @@ from swipepay.drivers.nfcpy_link import (
 from swipepay.drivers.registry import open_card_reader, open_phone_link, open_phone_server
 from swipepay.drivers.runner import run_transaction
 from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
+from swipepay.firmware_sim.isodep import CardParams
 from swipepay.firmware_sim.phone import Choice, Phone, ScriptedUser
 from swipepay.firmware_sim.phonelink.applet import PhoneApplet, ResultShown, State
 from swipepay.firmware_sim.phonelink.protocol import ConfirmationStatus
@@ -236,9 +240,9 @@ def test_long_apdus_chain_both_ways_and_slow_applets_get_wtx(udp_path: str) -> N
 
 
 def test_a_card_listening_in_short_windows_is_still_activated(udp_path: str) -> None:
-    """The card re-listens every ``listen_window``; a reader's anticollision and RATS that span
-    window ends still activate it (no frame lost between windows, the same UID throughout).
-    With 2 ms windows every activation spans several."""
+    """nfcpy's reader against a card that re-listens every 2 ms: activations and APDUs go
+    through however the reader's frames fall against window ends (the step-by-step case is
+    ``test_a_card_keeps_its_uid_and_socket_across_listen_windows``)."""
     calls: list[bytes] = []
     emulator = CardEmulator(f"nfcpy:{udp_path}", udp_path, listen_window=0.002)
     link = NfcpyPhoneLink.from_url(f"nfcpy:{udp_path}")
@@ -250,6 +254,36 @@ def test_a_card_listening_in_short_windows_is_still_activated(udp_path: str) -> 
             link.disconnect()
             wait_for(lambda: emulator.sessions == len(calls))
     assert len(calls) == 3
+
+
+def test_a_card_keeps_its_uid_and_socket_across_listen_windows(udp_path: str) -> None:
+    """nfcpy's ``listen()`` ends its window after the first frame that arrives past it.  A reader
+    whose every activation frame comes after the card's window (5 ms apart, windows of 2 ms)
+    still activates one card: SENS, SDD, SEL and RATS answered with one UID, on one socket
+    (nfcpy alone gives a new UID and socket per window: the SEL_REQ then names a UID the card
+    no longer has, and is not answered)."""
+    emulator = CardEmulator(f"nfcpy:{udp_path}", udp_path, listen_window=0.002)
+    serve = lambda stop: emulator.serve_handler(echo_handler([]), lambda: None, stop)  # noqa: E731
+    _, host, port = udp_path.split(":")
+    with (
+        serving(serve, emulator.close, emulator),
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as reader,
+    ):
+        reader.settimeout(WAIT)
+        listening = emulator._clf.device.socket
+
+        def exchange(frame: bytes) -> bytes:
+            time.sleep(0.005)  # the condition under test: past the card's 2 ms window
+            reader.sendto(b"106A " + frame.hex().encode(), (host, int(port)))
+            data, _ = reader.recvfrom(1024)
+            return bytes.fromhex(data.split()[1].decode())
+
+        assert exchange(b"\x26") == SENS_RES
+        sdd_res = exchange(b"\x93\x20")  # UID and its check byte
+        assert sdd_res[0:1] == RANDOM_UID_PREFIX
+        assert exchange(b"\x93\x70" + sdd_res) == bytes([SEL_RES_ISO_DEP])
+        assert exchange(b"\xe0\x80") == CardParams().ats()
+        assert emulator._clf.device.socket is listening
 
 
 def test_a_port_another_card_serves_is_a_configuration_error(udp_path: str) -> None:
