@@ -67,7 +67,10 @@ def bound(emulator: CardEmulator) -> bool:
     first SENS_REQ and waits nfcpy's 1 s sense timeout)."""
     clf = emulator._clf
     sock = None if clf is None else clf.device.socket
-    return sock is not None and sock.getsockname()[1] == clf.device.addr[1]
+    try:
+        return sock is not None and sock.getsockname()[1] == clf.device.addr[1]
+    except OSError:  # the card thread closed it meanwhile (nfcpy's first socket is never bound)
+        return False
 
 
 @contextmanager
