@@ -42,6 +42,7 @@ from swipepay.cli.harness.processes import child_env
 from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.hostmsg import AuthRequest
 from swipepay.firmware_sim.transaction import Transaction, TxnType
+from tests.support.waiting import until
 
 P = "swipepay_center_"
 #: urllib without the environment's proxies: every request here goes to loopback.
@@ -276,13 +277,6 @@ def test_bad_and_slow_clients_are_disconnected_and_the_endpoint_carries_on(
         assert value(parse(body), "open_connections") == 0
 
     serving(loop_factory, PrometheusMetrics().registry, test, timeout=0.25)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait, on the loop, until ``condition()`` holds (bounded: a broken condition fails)."""
-    async with asyncio.timeout(5):
-        while not condition():
-            await asyncio.sleep(0.001)
 
 
 def test_connections_beyond_max_clients_are_closed_on_arrival(

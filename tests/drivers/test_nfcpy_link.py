@@ -46,6 +46,7 @@ from swipepay.firmware_sim.phonelink.terminal_link import TerminalLink
 from swipepay.firmware_sim.terminal import Order, Terminal
 from swipepay.firmware_sim.transaction import TxnType
 from tests.support.phonelink import NOW, PAN, make_pair, txn
+from tests.support.waiting import eventually
 
 if not os.environ.get("CI"):
     pytest.importorskip("nfc")  # in CI a missing nfcpy must fail, not skip
@@ -94,7 +95,7 @@ def serving(
     thread.start()
     try:
         if emulator is not None:
-            wait_for(lambda: bound(emulator) or not thread.is_alive())
+            eventually(lambda: bound(emulator) or not thread.is_alive())
         yield
     finally:
         stop.set()
@@ -106,14 +107,6 @@ def serving(
         if errors:
             raise errors[0]
         assert not thread.is_alive(), "the card side did not stop"
-
-
-def wait_for(condition: Callable[[], bool]) -> None:
-    """Bounded wait for the other thread (no timing is asserted)."""
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 # -- the phone link ------------------------------------------------------------------------
@@ -141,7 +134,7 @@ def test_phone_link_session_over_udp(udp_path: str) -> None:
         assert answer.status is ConfirmationStatus.APPROVED
         t.handle_result(link.transmit(t.result_command("00", "123456").apdu))
         link.disconnect()  # S(DESELECT): the phone ends its session at once
-        wait_for(lambda: server.emulator.sessions == 1)
+        eventually(lambda: server.emulator.sessions == 1)
     assert user.results == [ResultShown("00", "123456")]
     assert pair.applet.state is State.IDLE
 
@@ -168,7 +161,7 @@ def test_whole_transaction_over_udp_is_approved(udp_path: str, tmp_path: Path) -
                 phone_timeout=WAIT,
                 sleep=lambda s: None,
             )
-            wait_for(lambda: server.emulator.sessions == 1)
+            eventually(lambda: server.emulator.sessions == 1)
     finally:
         link.disconnect()
         center.close()
@@ -210,7 +203,7 @@ def test_reader_leaving_deactivates_the_phone(udp_path: str) -> None:
         pair.link.handle_select(link.transmit(pair.link.select_command().apdu))
         clf, link._clf, link._tag = link._clf, None, None
         clf.close()  # RF off without S(DESELECT)
-        wait_for(lambda: server.emulator.sessions == 1)
+        eventually(lambda: server.emulator.sessions == 1)
         assert pair.applet.state is State.IDLE
 
 
@@ -255,7 +248,7 @@ def test_a_card_listening_in_short_windows_is_still_activated(udp_path: str) -> 
             link.connect(WAIT)
             assert link.transmit(b"\x80\x02\x00\x00\x01\x5a") == b"\x5a\x5a\x90\x00"
             link.disconnect()
-            wait_for(lambda: emulator.sessions == len(calls))
+            eventually(lambda: emulator.sessions == len(calls))
     assert len(calls) == 3
 
 

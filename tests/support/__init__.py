@@ -9,5 +9,6 @@ Test modules import from here (never from another test module or a conftest):
 - ``phonelink``: a terminal and a phone joined in memory, with a throwaway CA;
 - ``phones``: a lab phone served on a ``tcp:`` link in a thread;
 - ``pty``: two pseudo-terminals joined by socat;
-- ``pcsc``: the machine's pcscd (the product's manager) and its two vpcd slots.
+- ``pcsc``: the machine's pcscd (the product's manager) and its two vpcd slots;
+- ``waiting``: bounded waits for a condition (threads, event loops, Textual's pilot).
 """

@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
-from textual.pilot import Pilot
 from textual.widgets import Static
 
 from swipepay.center.lab import Lab
@@ -24,6 +23,7 @@ from swipepay.drivers.base import DriverContext, PhoneLink
 from swipepay.drivers.mock_phone import MockField
 from swipepay.drivers.registry import open_phone_link
 from swipepay.drivers.store.phone_store import PhoneStore
+from tests.support.waiting import until_shown
 
 SIZE = (60, 40)
 
@@ -83,15 +83,6 @@ def text(app: PhoneScreen, widget_id: str) -> str:
     return str(app.query_one(f"#{widget_id}", Static).render())
 
 
-async def until(pilot: Pilot[None], ready: Callable[[], bool], within: float = 10.0) -> None:
-    """Let the app run until ``ready()`` (fails after ``within`` seconds)."""
-    deadline = time.monotonic() + within
-    while not ready():
-        assert time.monotonic() < deadline, "condition not reached"
-        await pilot.pause(0.02)
-    await pilot.pause()  # and lay out what it changed, before anything is clicked
-
-
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(scenario())  # type: ignore[arg-type]
 
@@ -102,7 +93,7 @@ def test_keys_typed_on_an_idle_phone_do_not_answer_the_next_payment(bench: Bench
             await pilot.press("y", "enter", "1", "2", "3", "4", "enter")
             assert bench.screen.state == "idle"
             paying = bench.paying()
-            await until(pilot, lambda: bench.screen.state == "payment")
+            await until_shown(pilot, lambda: bench.screen.state == "payment")
             assert text(bench.screen, "amount") == "8.88 EUR"
             assert text(bench.screen, "merchant") == "Corner Coffee"
             assert text(bench.screen, "type") == "Purchase"
@@ -120,7 +111,7 @@ def test_confirm_and_pin_is_approved_with_the_pin_masked(bench: Bench) -> None:
     async def scenario() -> None:
         async with bench.screen.run_test(size=SIZE) as pilot:
             paying = bench.paying()
-            await until(pilot, lambda: bench.screen.state == "payment")
+            await until_shown(pilot, lambda: bench.screen.state == "payment")
             assert "s to answer" in text(bench.screen, "countdown")
             await pilot.press("y")
             assert bench.screen.state == "pin"
@@ -130,7 +121,7 @@ def test_confirm_and_pin_is_approved_with_the_pin_masked(bench: Bench) -> None:
             await pilot.press("enter")
             result = await paying
             assert result.outcome.approved
-            await until(pilot, lambda: bench.screen.state == "over")
+            await until_shown(pilot, lambda: bench.screen.state == "over")
             assert text(bench.screen, "result").startswith("Approved")
 
     run(scenario)
@@ -140,14 +131,14 @@ def test_a_wrong_pin_is_declined_in_words(bench: Bench) -> None:
     async def scenario() -> None:
         async with bench.screen.run_test(size=SIZE) as pilot:
             paying = bench.paying()
-            await until(pilot, lambda: bench.screen.state == "payment")
+            await until_shown(pilot, lambda: bench.screen.state == "payment")
             await pilot.click("#confirm")
             wrong = f"{(int(bench.pin) + 1) % 10_000:04d}"
             for digit in wrong:
                 await pilot.click(f"#pad-{digit}")
             await pilot.click("#pad-ok")
             await paying
-            await until(pilot, lambda: bench.screen.state == "over")
+            await until_shown(pilot, lambda: bench.screen.state == "over")
             assert text(bench.screen, "result").startswith("Declined — incorrect PIN")
 
     run(scenario)
@@ -159,20 +150,20 @@ def test_cancel_from_the_terminal_shows_it_at_once_and_the_next_payment_works(
     async def scenario() -> None:
         async with bench.screen.run_test(size=SIZE) as pilot:
             paying = bench.paying()
-            await until(pilot, lambda: bench.screen.state == "payment")
+            await until_shown(pilot, lambda: bench.screen.state == "payment")
             await pilot.press("y")  # the user is halfway through
             cancelled_at = time.monotonic()
             bench.terminal.cancel()
             with pytest.raises(TransactionCancelled):
                 await paying
-            await until(pilot, lambda: bench.screen.state == "over", within=1.0)
+            await until_shown(pilot, lambda: bench.screen.state == "over", within=1.0)
             assert time.monotonic() - cancelled_at < 1.0
             assert text(bench.screen, "result") == "Cancelled by the terminal"
             await pilot.press(*bench.pin, "enter")  # a late PIN answers nothing
             assert bench.screen.state == "over"
 
             paying = bench.paying("2.50")
-            await until(pilot, lambda: bench.screen.state == "payment")
+            await until_shown(pilot, lambda: bench.screen.state == "payment")
             assert text(bench.screen, "amount") == "2.50 EUR"
             await pilot.press("y", *bench.pin, "enter")
             assert (await paying).outcome.approved
@@ -185,14 +176,14 @@ def test_a_payment_that_timed_out_cannot_be_answered(bench: Bench) -> None:
     async def scenario() -> None:
         async with bench.screen.run_test(size=SIZE) as pilot:
             paying = bench.paying()
-            await until(pilot, lambda: bench.screen.state == "payment")
-            await until(pilot, lambda: bench.screen.state == "over", within=5.0)
+            await until_shown(pilot, lambda: bench.screen.state == "payment")
+            await until_shown(pilot, lambda: bench.screen.state == "over", within=5.0)
             assert text(bench.screen, "result").startswith(("Time is up", "Timed out"))
             await pilot.press("y", *bench.pin, "enter")
             assert bench.screen.state == "over"
             result = await paying
             assert result.outcome.ending.name == "USER_TIMEOUT"
-            await until(pilot, lambda: text(bench.screen, "result").startswith("Timed out"))
+            await until_shown(pilot, lambda: text(bench.screen, "result").startswith("Timed out"))
 
     run(scenario)
 
@@ -209,7 +200,7 @@ def test_the_link_is_served_in_a_worker_thread_until_quit() -> None:
     async def scenario() -> None:
         screen = PhoneScreen("test", serve=serve, clock=time.monotonic)
         async with screen.run_test(size=SIZE) as pilot:
-            await until(pilot, served.is_set)
+            await until_shown(pilot, served.is_set)
             await pilot.press("ctrl+c")
         assert stopped.wait(5)
 

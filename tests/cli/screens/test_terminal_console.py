@@ -4,12 +4,10 @@ in-process, the lab's cards offered by the mock reader, a lab phone in a mock fi
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from textual.pilot import Pilot
 from textual.widgets import Log, OptionList, Static
 
 from swipepay.center.lab import Lab
@@ -22,6 +20,7 @@ from swipepay.drivers.base import DriverContext
 from swipepay.drivers.mock_phone import MockField
 from swipepay.drivers.registry import open_phone_link
 from swipepay.firmware_sim.phone import Choice
+from tests.support.waiting import until_shown
 
 SIZE = (100, 45)
 
@@ -57,14 +56,6 @@ def menu(app: TerminalConsole) -> list[str]:
     return [str(options.get_option_at_index(i).id) for i in range(options.option_count)]
 
 
-async def until(pilot: Pilot[int], ready: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not ready():
-        assert time.monotonic() < deadline, "condition not reached"
-        await pilot.pause(0.02)
-    await pilot.pause()
-
-
 def run(scenario: Callable[[], object]) -> None:
     asyncio.run(scenario())  # type: ignore[arg-type]
 
@@ -98,10 +89,10 @@ def test_a_bad_amount_asks_the_amount_again_then_a_purchase_is_approved(
                 assert console.state == "amount", bad
                 assert "type the amount again" in text(console, "error")
             await pilot.press(*"8.88", "enter")
-            await until(pilot, lambda: console.state == "card")
+            await until_shown(pilot, lambda: console.state == "card")
             assert text(console, "error") == ""
             await pilot.press(*"alice-visa tap", "enter")
-            await until(pilot, lambda: console.state == "menu")
+            await until_shown(pilot, lambda: console.state == "menu")
             assert text(console, "result").startswith("APPROVED 00")
             steps = text(console, "steps")
             assert "[1] present the card" in steps and "[8]" in steps
@@ -119,11 +110,11 @@ def test_a_card_by_its_label_with_number_or_by_a_pasted_pan(
         async with console.run_test(size=SIZE) as pilot:
             for answer in ("3. alice-visa swipe", pan):
                 await pilot.press("1", *"1.00", "enter")
-                await until(pilot, lambda: console.state == "card")
+                await until_shown(pilot, lambda: console.state == "card")
                 await pilot.press(*"no-such-card", "enter")
                 assert "choose the card again" in text(console, "error")
                 await pilot.press(*answer, "enter")
-                await until(pilot, lambda: console.state == "menu")
+                await until_shown(pilot, lambda: console.state == "menu")
                 assert text(console, "result").startswith("APPROVED 00"), answer
 
     run(scenario)
@@ -134,18 +125,18 @@ def test_ctrl_c_cancels_the_transaction_then_quits(console: TerminalConsole) -> 
     async def scenario() -> None:
         async with console.run_test(size=SIZE) as pilot:
             await pilot.press("1", *"8.88", "enter")
-            await until(pilot, lambda: console.state == "card")
+            await until_shown(pilot, lambda: console.state == "card")
             await pilot.press("1", "enter")  # the first card, by its number
-            await until(pilot, lambda: "confirm on the phone" in text(console, "waiting"))
+            await until_shown(pilot, lambda: "confirm on the phone" in text(console, "waiting"))
             first = text(console, "waiting")
-            await until(pilot, lambda: text(console, "waiting") != first)
+            await until_shown(pilot, lambda: text(console, "waiting") != first)
             assert "s left" in text(console, "waiting")
             await pilot.press("ctrl+t")
             trace = console.query_one("#trace", Log)
             assert trace.display
             assert "→ SELECT" in "\n".join(trace.lines)
             await pilot.press("ctrl+c")
-            await until(pilot, lambda: console.state == "menu")
+            await until_shown(pilot, lambda: console.state == "menu")
             assert text(console, "result").startswith("cancelled")
             await pilot.press("ctrl+c")
         assert console.return_value == CANCELLED_EXIT
