@@ -89,7 +89,7 @@ from swipepay.firmware_sim.ecc import decode_point
 from swipepay.firmware_sim.errors import DecodeError, LocalError
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
 from swipepay.firmware_sim.pinblock import decode_format4
-from swipepay.firmware_sim.transaction import TXN_TYPES, Transaction, TxnType
+from swipepay.firmware_sim.transaction import TXN_TYPES, Transaction, TxnType, is_decimal
 
 __all__ = ["AuthRequest", "AuthResponse", "Center"]
 
@@ -354,7 +354,7 @@ class Center:
         self, *, pan: str, expiry: str, account_id: str, phone_key: bytes, ikid: bytes, pin: str
     ) -> None:
         """Bind card ↔ account ↔ phone public key ↔ DUKPT Initial Key ID; store no PIN."""
-        if not (12 <= len(pan) <= 19 and pan.isdigit()):
+        if not (12 <= len(pan) <= 19 and is_decimal(pan)):  # the rule Transaction checks
             raise LocalError("PAN must be 12-19 digits")
         if parse_expiry(expiry) is None:
             raise LocalError("expiry must be YYMM")
