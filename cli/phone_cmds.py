@@ -25,11 +25,11 @@ from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 if TYPE_CHECKING:
     from swipepay.firmware_sim.phonelink.applet import PaymentShown, ResultShown
 
-PIN_DIGITS = range(4, 13)
-
 
 def _check_pin(pin: str, where: str) -> str:
-    if not pin.isdigit() or len(pin) not in PIN_DIGITS:
+    from swipepay.firmware_sim.pinblock import pin_well_formed
+
+    if not pin_well_formed(pin):
         raise ConfigError(f"the PIN from {where} must be 4 to 12 digits")  # never echo it
     return pin
 

@@ -70,8 +70,17 @@ def _nibbles_to_bytes(nibbles: list[int]) -> bytes:
     return bytes((hi << 4) | lo for hi, lo in zip(nibbles[::2], nibbles[1::2], strict=True))
 
 
+def pin_well_formed(pin: str) -> bool:
+    """Whether ``pin`` can be a PIN at all: 4 to 12 ASCII decimal digits (ISO 9564-1).
+
+    The one rule for every place a PIN enters (the phone's keypad and screen, ``--pin-env`` and
+    ``--pin-file``, the PIN block encoders): ``isdigit`` alone also takes "²" or "٣", which no
+    PIN field can hold."""
+    return isinstance(pin, str) and len(pin) in PIN_DIGITS and pin.isascii() and pin.isdigit()
+
+
 def _check_pin(pin: str) -> None:
-    if not isinstance(pin, str) or len(pin) not in PIN_DIGITS or not set(pin) <= DECIMAL:
+    if not pin_well_formed(pin):
         raise LocalError("PIN must be 4 to 12 decimal digits")
 
 

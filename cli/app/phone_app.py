@@ -38,7 +38,7 @@ from swipepay.firmware_sim.phonelink.applet import (
     SessionWiped,
 )
 from swipepay.firmware_sim.phonelink.protocol import AID
-from swipepay.firmware_sim.pinblock import PIN_DIGITS
+from swipepay.firmware_sim.pinblock import PIN_DIGITS, pin_well_formed
 from swipepay.firmware_sim.transaction import CURRENCY_CODES, TXN_TYPES, TxnType
 
 if TYPE_CHECKING:
@@ -226,11 +226,6 @@ def decline_reason(code: str, card: str | None = None, home: str = "LAB") -> str
 def unblock_command(card: str | None, home: str = "LAB") -> str:
     """The operator command that resets a card's PIN tries (named in every code-75 message)."""
     return f"swipepay center unblock --home {home} --card {card or 'CARD'}"
-
-
-def pin_well_formed(pin: str) -> bool:
-    """Whether ``pin`` can be a PIN at all: 4 to 12 decimal digits (ISO 9564-1)."""
-    return len(pin) in PIN_DIGITS and pin.isascii() and pin.isdigit()
 
 
 class AttendedUser:

@@ -24,7 +24,7 @@ from textual.timer import Timer
 from textual.widgets import Button, Static
 
 from swipepay.firmware_sim.phonelink.protocol import AID
-from swipepay.firmware_sim.pinblock import PIN_DIGITS
+from swipepay.firmware_sim.pinblock import DECIMAL, PIN_DIGITS
 
 if TYPE_CHECKING:
     from swipepay.cli.app.phone_app import (
@@ -240,7 +240,7 @@ class PhoneScreen(App[None]):
             self._confirm_pressed()
         elif self.state == "payment" and key in ("n", "d"):
             self._decline()
-        elif self.state == "pin" and key.isdigit() and len(key) == 1:
+        elif self.state == "pin" and key in DECIMAL:  # 0-9 only: "٣" is no PIN digit
             self._digit(key)
         elif self.state == "pin" and key == "backspace":
             self._pin = self._pin[:-1]
@@ -260,7 +260,7 @@ class PhoneScreen(App[None]):
             self._confirm_pressed()
         elif key == "decline" and self.state == "payment":
             self._decline()
-        elif self.state == "pin" and key.isdigit():
+        elif self.state == "pin" and key in DECIMAL:
             self._digit(key)
         elif self.state == "pin" and key == "back":
             self._pin = self._pin[:-1]

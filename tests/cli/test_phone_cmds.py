@@ -167,6 +167,21 @@ def test_bad_pins_are_refused_without_echoing_them(tmp_path: Path,
         pin_from_file(tmp_path / "missing")
 
 
+@pytest.mark.parametrize("pin", ["١٢٣٤", "²²²²"])
+def test_pins_in_other_scripts_digits_are_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pin: str
+) -> None:
+    # isdigit() takes them; no PIN block can hold them, so they are refused before any payment.
+    monkeypatch.setenv("SWIPEPAY_TEST_PIN", pin)
+    with pytest.raises(ConfigError, match="4 to 12 digits"):
+        pin_from_env("SWIPEPAY_TEST_PIN")
+    path = tmp_path / "pin"
+    path.write_text(pin, encoding="utf-8")
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match="4 to 12 digits"):
+        pin_from_file(path)
+
+
 def test_lazy_commands_are_listed() -> None:
     result = CliRunner().invoke(main, ["--help"])
     for name in ("phone", "conformance", "trace"):

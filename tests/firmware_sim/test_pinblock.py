@@ -29,6 +29,7 @@ from swipepay.firmware_sim.pinblock import (
     decode_format4,
     encode_format0,
     encode_format4,
+    pin_well_formed,
 )
 
 PIN = "1234"
@@ -234,6 +235,18 @@ def test_bad_pin_is_local_error_without_the_pin(pin: str) -> None:
             encode()
         if pin:
             assert pin not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("pin", "ok"),
+    [("1234", True), ("123456789012", True), ("123", False), ("1234567890123", False),
+     ("١٢٣٤", False), ("²²²²", False), ("１２３４", False), ("12a4", False), ("1234\n", False)],
+)  # fmt: skip
+def test_pin_well_formed_takes_only_4_to_12_ascii_digits(pin: str, ok: bool) -> None:
+    assert pin_well_formed(pin) is ok
+    if not ok:  # the encoders apply the same rule
+        with pytest.raises(LocalError):
+            encode_format0(pin, PAN)
 
 
 @pytest.mark.parametrize("pan", ["", "12345678901234567890", "41111111x1111111"])

@@ -115,7 +115,7 @@ def test_confirm_and_pin_is_approved_with_the_pin_masked(bench: Bench) -> None:
             assert "s to answer" in text(bench.screen, "countdown")
             await pilot.press("y")
             assert bench.screen.state == "pin"
-            await pilot.press(*bench.pin)
+            await pilot.press(*bench.pin[:2], "٣", "²", *bench.pin[2:])  # 0-9 only are digits
             assert text(bench.screen, "pin") == "PIN  " + "•" * len(bench.pin)
             assert bench.pin not in text(bench.screen, "pin")
             await pilot.press("enter")
@@ -156,8 +156,10 @@ def test_cancel_from_the_terminal_shows_it_at_once_and_the_next_payment_works(
             bench.terminal.cancel()
             with pytest.raises(TransactionCancelled):
                 await paying
-            await until_shown(pilot, lambda: bench.screen.state == "over", within=1.0)
-            assert time.monotonic() - cancelled_at < 1.0
+            # "At once": by the terminal's cancel, not by the user's 15 s to answer running
+            # out (the bound is that far below 15 s so a loaded machine cannot fail it).
+            await until_shown(pilot, lambda: bench.screen.state == "over", within=5.0)
+            assert time.monotonic() - cancelled_at < 5.0
             assert text(bench.screen, "result") == "Cancelled by the terminal"
             await pilot.press(*bench.pin, "enter")  # a late PIN answers nothing
             assert bench.screen.state == "over"
