@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
 from swipepay.firmware_sim.errors import LocalError
+from swipepay.firmware_sim.pinblock import pin_well_formed
 
 MAX_PIN_TRIES = 3
 PVD_LEN = 32
-
-_PIN = re.compile(r"\d{4,12}")  # ISO 9564-1: 4 to 12 digits
 
 
 class PinOutcome(Enum):
@@ -54,14 +52,14 @@ class PinCheck:
 
 def pin_verification_data(pvk: bytes, pan: str, pin: str) -> bytes:
     """HMAC-SHA256(pvk, pan || ":" || pin); raise :class:`LocalError` for a malformed PIN."""
-    if not _PIN.fullmatch(pin):
+    if not pin_well_formed(pin):
         raise LocalError("PIN must be 4 to 12 digits")  # never echo the PIN itself
     return hmac.new(pvk, f"{pan}:{pin}".encode("ascii"), hashlib.sha256).digest()
 
 
 def pin_matches(pvk: bytes, pan: str, pin: str, pvd: bytes) -> bool:
     """Constant-time comparison of the PIN's verification data with the stored data."""
-    if not _PIN.fullmatch(pin):
+    if not pin_well_formed(pin):
         return False
     candidate = hmac.new(pvk, f"{pan}:{pin}".encode("ascii"), hashlib.sha256).digest()
     return hmac.compare_digest(candidate, pvd)

@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from swipepay.center.ledger import AccountKind
-from swipepay.firmware_sim.transaction import TxnType
+from swipepay.firmware_sim.transaction import TxnType, is_decimal
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def parse_expiry(yymm: str) -> tuple[int, int] | None:
     Remembered for the last few thousand texts (a pure function of a short string): every
     decision parses the card's enrolled expiry and the presented one.
     """
-    if len(yymm) != 4 or not yymm.isdigit() or not 1 <= int(yymm[2:]) <= 12:
+    if len(yymm) != 4 or not is_decimal(yymm) or not 1 <= int(yymm[2:]) <= 12:
         return None
     return 2000 + int(yymm[:2]), int(yymm[2:])
 

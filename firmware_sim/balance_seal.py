@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from swipepay.firmware_sim.dukpt import KEY_LEN, KSN_LEN
 from swipepay.firmware_sim.errors import DecodeError, LocalError, SecurityError
+from swipepay.firmware_sim.transaction import is_decimal
 
 #: The DUKPT working-key usage of the sealing key (a key of ``dukpt.WORKING_KEY_USAGES``).
 KEY_USAGE: Final = "data-decrypt"
@@ -65,9 +66,9 @@ class BalanceContext:
             and self.terminal_id.isascii()
             and self.terminal_id.isprintable()
             and len(self.stan) == 6
-            and self.stan.isdigit()
+            and is_decimal(self.stan)
             and len(self.transmitted_at) == 10
-            and self.transmitted_at.isdigit()
+            and is_decimal(self.transmitted_at)
         ):
             raise LocalError("balance context: terminal ID 8 chars, STAN 6 and time 10 digits")
         return _DOMAIN + (self.terminal_id + self.stan + self.transmitted_at).encode("ascii")
@@ -77,7 +78,7 @@ def balance_field(balance: int, currency: str) -> bytes:
     """The plaintext: field 54's layout for one available balance (``0002978C000000150000``)."""
     if not -MAX_AMOUNT <= balance <= MAX_AMOUNT:
         raise LocalError("balance does not fit 12 digits")
-    if len(currency) != 3 or not currency.isdigit():
+    if len(currency) != 3 or not is_decimal(currency):
         raise LocalError("currency must be an ISO 4217 numeric code")
     sign = "C" if balance >= 0 else "D"
     return f"0002{currency}{sign}{abs(balance):012d}".encode("ascii")

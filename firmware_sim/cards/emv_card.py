@@ -31,6 +31,7 @@ from swipepay.firmware_sim.errors import (
 )
 from swipepay.firmware_sim.statuswords import SW
 from swipepay.firmware_sim.tlv import encode_tlv, parse_dol, parse_tlv
+from swipepay.firmware_sim.transaction import is_decimal
 
 Interface = Literal["contact", "contactless"]
 #: What an instruction handler gives back: response data and status word.
@@ -105,9 +106,9 @@ class EmvCardProfile:
             parse_dol(self.pdol)
         except DecodeError as exc:
             raise LocalError(f"card profile: {exc}") from None
-        if len(self.service_code) != 3 or not self.service_code.isdigit():
+        if len(self.service_code) != 3 or not is_decimal(self.service_code):
             raise LocalError("card profile: service code must be 3 digits")
-        if not self.discretionary.isdigit() and self.discretionary:
+        if self.discretionary and not is_decimal(self.discretionary):
             raise LocalError("card profile: discretionary data must be digits")
         if not 5 <= len(self.aid) <= 16:
             raise LocalError("card profile: an AID is 5 to 16 bytes")

@@ -372,7 +372,7 @@ def _number(fields: dict[str, Any], key: str) -> int:
 def _original(fields: dict[str, Any]) -> tuple[str, str]:
     """Field 90: original MTI (4) + STAN (6) + transmission date/time (10) + zeros."""
     f90 = _text(fields, "90")
-    if len(f90) != 42 or not f90.isdigit():
+    if len(f90) != 42 or not is_decimal(f90):
         raise DecodeError("field 90 must be 42 digits")
     return f90[4:10], f90[10:20]
 
@@ -401,7 +401,7 @@ def parse_request(fields: dict[str, Any]) -> Request:
         give_back: int | None = None
         if "95" in fields:
             f95 = _text(fields, "95")
-            if len(f95) != 42 or not f95.isdigit():
+            if len(f95) != 42 or not is_decimal(f95):
                 raise DecodeError("field 95 must be 42 digits")
             remaining = int(f95[:12])
             if remaining >= amount:

@@ -14,6 +14,7 @@ from enum import IntEnum
 from swipepay.firmware_sim.balance_seal import SEALED_LEN
 from swipepay.firmware_sim.errors import ConfigError, DecodeError
 from swipepay.firmware_sim.tlv import encode_tlv, parse_tlv
+from swipepay.firmware_sim.transaction import is_decimal
 
 #: "F0" + "SWPAY" + 01 (hardware_notes/design.md §4): the default AID; a bench may choose
 #: another (``--aid``, the lab's ``aid``), e.g. one a relay app on Android already registers.
@@ -153,7 +154,7 @@ def decode_fields(
 def bcd(value: str, length: int) -> bytes:
     """Right-aligned packed BCD of a digit string, ``length`` bytes."""
     digits = value.rjust(length * 2, "0")
-    if len(digits) != length * 2 or not digits.isdigit():
+    if len(digits) != length * 2 or not is_decimal(digits):
         raise DecodeError("value does not fit its BCD field")
     return bytes.fromhex(digits)
 

@@ -39,6 +39,16 @@ def test_malformed_pin_is_refused_without_echo() -> None:
     assert "987" not in str(info.value)
 
 
+@pytest.mark.parametrize("pin", ["١٢٣٤", "²²²²"])
+def test_digits_of_other_scripts_are_a_malformed_pin(pin: str) -> None:
+    # A regular expression's \d takes them; encoding them failed with a UnicodeEncodeError
+    # that carried the PAN and PIN in its ``object``.
+    with pytest.raises(LocalError) as info:
+        pin_verification_data(PVK, PAN, pin)
+    assert info.value.__context__ is None
+    assert not pin_matches(PVK, PAN, pin, pin_verification_data(PVK, PAN, "1234"))
+
+
 def test_try_counter_blocks_after_three_and_resets_on_success() -> None:
     pvd = pin_verification_data(PVK, PAN, "1234")
     tries = 0

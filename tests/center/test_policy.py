@@ -19,8 +19,10 @@ def test_every_type_is_allowed_on_exactly_one_terminal_kind() -> None:
 
 
 @pytest.mark.parametrize(
-    ("yymm", "expected"), [("2506", (2025, 6)), ("0001", (2000, 1)), ("2513", None), ("25", None)]
-)
+    ("yymm", "expected"),
+    [("2506", (2025, 6)), ("0001", (2000, 1)), ("2513", None), ("25", None),
+     ("12²²", None), ("٢٥٠٦", None)],
+)  # fmt: skip
 def test_parse_expiry(yymm: str, expected: tuple[int, int] | None) -> None:
     assert parse_expiry(yymm) == expected
 

@@ -84,6 +84,11 @@ def test_wrong_length_is_a_decode_error_and_bad_inputs_are_local_errors() -> Non
         seal_balance(KEY, KSN, CONTEXT, 1, "EUR")
     with pytest.raises(LocalError):
         BalanceContext("ATM1", "000042", "1126120000").aad()
+    # Digits of other scripts are no digits here (they failed later, to encode, before).
+    with pytest.raises(LocalError):
+        seal_balance(KEY, KSN, CONTEXT, 1, "٩٧٨")
+    with pytest.raises(LocalError):
+        BalanceContext("ATM00001", "٠٠٠٠٤٢", "1126120000").aad()
 
 
 def test_the_notes_show_these_bytes() -> None:

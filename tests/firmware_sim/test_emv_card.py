@@ -166,6 +166,9 @@ def test_profile_validation() -> None:
         EmvCardProfile("4111111111111112", "2812", "DOE/JOHN")
     with pytest.raises(LocalError):
         EmvCardApplet(profile(contactless=False), "contactless")
+    for digits in ({"service_code": "٢٠١"}, {"discretionary": "١٠٠"}, {"service_code": "²01"}):
+        with pytest.raises(LocalError):  # no BCD nibble holds them
+            profile(**digits)
 
 
 @given(st.lists(st.binary(max_size=40), max_size=8), st.booleans(), st.booleans())

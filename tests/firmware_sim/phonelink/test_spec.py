@@ -20,13 +20,14 @@ from swipepay.center.lab import PhoneProfile
 from swipepay.firmware_sim import ecc
 from swipepay.firmware_sim.apdu import ResponseApdu
 from swipepay.firmware_sim.dukpt import DukptDevice, derive_initial_key
-from swipepay.firmware_sim.errors import SecurityError
+from swipepay.firmware_sim.errors import DecodeError, SecurityError
 from swipepay.firmware_sim.phonelink.applet import PaymentShown, PhoneApplet, State
 from swipepay.firmware_sim.phonelink.protocol import (
     ConfirmationBody,
     ConfirmationStatus,
     Ins,
     PaymentRequestBody,
+    bcd,
 )
 from swipepay.firmware_sim.transaction import Transaction, TxnType
 from tests.support.phonelink import BDK, IKID, NOW, PAN, Pair, make_pair, txn
@@ -287,3 +288,10 @@ def test_malformed_revocation_list_is_a_config_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError):
         profile(tmp_path, revoked_terminals="POS00001")
+
+
+@pytest.mark.parametrize("value", ["٤٢", "²", "4a"])
+def test_bcd_takes_only_ascii_digits(value: str) -> None:
+    with pytest.raises(DecodeError):  # bytes.fromhex's ValueError before, for "٤٢" and "²"
+        bcd(value, 1)
+    assert bcd("42", 2) == b"\x00\x42"
