@@ -205,6 +205,56 @@ def _restarted(port: int, victim: int, supervisor: set[int], workers: int) -> bo
     return victim not in listening and len(listening) >= workers
 
 
+@dataclass
+class _Load:
+    """The load both kill loops drive and check: one terminal thread per phone, each round
+    ``per_round`` purchases per thread, the answers as the terminals saw them, and each
+    cardholder's balance before the first round."""
+
+    home: Path
+    port: int
+    signers: list[LabSigner]
+    per_round: int
+    opening: dict[str, int]
+    answers: dict[MessageKey, _Answer] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def for_phones(cls, home: Path, port: int, phones: tuple[str, ...], per_round: int) -> _Load:
+        lab = Lab(home)
+        signers = [LabSigner(lab, p) for p in phones]
+        with Center.open(lab.database_url, lab.center_keys()) as center:
+            opening = {s.account: center.ledger_balance(s.account) for s in signers}
+        return cls(home, port, signers, per_round, opening)
+
+    def start_round(self, round_no: int, kill_after: int) -> list[threading.Thread]:
+        """Start the round's threads; return once ``kill_after`` of its answers came in."""
+        base = 100_000 + round_no * 1_000
+        before = len(self.answers)
+        threads = [
+            threading.Thread(
+                target=_load,
+                args=(self.home, self.port, s,
+                      range(base + 100 * n, base + 100 * n + self.per_round),
+                      self.answers, self.lock),
+                daemon=True,
+            )
+            for n, s in enumerate(self.signers)
+        ]  # fmt: skip
+        for t in threads:
+            t.start()
+        wait_for(
+            functools.partial(_answered_since, self.answers, before, kill_after),
+            60, "answers before the kill",
+        )  # fmt: skip
+        return threads
+
+    def settle(self, round_no: int, report: DatabaseKillReport) -> None:
+        """After the round's threads ended: send the reversals the terminals kept, check."""
+        report.reversals_sent += _flush_reversals(self.home, self.port, f"{900_000 + round_no:06d}")
+        _check(self.home, self.answers, self.opening, self.signers, report)
+
+
 def database_kill_loop(
     home: Path,
     cluster: PostgresCluster,
@@ -223,38 +273,16 @@ def database_kill_loop(
 
     ``home`` is a lab whose database is in ``cluster`` (``create_lab(..., database=URL)``).
     """
-    lab = Lab(home)
-    signers = [LabSigner(lab, p) for p in phones]
-    with Center.open(lab.database_url, lab.center_keys()) as center:
-        opening = {s.account: center.ledger_balance(s.account) for s in signers}
-    port = free_port()
+    load = _Load.for_phones(home, free_port(), phones, per_round)
     report = DatabaseKillReport()
-    answers: dict[MessageKey, _Answer] = {}
-    lock = threading.Lock()
     t0 = time.monotonic()
-    proc = start_center(home, port, *center_args)
+    proc = start_center(home, load.port, *center_args)
     try:
         for round_no in range(kills):
-            base = 100_000 + round_no * 1_000
-            before = len(answers)
-            threads = [
-                threading.Thread(
-                    target=_load,
-                    args=(home, port, s, range(base + 100 * n, base + 100 * n + per_round),
-                          answers, lock),
-                    daemon=True,
-                )
-                for n, s in enumerate(signers)
-            ]  # fmt: skip
-            for t in threads:
-                t.start()
-            wait_for(
-                functools.partial(_answered_since, answers, before, kill_after),
-                60, "answers before the kill",
-            )  # fmt: skip
+            threads = load.start_round(round_no, kill_after)
             cluster.kill()
             report.kills += 1
-            during = _outage_answers(threads, answers, lock, time.monotonic())
+            during = _outage_answers(threads, load.answers, load.lock, time.monotonic())
             report.outage_answers += len(during)
             report.outage_slowest_s = max(
                 [report.outage_slowest_s, *(a.seconds for a in during)]
@@ -262,8 +290,7 @@ def database_kill_loop(
             cluster.start()
             for t in threads:
                 t.join(120)
-            report.reversals_sent += _flush_reversals(home, port, f"{900_000 + round_no:06d}")
-            _check(home, answers, opening, signers, report)
+            load.settle(round_no, report)
             if progress is not None:
                 progress(round_no + 1, report)
     finally:
@@ -311,37 +338,16 @@ def worker_kill_loop(
     (exactly-once: from the stored answer when the dead worker had committed it).  Wait for
     the supervisor to restart it, let the round finish, send the kept reversals, check the
     ledger."""
-    lab = Lab(home)
-    signers = [LabSigner(lab, p) for p in phones]
-    with Center.open(lab.database_url, lab.center_keys()) as center:
-        opening = {s.account: center.ledger_balance(s.account) for s in signers}
-    port = free_port()
+    load = _Load.for_phones(home, free_port(), phones, per_round)
+    port = load.port
     rng = random.Random(seed)
     report = WorkerKillReport(workers=workers)
-    answers: dict[MessageKey, _Answer] = {}
-    lock = threading.Lock()
     seen_pids: set[int] = set()
     t0 = time.monotonic()
     proc = start_center(home, port, "--workers", str(workers))
     try:
         for round_no in range(kills):
-            base = 100_000 + round_no * 1_000
-            before = len(answers)
-            threads = [
-                threading.Thread(
-                    target=_load,
-                    args=(home, port, s, range(base + 100 * n, base + 100 * n + per_round),
-                          answers, lock),
-                    daemon=True,
-                )
-                for n, s in enumerate(signers)
-            ]  # fmt: skip
-            for t in threads:
-                t.start()
-            wait_for(
-                functools.partial(_answered_since, answers, before, kill_after),
-                60, "answers before the kill",
-            )  # fmt: skip
+            threads = load.start_round(round_no, kill_after)
             alive = sorted(listening_pids(port) - {proc.pid})
             seen_pids.update(alive)
             busy = sorted(serving_pids(port) & set(alive))
@@ -357,11 +363,12 @@ def worker_kill_loop(
             report.restarts += 1
             for t in threads:
                 t.join(120)
-            with lock:
-                report.outage_answers += sum(1 for a in answers.values() if a.sent_at > killed_at)
+            with load.lock:
+                report.outage_answers += sum(
+                    1 for a in load.answers.values() if a.sent_at > killed_at
+                )
             seen_pids.update(listening_pids(port) - {proc.pid})
-            report.reversals_sent += _flush_reversals(home, port, f"{900_000 + round_no:06d}")
-            _check(home, answers, opening, signers, report)
+            load.settle(round_no, report)
             if progress is not None:
                 progress(round_no + 1, report)
     finally:
