@@ -568,13 +568,7 @@ class PostgresStorage:
         self._execute(
             "INSERT INTO terminals (terminal_id, merchant_id, merchant_name, kind, account_id) "
             "VALUES (%s, %s, %s, %s, %s)",
-            (
-                terminal.terminal_id,
-                terminal.merchant_id,
-                terminal.merchant_name,
-                terminal.kind,
-                terminal.account_id,
-            ),
+            terminal.row(),
         )
 
     def get_terminal(self, terminal_id: str) -> TerminalRecord | None:
@@ -597,16 +591,7 @@ class PostgresStorage:
         self._execute(
             "INSERT INTO cards (pan, expiry, account_id, phone_key, ikid, last_ksn_counter, pvd, "
             "pin_tries) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                card.pan,
-                card.expiry,
-                card.account_id,
-                card.phone_key,
-                card.ikid,
-                card.last_ksn_counter,
-                card.pvd,
-                card.pin_tries,
-            ),
+            card.row(),
         )
 
     def get_card(self, pan: str) -> CardRecord | None:
@@ -639,33 +624,16 @@ class PostgresStorage:
 
     def insert_message(self, message: MessageRecord) -> None:
         self._require_txn()
-        k = message.key
         self._execute(
             "INSERT INTO messages (terminal_id, stan, transmitted_at, content_hash, txn_type, "
             "amount, pan, account_id, response_code, auth_code, available_balance, message, "
             "state, reversed_amount, received_at) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                k.terminal_id,
-                k.stan,
-                k.transmitted_at,
-                message.content_hash,
-                message.txn_type,
-                message.amount,
-                message.pan,
-                message.account_id,
-                message.response_code,
-                message.auth_code,
-                message.available_balance,
-                message.message,
-                message.state,
-                message.reversed_amount,
-                message.received_at,
-            ),
+            message.row(),
         )
         # A later lookup of this key in this transaction (a duplicate in the same batch) must
         # find it, as a read of the table would (if the insert failed, so does the transaction).
-        self._messages[k] = message
+        self._messages[message.key] = message
 
     def get_message(self, key: MessageKey) -> MessageRecord | None:
         """Locked (``FOR UPDATE``) when found: a completion or reversal changes its state.  A

@@ -82,6 +82,10 @@ class TerminalRecord:
     kind: str  # "pos" | "atm"
     account_id: str  # merchant settlement account (POS) or the ATM's cash account
 
+    def row(self) -> tuple[object, ...]:
+        """The values in the ``terminals`` table's column order (both backends' INSERT)."""
+        return (self.terminal_id, self.merchant_id, self.merchant_name, self.kind, self.account_id)
+
 
 @dataclass(frozen=True)
 class CardRecord:
@@ -95,6 +99,13 @@ class CardRecord:
     last_ksn_counter: int  # 0 until the first PIN block is accepted (devices start at 1)
     pvd: bytes = field(repr=False)  # PIN verification data (center.pinverify)
     pin_tries: int = 0  # consecutive wrong PINs
+
+    def row(self) -> tuple[object, ...]:
+        """The values in the ``cards`` table's column order (both backends' INSERT)."""
+        return (
+            self.pan, self.expiry, self.account_id, self.phone_key, self.ikid,
+            self.last_ksn_counter, self.pvd, self.pin_tries,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,16 @@ class MessageRecord:
     state: str
     reversed_amount: int = 0
     received_at: str = ""
+
+    def row(self) -> tuple[object, ...]:
+        """The values in the ``messages`` table's column order (both backends' INSERT)."""
+        k = self.key
+        return (
+            k.terminal_id, k.stan, k.transmitted_at, self.content_hash, self.txn_type,
+            self.amount, self.pan, self.account_id, self.response_code, self.auth_code,
+            self.available_balance, self.message, self.state, self.reversed_amount,
+            self.received_at,
+        )  # fmt: skip
 
 
 class Storage(Protocol):
@@ -403,13 +424,7 @@ class SQLiteStorage:
         self._cur.execute(
             "INSERT INTO terminals (terminal_id, merchant_id, merchant_name, kind, account_id) "
             "VALUES (?, ?, ?, ?, ?)",
-            (
-                terminal.terminal_id,
-                terminal.merchant_id,
-                terminal.merchant_name,
-                terminal.kind,
-                terminal.account_id,
-            ),
+            terminal.row(),
         )
 
     def get_terminal(self, terminal_id: str) -> TerminalRecord | None:
@@ -432,16 +447,7 @@ class SQLiteStorage:
         self._cur.execute(
             "INSERT INTO cards (pan, expiry, account_id, phone_key, ikid, last_ksn_counter, pvd, "
             "pin_tries) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                card.pan,
-                card.expiry,
-                card.account_id,
-                card.phone_key,
-                card.ikid,
-                card.last_ksn_counter,
-                card.pvd,
-                card.pin_tries,
-            ),
+            card.row(),
         )
 
     def get_card(self, pan: str) -> CardRecord | None:
@@ -463,29 +469,12 @@ class SQLiteStorage:
 
     def insert_message(self, message: MessageRecord) -> None:
         self._require_txn()
-        k = message.key
         self._cur.execute(
             "INSERT INTO messages (terminal_id, stan, transmitted_at, content_hash, txn_type, "
             "amount, pan, account_id, response_code, auth_code, available_balance, message, "
             "state, reversed_amount, received_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                k.terminal_id,
-                k.stan,
-                k.transmitted_at,
-                message.content_hash,
-                message.txn_type,
-                message.amount,
-                message.pan,
-                message.account_id,
-                message.response_code,
-                message.auth_code,
-                message.available_balance,
-                message.message,
-                message.state,
-                message.reversed_amount,
-                message.received_at,
-            ),
+            message.row(),
         )
 
     def get_message(self, key: MessageKey) -> MessageRecord | None:
