@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import sys
 import time
 from collections.abc import Callable
@@ -42,20 +41,21 @@ def pin_from_env(var: str) -> Callable[[], str]:
     return lambda: _check_pin(os.environ.get(var, ""), f"${var}")
 
 
+#: Bytes read from a PIN file at most: 4 to 12 digits and a line end, nothing near this.
+PIN_FILE_LIMIT = 64
+
+
 def pin_from_file(path: Path) -> Callable[[], str]:
-    """A PIN source reading a file that only its owner may read (like an ssh key)."""
-    try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise ConfigError(f"cannot read PIN file {path}: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"PIN file {path} is accessible by others; chmod 600 {path}")
+    """A PIN source reading a file that only its owner may read (like an ssh key); the file is
+    checked again (owner-only, a regular file, small, a well-formed PIN) each time it is read."""
+    from swipepay.drivers.store.secretfile import read_private
 
     def read() -> str:
         try:
-            return _check_pin(path.read_text(encoding="utf-8").strip(), str(path))
-        except (OSError, UnicodeDecodeError):
-            raise ConfigError(f"cannot read PIN file {path}") from None
+            text = read_private(path, PIN_FILE_LIMIT).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"PIN file {path} is not text") from None
+        return _check_pin(text.strip(), str(path))
 
     read()
     return read

@@ -146,7 +146,7 @@ def test_pin_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "pin"
     path.write_text("2468\n")
     path.chmod(0o644)
-    with pytest.raises(ConfigError, match="accessible by others"):
+    with pytest.raises(ConfigError, match="others may have read it"):
         pin_from_file(path)
     path.chmod(0o600)
     assert pin_from_file(path)() == "2468"
@@ -163,8 +163,25 @@ def test_bad_pins_are_refused_without_echoing_them(tmp_path: Path,
     path.chmod(0o600)
     with pytest.raises(ConfigError):
         pin_from_file(path)
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="missing"):
         pin_from_file(tmp_path / "missing")
+
+
+def test_a_pin_file_that_is_no_file_or_no_pin_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)  # before: read at start, waiting for a writer for ever
+    with pytest.raises(ConfigError, match="not a regular file"):
+        pin_from_file(fifo)
+    big = tmp_path / "big"
+    big.write_bytes(b"1234" + b" " * 10_000)  # before: read whole, whatever its size
+    big.chmod(0o600)
+    with pytest.raises(ConfigError, match="larger than 64 bytes"):
+        pin_from_file(big)
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe12")
+    binary.chmod(0o600)
+    with pytest.raises(ConfigError, match="not text"):
+        pin_from_file(binary)
 
 
 @pytest.mark.parametrize("pin", ["١٢٣٤", "²²²²"])
