@@ -289,7 +289,12 @@ def create_lab(
                 "lab.json holds no secrets and would record this URL: leave the password out "
                 "of it and give it through PGPASSWORD or ~/.pgpass"
             )
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the lab directory {root}: {exc.strerror or exc}"
+        ) from None
     now = now or dt.datetime.now(dt.UTC)
     expiry = f"{(now.year + 3) % 100:02d}12"
 

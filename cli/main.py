@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from swipepay.firmware_sim.errors import SwipepayError
+from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
 #: Subcommands that live in their own modules: name -> "module:attribute".  They are imported
 #: only when used (or listed by --help), so start-up stays fast.  Add a row per command module.
@@ -84,10 +84,13 @@ def init(home: Path, database: str | None) -> None:
 
     try:
         lab = create_lab(home, database=None if database is None else normalize(database))
+        (lab.root / CONFIG_FILE).write_text(commented_config(), encoding="utf-8")
     except SwipepayError as exc:
         fail(exc)
         return
-    (lab.root / CONFIG_FILE).write_text(commented_config(), encoding="utf-8")
+    except OSError as exc:  # a write failing half-way (disk full, read-only file system)
+        fail(ConfigError(f"cannot write the lab in {home}: {exc.strerror or exc}"))
+        return
     click.echo(f"created lab in {lab.root}")
     click.echo(f"  terminals: {', '.join(lab.terminals())}")
     click.echo(f"  cards:     {', '.join(lab.cards())}")

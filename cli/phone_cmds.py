@@ -316,18 +316,23 @@ def _conformance(
     return 1 if failed else 0
 
 
+#: Largest trace read (a conformance run's is tens of KB; every line is parsed and shown).
+TRACE_LIMIT = 64 << 20
+
+
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--mermaid", is_flag=True, help="Print a Mermaid sequence diagram instead.")
 def trace(file: Path, mermaid: bool) -> None:
     """Pretty-print an APDU trace (from `swipepay conformance --trace` or a tracing link)."""
+    from swipepay.drivers.store.userfile import read_regular
     from swipepay.firmware_sim.trace_view import parse_trace, render_mermaid, render_table
 
     try:
         try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read trace {file}: {exc}") from None
+            text = read_regular(file, "trace", TRACE_LIMIT).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"trace {file} is not UTF-8 text: {exc.reason}") from None
         records = parse_trace(text)
     except SwipepayError as exc:
         fail(exc)

@@ -3,12 +3,14 @@ then command-line options.  The keys and their types are data (:data:`CONFIG_KEY
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
+from swipepay.drivers.store.userfile import read_regular
 from swipepay.firmware_sim.address import Address, parse_address
 from swipepay.firmware_sim.errors import ConfigError
 
@@ -32,6 +34,29 @@ class TerminalSettings:
     poll_interval_ms: int = 200
     #: The phone-link AID, hex (None: the lab's ``aid``, by default F0535750415901).
     aid: str | None = None
+
+    def __post_init__(self) -> None:
+        for key, (low, high) in NUMBER_RANGES.items():
+            value = getattr(self, key)
+            if not (math.isfinite(value) and low < value <= high):
+                option = f" (--{key.replace('_', '-')})" if key in OPTIONS else ""
+                raise ConfigError(
+                    f"{key}{option} must be above {low} and at most {high}, not {value}"
+                )
+
+
+#: The settings ``terminal run`` also takes as options (the rest only from terminal.toml).
+OPTIONS: Final = frozenset({"card_timeout", "phone_timeout", "host_timeout", "confirm_timeout"})
+
+#: The range of each number setting, (above, at most): a wait of zero, below zero, NaN or
+#: infinity is no setting (and infinity cannot become the milliseconds the terminal counts in).
+NUMBER_RANGES: Final[dict[str, tuple[float, float]]] = {
+    "card_timeout": (0, 86_400),
+    "phone_timeout": (0, 86_400),
+    "host_timeout": (0, 86_400),
+    "confirm_timeout": (0, 86_400),
+    "poll_interval_ms": (0, 60_000),
+}
 
 
 #: Keys a terminal.toml may set -> the type of their value (specs as data).
@@ -109,9 +134,7 @@ def load_settings(home: Path, config: Path | None, given: Mapping[str, Any]) -> 
     from_file: dict[str, Any] = {}
     if config is not None or path.exists():
         try:
-            from_file = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+            from_file = tomllib.loads(read_regular(path, "settings file").decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     values: dict[str, Any] = {}

@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+from swipepay.drivers.store.userfile import MAX_FILE_BYTES, read_regular
 from swipepay.firmware_sim.errors import ConfigError
 
 #: Any permission bit for group or others makes a secret file unusable.
@@ -30,40 +31,16 @@ def write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-#: Largest secret file read (keys, a phone profile, the lab's PINs are a few KB): a path that
-#: names something else (a log, a disk image) is refused instead of read whole into memory.
-MAX_SECRET_BYTES = 1 << 20
-
-
-def read_private(path: Path, limit: int = MAX_SECRET_BYTES) -> bytes:
+def read_private(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
     """Read a secret file; :class:`ConfigError` if it is missing, readable by others, not a
-    regular file (a FIFO or a device would block or never end) or over ``limit`` bytes.
+    regular file or over ``limit`` bytes (:func:`~drivers.store.userfile.read_regular`: the
+    mode is checked on the opened file)."""
 
-    The checks are made on the opened file (``fstat``), so the file read is the file checked;
-    ``O_NONBLOCK`` keeps the open of a FIFO from waiting for a writer.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise ConfigError(f"secret file {path} is missing") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read secret file {path}: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"secret file {path} is not a regular file")
+    def owner_only(info: os.stat_result) -> None:
         if info.st_mode & FOREIGN_ACCESS:
             raise ConfigError(
                 f"secret file {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
                 "others may have read it: chmod 600 it, and replace the secret if they could have"
             )
-        chunks: list[bytes] = []
-        left = limit + 1
-        while left > 0 and (chunk := os.read(fd, left)):
-            chunks.append(chunk)
-            left -= len(chunk)
-    finally:
-        os.close(fd)
-    if left <= 0:
-        raise ConfigError(f"secret file {path} is larger than {limit} bytes: not a secret file")
-    return b"".join(chunks)
+
+    return read_regular(path, "secret file", limit, owner_only)

@@ -47,6 +47,13 @@ def test_init_creates_a_lab_with_private_secret_files(tmp_path: Path) -> None:
     assert again.exit_code == 3 and "already holds a lab" in again.output
 
 
+def test_init_where_no_directory_can_be_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    result = CliRunner().invoke(main, ["init", str(tmp_path / "a-file" / "lab")])
+    assert result.exit_code == 3, result.output  # before: a NotADirectoryError traceback
+    assert "cannot create the lab directory" in result.output
+
+
 def test_demo_json_runs_every_type_and_failure_without_showing_pins(tmp_path: Path) -> None:
     home = tmp_path / "lab"
     result = CliRunner().invoke(main, ["demo", "--home", str(home), "--json"])

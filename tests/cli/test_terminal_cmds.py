@@ -9,7 +9,9 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,6 +116,29 @@ def test_settings_file_is_overridden_by_options(lab: Lab) -> None:
     (lab.root / "terminal.toml").write_text("terminal_id = [\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(lab.root, None, {})
+
+
+@pytest.mark.parametrize("wait", ["inf", "nan", "0", "-5", "1e9"])
+def test_a_wait_that_is_no_wait_is_a_one_line_error(lab: Lab, wait: str) -> None:
+    code, out = run(lab, "--type", "balance", "--phone", "mock:alice-phone",
+                    "--host-timeout", wait)  # fmt: skip
+    # Before: inf ended in an OverflowError traceback (seconds to milliseconds), the others
+    # ran with a wait of no time or for ever.
+    assert code == 3 and "host_timeout (--host-timeout) must be above 0" in out, out
+    assert "Traceback" not in out
+
+
+def test_settings_file_numbers_out_of_range_and_no_file(lab: Lab, tmp_path: Path) -> None:
+    for line, key in [("card_timeout = inf", "card_timeout"),
+                      ("poll_interval_ms = 0", "poll_interval_ms"),
+                      ("confirm_timeout = -1.5", "confirm_timeout")]:  # fmt: skip
+        (lab.root / "terminal.toml").write_text(line + "\n")
+        with pytest.raises(ConfigError, match=f"^{key}( \\(--[a-z-]+\\))? must be above 0"):
+            load_settings(lab.root, None, {})
+    fifo = tmp_path / "settings.toml"
+    os.mkfifo(fifo)  # before: the run waited for a writer for ever
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_settings(lab.root, fifo, {})
 
 
 def test_bad_inputs_are_one_line_errors(lab: Lab) -> None:

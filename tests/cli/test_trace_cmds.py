@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -48,10 +49,14 @@ def test_bad_line_is_one_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
-def test_missing_or_binary_file(tmp_path: Path) -> None:
+def test_missing_binary_or_no_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["trace", str(tmp_path / "nope.jsonl")])
-    assert result.exit_code == 3 and "cannot read trace" in result.output
+    assert result.exit_code == 3 and "is missing" in result.output
     binary = tmp_path / "bin"
     binary.write_bytes(b"\xff\xfe\x00")
     result = CliRunner().invoke(main, ["trace", str(binary)])
-    assert result.exit_code == 3 and "cannot read trace" in result.output
+    assert result.exit_code == 3 and "not UTF-8 text" in result.output
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # before: the command waited for a writer for ever
+    result = CliRunner().invoke(main, ["trace", str(fifo)])
+    assert result.exit_code == 3 and "not a regular file" in result.output
