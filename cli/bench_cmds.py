@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from swipepay.cli.params import Seconds
+
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
 _WORKDIR = click.option(
     "--workdir",
@@ -58,7 +60,7 @@ def _ratio(value: float, unit: float) -> str:
 
 @bench.command()
 @click.option("--terminals", default=16, show_default=True, type=click.IntRange(1, 200))
-@click.option("--seconds", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600))
+@click.option("--seconds", default=30.0, show_default=True, type=Seconds(0.1, 3600, low_open=False))
 @click.option(
     "--load-processes",
     default=2,
@@ -70,7 +72,7 @@ def _ratio(value: float, unit: float) -> str:
     "--baseline-seconds",
     default=2.0,
     show_default=True,
-    type=click.FloatRange(0.1, 600),
+    type=Seconds(0.1, 600, low_open=False),
     help="How long to measure one-commit-per-transaction on the same disk.",
 )
 @click.option(
@@ -363,7 +365,7 @@ def link(workdir: Path | None, as_json: bool) -> None:
     "--center-seconds",
     default=5.0,
     show_default=True,
-    type=click.FloatRange(0, 600),
+    type=Seconds(0, 600, low_open=False),
     help="Length of the center benchmark run for peak RSS (0: skip).",
 )
 @_WORKDIR
@@ -408,12 +410,13 @@ def startup(runs: int, center_seconds: float, workdir: Path | None, as_json: boo
 @click.option("--terminals", default=10_000, show_default=True, type=click.IntRange(1, 25_000),
               help="Idle mutual-TLS terminal connections to hold (from 127.0.0.1: the "
               "loopback has about 28,000 client ports).")
-@click.option("--idle-timeout", default=30.0, show_default=True, type=click.FloatRange(1, 3600),
+@click.option("--idle-timeout", default=30.0, show_default=True,
+              type=Seconds(1, 3600, low_open=False),
               help="The center's --idle-timeout (the keep-alives must beat it).")
-@click.option("--keepalive", type=click.FloatRange(0.1, 3600), default=None,
+@click.option("--keepalive", type=Seconds(0.1, 3600, low_open=False), default=None,
               help="Seconds of silence after which a connection sends an echo (0800).  "
               "[default: 0.6 of --idle-timeout]")
-@click.option("--hold", type=click.FloatRange(0, 3600), default=None,
+@click.option("--hold", type=Seconds(0, 3600, low_open=False), default=None,
               help="Seconds to hold the fleet once connected.  [default: the idle timeout and "
               "one keep-alive more]")
 @click.option("--client-processes", type=click.IntRange(1, 64), default=None,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from swipepay.cli.main import fail
+from swipepay.cli.params import Seconds
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def center() -> None:
               help="Terminal connections served at once; more are closed.  The open-file "
               "limit is raised to fit it (refused when it cannot).  [default: 10000, or what "
               "the open-file limit allows]")
-@click.option("--idle-timeout", default=30.0, show_default=True,
+@click.option("--idle-timeout", default=30.0, show_default=True, type=Seconds(),
               help="Seconds a terminal connection may stay silent before it is closed.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               metavar="N",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from swipepay.cli.main import fail
+from swipepay.cli.params import Seconds
 from swipepay.cli.screens import wanted as _screens_wanted
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
@@ -94,7 +95,8 @@ def phone() -> None:
               help="With --auto-confirm: the PIN is in this file (mode 600).")
 @click.option("--decline", is_flag=True, help="Decline every payment without asking.")
 @click.option("--once", is_flag=True, help="Stop after the first session.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds the user has to act.")
+@click.option("--timeout", default=60.0, show_default=True, type=Seconds(),
+              help="Seconds the user has to act.")
 @click.option("--aid", default="F0535750415901", show_default=True,
               help="The AID the phone answers to (hex; the terminal's must match).")
 @click.option("--line", "line_mode", is_flag=True,
@@ -225,7 +227,7 @@ def _conformance_context(
 @click.option("--card", help="Card the phone is bound to (default: the first bound card).")
 @click.option("--terminal", "terminal_id", help="Terminal ID whose certificate is used.")
 @click.option("--check", "checks", multiple=True, help="Run only this check (repeatable).")
-@click.option("--connect-timeout", default=30.0, show_default=True,
+@click.option("--connect-timeout", default=30.0, show_default=True, type=Seconds(),
               help="Seconds to wait for a phone in the field.")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Record every APDU to this JSON-lines file.")

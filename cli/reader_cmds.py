@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from swipepay.cli.main import fail
+from swipepay.cli.params import Seconds
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
 
 
@@ -53,7 +54,8 @@ def _mask(text: str, pan: str, show_pan: bool) -> str:
     default=None,
     help="Lab whose cards mock: URLs use.",
 )
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for a card.")
+@click.option("--timeout", default=30.0, show_default=True, type=Seconds(),
+              help="Seconds to wait for a card.")
 def card_read(
     url: str, as_json: bool, show_pan: bool, trace: bool, home: Path | None, timeout: float
 ) -> None:

@@ -20,6 +20,7 @@ import click
 
 from swipepay.cli.app.terminal_settings import CONFIG_FILE, TerminalSettings, load_settings
 from swipepay.cli.main import fail
+from swipepay.cli.params import Seconds
 from swipepay.cli.screens import wanted as _screens_wanted
 from swipepay.drivers.runner import Observer, RunEvent, StepBegan, Waiting
 from swipepay.firmware_sim.errors import ConfigError, SwipepayError
@@ -344,13 +345,13 @@ def terminal() -> None:
               help="Completion: the pre-auth STAN.  [default: the latest]")
 @click.option("--card-data", help="Track data or a lab card's PAN instead of reading a card.")
 @click.option("--json", "as_json", is_flag=True, help="One-shot: print the result as JSON.")
-@click.option("--card-timeout", type=float,
+@click.option("--card-timeout", type=Seconds(),
               help=f"Seconds to wait for a card.  {_default('card_timeout')}")
-@click.option("--phone-timeout", type=float,
+@click.option("--phone-timeout", type=Seconds(),
               help=f"Seconds to wait for the phone.  {_default('phone_timeout')}")
-@click.option("--host-timeout", type=float,
+@click.option("--host-timeout", type=Seconds(),
               help=f"Seconds to wait for the center.  {_default('host_timeout')}")
-@click.option("--confirm-timeout", type=float,
+@click.option("--confirm-timeout", type=Seconds(),
               help=f"Seconds the user has on the phone.  {_default('confirm_timeout')}")
 @click.option("--aid", help="Phone-link AID, hex.  [default: the lab's aid, F0535750415901]")
 def terminal_run(
