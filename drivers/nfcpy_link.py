@@ -58,6 +58,7 @@ from swipepay.firmware_sim.isodep import (
     WtxGranted,
 )
 from swipepay.firmware_sim.phone import Phone
+from swipepay.firmware_sim.transaction import is_decimal
 
 #: What an Android HCE controller announces in Type A anticollision: 4-byte UID, ISO-DEP.
 SENS_RES: Final = b"\x04\x00"
@@ -101,7 +102,21 @@ def nfcpy_path(url: str) -> str:
             f"{url!r} names no nfcpy device: use e.g. nfcpy:usb:054c:06c1, nfcpy:tty:USB0:pn532 "
             "or nfcpy:udp:127.0.0.1:54321"
         )
+    if rest.split(":", 1)[0] == "udp":
+        _check_udp_path(rest, url)
     return rest
+
+
+def _check_udp_path(path: str, url: str) -> None:
+    """nfcpy reads ``udp[:HOST[:PORT]]`` by splitting at colons and ``int()``-ing the port:
+    anything else would fail inside nfcpy with a bare ``ValueError`` (or take "٨٠")."""
+    parts = path.split(":")
+    port = parts[2] if len(parts) > 2 else ""
+    if len(parts) > 3 or (port and not (is_decimal(port) and 0 < int(port) < 65536)):
+        raise ConfigError(
+            f"{url!r}: an nfcpy udp path is udp:HOST:PORT with a port 1 to 65535, "
+            "e.g. nfcpy:udp:127.0.0.1:54321"
+        )
 
 
 def open_frontend(path: str) -> Any:

@@ -315,6 +315,19 @@ def test_no_phone_in_the_field_times_out(udp_path: str) -> None:
     link.disconnect()
 
 
+@pytest.mark.parametrize(
+    "url", ["nfcpy:udp:127.0.0.1:abc", "nfcpy:udp:127.0.0.1:٨٠", "nfcpy:udp:127.0.0.1:0",
+            "nfcpy:udp:127.0.0.1:65536", "nfcpy:udp:a:1:2"],
+)  # fmt: skip
+def test_an_udp_path_nfcpy_cannot_read_is_a_configuration_error(url: str) -> None:
+    # Before: nfcpy's int() of the port raised a bare ValueError (a traceback from `terminal
+    # run --card`), or took "٨٠" as 80; port 0 or 65536 failed later as "no device".
+    with pytest.raises(ConfigError, match="udp:HOST:PORT with a port 1 to 65535"):
+        NfcpyCardReader.from_url(url)
+    assert nfcpy_path("nfcpy:udp:127.0.0.1:54321") == "udp:127.0.0.1:54321"
+    assert nfcpy_path("nfcpy:udp") == "udp"
+
+
 def test_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="nfcpy:udp:"):
         nfcpy_path("nfcpy:")
