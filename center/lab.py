@@ -27,9 +27,10 @@ import datetime as dt
 import ipaddress
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -39,6 +40,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from swipepay.center.keystore import CenterKeys
 from swipepay.drivers.store.phone_store import PhoneProfile
 from swipepay.drivers.store.secretfile import read_private, write_private
+from swipepay.drivers.store.userfile import read_regular
 from swipepay.firmware_sim import ecc
 from swipepay.firmware_sim.carddata import luhn_check_digit
 from swipepay.firmware_sim.cards.spec import CardSpec
@@ -48,11 +50,12 @@ from swipepay.firmware_sim.certificate import (
     parse_certificate,
 )
 from swipepay.firmware_sim.dukpt import derive_initial_key
-from swipepay.firmware_sim.errors import ConfigError, DecodeError
+from swipepay.firmware_sim.errors import ConfigError, DecodeError, SwipepayError
 from swipepay.firmware_sim.phonelink.protocol import AID, parse_aid
 from swipepay.firmware_sim.terminal import TerminalConfig
 
 CA_KEY_INDEX = 1
+_T = TypeVar("_T")
 MANIFEST = "lab.json"
 
 
@@ -170,15 +173,33 @@ class Lab:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         manifest = self.root / MANIFEST
-        try:
-            self.manifest: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        if not manifest.exists():
             raise ConfigError(
                 f"{self.root} is not a swipepay lab (no {MANIFEST}); "
                 f"run `swipepay init {self.root}`"
-            ) from None
+            )
+        try:
+            data = json.loads(read_regular(manifest, "lab manifest").decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{manifest} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{manifest} is not a JSON object: not a lab manifest")
+        self.manifest: dict[str, Any] = data
+
+    def _entries(self, key: str, build: Callable[[dict[str, Any]], _T]) -> list[_T]:
+        """lab.json's ``key`` list, each entry made by ``build``: a hand edit that broke it is a
+        :class:`ConfigError` naming the list, not a ``KeyError`` or ``TypeError`` from deep
+        inside (the exception's text is left out: an entry may hold a card number)."""
+        try:
+            entries = self.manifest.get(key, [])
+            if not isinstance(entries, list):
+                raise TypeError(f"{key} is not a list")
+            return [build(entry) for entry in entries]
+        except (KeyError, TypeError, ValueError, AttributeError, SwipepayError) as exc:
+            raise ConfigError(
+                f"{self.root / MANIFEST}: the {key!r} entries are malformed "
+                f"({type(exc).__name__}); mend them or create the lab again"
+            ) from None
 
     @property
     def aid(self) -> bytes:
@@ -214,17 +235,18 @@ class Lab:
         return CenterKeys.load(self.root / "center" / "keys")
 
     def cards(self) -> dict[str, CardSpec]:
-        return {c["name"]: CardSpec.from_json(c) for c in self.manifest.get("cards", [])}
+        specs = self._entries("cards", CardSpec.from_json)
+        return {spec.name: spec for spec in specs}
 
     def card_account(self, card: str) -> str:
-        for c in self.manifest.get("cards", []):
-            if c["name"] == card:
-                return str(c["account"])
+        for name, account in self._entries("cards", lambda c: (str(c["name"]), str(c["account"]))):
+            if name == card:
+                return account
         raise ConfigError(f"no card named {card!r}")
 
     def phones(self) -> dict[str, str]:
         """Phone name -> name of the card it is bound to."""
-        return {p["name"]: p["card"] for p in self.manifest.get("phones", [])}
+        return dict(self._entries("phones", lambda p: (str(p["name"]), str(p["card"]))))
 
     def phone_path(self, name: str) -> Path:
         if name not in self.phones():
@@ -235,7 +257,8 @@ class Lab:
         return PhoneProfile.load(self.phone_path(name))
 
     def terminals(self) -> dict[str, TerminalEntry]:
-        return {t["terminal_id"]: TerminalEntry(**t) for t in self.manifest.get("terminals", [])}
+        entries = self._entries("terminals", lambda t: TerminalEntry(**t))
+        return {entry.terminal_id: entry for entry in entries}
 
     def terminal_config(self, terminal_id: str) -> TerminalConfig:
         entry = self.terminals().get(terminal_id)
