@@ -202,15 +202,22 @@ class VpcdClient:
     ) -> None:
         """Serve until ``stop`` is set (or the connection ends, without ``reconnect``)."""
         stop = stop or self._stop
+        unreachable = False  # said once per outage, not every ``retry`` seconds
         while not stop.is_set():
             if self._sock is None:
                 try:
                     self.connect()
-                except TransportError:
+                except TransportError as exc:
                     if not reconnect:
                         raise
+                    if not unreachable:
+                        unreachable = True
+                        log.warning("%s; trying again every %g s", exc, retry)
                     stop.wait(retry)
                     continue
+                if unreachable:
+                    unreachable = False
+                    log.warning("vpcd at %s reached; the card is in the slot", self.address)
             try:
                 self._serve_connection(stop)
             finally:

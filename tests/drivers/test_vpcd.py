@@ -3,6 +3,7 @@ tested in tests/firmware_sim/test_framing.py)."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from swipepay.drivers.vpcd import (
 from swipepay.firmware_sim.errors import ConfigError, TransportError
 from swipepay.firmware_sim.framing import FrameDecoder
 from swipepay.firmware_sim.framing import encode as encode_frame
+from tests.support.waiting import eventually
 
 
 class FakeVpcd:
@@ -181,6 +183,46 @@ def test_half_a_frame_takes_the_card_out_and_back(vpcd: FakeVpcd) -> None:
         stop.set()
         thread.join(5)
     assert not thread.is_alive()
+
+
+def test_serving_while_vpcd_is_unreachable_says_so_once_then_when_it_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Before: `card serve` on a wrong port or without pcscd retried silently for ever.
+    caplog.set_level(logging.WARNING, logger="swipepay.drivers.vpcd")
+    stop = threading.Event()
+    with socket.socket() as slot:
+        slot.bind(("127.0.0.1", 0))  # bound, not listening yet: connections are refused
+        port = slot.getsockname()[1]
+        client = VpcdClient(VirtualCard(lambda a: a, b"\x3b\x02"), "127.0.0.1", port)
+        attempts: list[None] = []
+        connect = client.connect
+
+        def counted(timeout: float = 2.0) -> None:
+            attempts.append(None)
+            connect(timeout)
+
+        client.connect = counted  # type: ignore[method-assign]
+        thread = threading.Thread(
+            target=client.serve, args=(stop,), kwargs={"reconnect": True, "retry": 0.01}
+        )
+        thread.start()
+        try:
+            eventually(lambda: len(attempts) >= 5)
+            slot.listen()
+            conn, _ = slot.accept()
+            with conn:
+                conn.settimeout(5)
+                conn.sendall(encode_frame(b"\x04"))
+                assert conn.recv(16) == encode_frame(b"\x3b\x02")
+        finally:
+            stop.set()
+            thread.join(5)
+    assert not thread.is_alive()
+    said = [r.getMessage() for r in caplog.records if r.name == "swipepay.drivers.vpcd"]
+    assert len([m for m in said if "cannot reach vpcd" in m]) == 1, said
+    assert any("trying again every 0.01 s" in m for m in said)
+    assert any("reached; the card is in the slot" in m for m in said)
 
 
 def test_unreachable_vpcd_is_a_clear_error() -> None:
