@@ -23,6 +23,10 @@ except ImportError:  # not a POSIX system: no terminal control, pipes still work
 
 #: How often a waiting read looks at its cancel flag (seconds).
 SLICE: Final = 0.1
+#: The longest line held: input without a newline (a pipe of noise) is returned in pieces of
+#: this size instead of growing in memory; each piece is a wrong answer, and what is left is
+#: discarded before the next question.
+MAX_LINE: Final = 4096
 
 
 class LineInput:
@@ -59,7 +63,7 @@ class LineInput:
             sys.stdout.write(prompt)
             sys.stdout.flush()
         try:
-            while b"\n" not in self._buffer:
+            while b"\n" not in self._buffer and len(self._buffer) < MAX_LINE:
                 if cancel.is_set() or self.closed:
                     return None
                 if select.select([self.fd], [], [], SLICE)[0]:
@@ -67,7 +71,11 @@ class LineInput:
                     if not data:
                         self.closed = True
                     self._buffer += data
-            line, _, self._buffer = self._buffer.partition(b"\n")
+            end = self._buffer.find(b"\n", 0, MAX_LINE)
+            if end < 0:  # no newline in the first MAX_LINE bytes: a piece, not a line
+                line, self._buffer = self._buffer[:MAX_LINE], self._buffer[MAX_LINE:]
+            else:
+                line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
             return line.decode("utf-8", "replace").rstrip("\r")
         finally:
             if secret and self.tty:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from swipepay.cli.line_input import LineInput
+from swipepay.cli.line_input import MAX_LINE, LineInput
 
 
 @pytest.fixture
@@ -38,3 +38,17 @@ def test_a_cancelled_read_returns_none(pipe: tuple[LineInput, int]) -> None:
     assert lines.read_line(cancel) is None
     os.close(write)
     assert lines.read_line(threading.Event()) is None and lines.closed
+
+
+def test_input_without_newlines_is_held_in_bounded_pieces(pipe: tuple[LineInput, int]) -> None:
+    lines, write = pipe
+    # Before: everything up to a newline was held, however much of it came.
+    writer = threading.Thread(target=os.write, args=(write, b"x" * (3 * MAX_LINE) + b"\ny\n"))
+    writer.start()
+    pieces = [lines.read_line(threading.Event()) for _ in range(3)]
+    assert pieces == ["x" * MAX_LINE] * 3
+    assert len(lines._buffer) <= MAX_LINE
+    assert lines.read_line(threading.Event()) == ""  # the end of the long line
+    assert lines.read_line(threading.Event()) == "y"
+    writer.join(5)
+    os.close(write)
