@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from urllib.parse import parse_qs
 
 from swipepay.drivers.base import NO_CONTEXT, DriverContext
-from swipepay.drivers.registry import split_url
+from swipepay.drivers.registry import url_options
 from swipepay.firmware_sim.carddata import CardData
 from swipepay.firmware_sim.cards.spec import CardSpec, present
 from swipepay.firmware_sim.errors import ConfigError, LinkTimeout
@@ -37,10 +36,8 @@ class MockCardReader:
 
     @classmethod
     def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> MockCardReader:
-        _scheme, rest = split_url(url)
-        name, _sep, query = rest.partition("?")
-        via = parse_qs(query).get("via", [None])[0]
-        return cls(url, context.cards, name, via, context.amount)
+        name, options = url_options(url, ("via",))
+        return cls(url, context.cards, name, options.get("via"), context.amount)
 
     def read_card(self, timeout: float) -> CardData:
         if self.card in ("", "none"):

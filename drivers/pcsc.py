@@ -26,11 +26,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import parse_qs
 
 from swipepay.drivers.base import NO_CONTEXT, DriverContext
 from swipepay.drivers.discovery import Device
-from swipepay.drivers.registry import split_url
+from swipepay.drivers.registry import url_options
 from swipepay.firmware_sim.carddata import CardData
 from swipepay.firmware_sim.emv_reader import CardReadError, EmvReader, Step, run_reader
 from swipepay.firmware_sim.errors import ConfigError, LinkTimeout, TransportError
@@ -253,10 +252,8 @@ class PcscCardReader:
 
     @classmethod
     def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> PcscCardReader:
-        _scheme, rest = split_url(url)
-        name, _sep, query = rest.partition("?")
-        mode = parse_qs(query).get("mode", ["auto"])[0]
-        return cls(url, name, mode, context.amount)
+        name, options = url_options(url, ("mode",))
+        return cls(url, name, options.get("mode", "auto"), context.amount)
 
     def read_card(self, timeout: float) -> CardData:
         return self.read(timeout).card
@@ -352,8 +349,8 @@ class PcscPhoneLink:
 
     @classmethod
     def from_url(cls, url: str, context: DriverContext = NO_CONTEXT) -> PcscPhoneLink:
-        _scheme, rest = split_url(url)
-        return cls(url, rest.partition("?")[0])
+        name, _options = url_options(url, ())
+        return cls(url, name)
 
     def connect(self, timeout: float) -> None:
         reader = find_reader(self.name_part)

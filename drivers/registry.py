@@ -9,8 +9,9 @@ mypy checks every driver against the contract of :mod:`drivers.base`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Final, TypeVar
+from urllib.parse import parse_qsl
 
 from swipepay.drivers.base import (
     NO_CONTEXT,
@@ -34,6 +35,24 @@ def split_url(url: str) -> tuple[str, str]:
     if not sep or not scheme.replace("-", "_").isidentifier():
         raise ConfigError(f"not a driver URL: {url!r} (expected scheme:rest, e.g. mock:alice)")
     return scheme.lower(), rest
+
+
+def url_options(url: str, known: Collection[str]) -> tuple[str, dict[str, str]]:
+    """``"mock:alice-visa?via=tap"`` -> ``("alice-visa", {"via": "tap"})``: a URL's part after
+    the scheme and its ``?key=value&...`` options, each of ``known`` at most once.  An option
+    not in ``known`` or given twice is a :class:`ConfigError` (a mistyped ``?vai=tap`` would
+    else be ignored without a word)."""
+    _scheme, rest = split_url(url)
+    name, _sep, query = rest.partition("?")
+    options: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in known:
+            expected = ", ".join(sorted(known)) or "none"
+            raise ConfigError(f"{url!r}: unknown option {key!r} (options: {expected})")
+        if key in options:
+            raise ConfigError(f"{url!r}: option {key!r} given twice")
+        options[key] = value
+    return name, options
 
 
 # -- card readers (``--card URL``) -----------------------------------------------------------

@@ -40,7 +40,7 @@ from swipepay.cli.app.terminal_settings import TerminalSettings, center_addresse
 from swipepay.drivers.base import CardReader, DriverContext, Host, PhoneLink
 from swipepay.drivers.logsetup import transaction, txn_id
 from swipepay.drivers.mock_phone import MockField
-from swipepay.drivers.registry import open_card_reader, open_phone_link
+from swipepay.drivers.registry import open_card_reader, open_phone_link, url_options
 from swipepay.drivers.runner import Observer, TxnReport, run_transaction
 from swipepay.drivers.store.reversal_queue import ReversalQueue
 from swipepay.drivers.store.terminal_store import TerminalStore
@@ -227,10 +227,10 @@ class TerminalApp:
         if not url.startswith("mock:"):
             link: PhoneLink = open_phone_link(url)
             return link
-        name, _, query = url.partition(":")[2].partition("?")
+        name, options = url_options(url, ("decline",))
         field = MockField()
         if name:
-            choice = Choice.DECLINE if "decline" in query else Choice.CONFIRM
+            choice = Choice.DECLINE if "decline" in options else Choice.CONFIRM
             lab_phone(self.lab, name, choice, aid=self.config.aid).enter(field)
         mock: PhoneLink = open_phone_link("mock:", DriverContext(field=field))
         return mock

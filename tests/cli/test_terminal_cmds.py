@@ -63,7 +63,7 @@ def test_preauth_then_completion_of_it(lab: Lab) -> None:
     [
         ("mock:bob-phone", "mock:alice-visa?via=tap", "5", Ending.NO_PHONE),
         ("mock:bob-phone", "mock:bob-debit?via=insert", "500", Ending.DECLINED_BY_HOST),
-        ("mock:carol-phone?choice=decline", "mock:carol-qvsdc", "7.50", Ending.DECLINED_BY_USER),
+        ("mock:carol-phone?decline", "mock:carol-qvsdc", "7.50", Ending.DECLINED_BY_USER),
         ("mock:alice-phone", "mock:none", "5", Ending.CARD_ERROR),
     ],
 )
