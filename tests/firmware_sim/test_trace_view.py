@@ -79,6 +79,10 @@ def test_mermaid_has_center_only_with_host_events() -> None:
         (line(kind="link"), "field 'event'"),
         (line(kind="apdu", dir="x", ins="?", cmd="zz", rsp=None, sw=None, ms=1), "cmd is not hex"),
         (line(kind="apdu", dir="x", ins="?", cmd="00", rsp="9000", sw="90", ms=1), "sw must be"),
+        # bytes.fromhex takes spaces: these were shown with wrong byte counts and SW "0090".
+        (line(kind="apdu", dir="x", ins="?", cmd="00 A4", rsp=None, sw=None, ms=1), "cmd is not"),
+        (line(kind="apdu", dir="x", ins="?", cmd="00", rsp="9000", sw="  90", ms=1), "sw must be"),
+        (line(kind="apdu", dir="x", ins="?", cmd="٠٠", rsp=None, sw=None, ms=1), "cmd is not"),
         (line(kind="apdu", dir="x", ins="?", cmd="00", rsp="9000", sw="9000", ms=True), "'ms'"),
         (json.dumps({"v": 1, "kind": "link", "t_ms": "0", "event": "x"}), "t_ms"),
     ],
