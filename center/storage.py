@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Protocol
 
 from swipepay.center import schema
-from swipepay.firmware_sim.errors import LocalError, SwipepayError
+from swipepay.firmware_sim.errors import ConfigError, LocalError, SwipepayError
 
 SCHEMA_VERSION = schema.LATEST
 
@@ -258,21 +258,30 @@ class SQLiteStorage:
         self._depth = 0
         self._accounts: dict[str, AccountRecord] = {}
         self._terminals: dict[str, TerminalRecord] = {}
-        # isolation_level=None: no implicit BEGINs; this class issues every BEGIN/COMMIT itself.
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        #: One cursor for the data statements (each is read out at once): Connection.execute
-        #: makes a new cursor object per statement, ~8 per authorization.  Transaction control
-        #: (BEGIN, SAVEPOINT, COMMIT, ROLLBACK) stays on the connection.
-        self._cur = self._db.cursor()
-        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise LocalError(f"database {path} cannot use WAL journal mode (got {mode})")
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._db.execute("PRAGMA foreign_keys = ON")
         self._where = str(path)
-        with self.transaction():
-            self._migrate()
+        try:
+            # isolation_level=None: no implicit BEGINs; this class issues every BEGIN/COMMIT.
+            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _open_error(path, exc) from None
+        try:
+            #: One cursor for the data statements (each is read out at once): Connection.execute
+            #: makes a new cursor object per statement, ~8 per authorization.  Transaction
+            #: control (BEGIN, SAVEPOINT, COMMIT, ROLLBACK) stays on the connection.
+            self._cur = self._db.cursor()
+            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise LocalError(f"database {path} cannot use WAL journal mode (got {mode})")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            with self.transaction():
+                self._migrate()
+        except BaseException as exc:
+            self._db.close()
+            if isinstance(exc, sqlite3.Error):
+                raise _open_error(path, exc) from None
+            raise
 
     def _migrate(self) -> None:
         """Apply :mod:`center.schema`'s migrations above ``PRAGMA user_version``; rebuild the
@@ -590,3 +599,15 @@ _ENTRIES_INSERT: dict[int, str] = {}
 def _entries_insert(count: int) -> str:
     rows = ", ".join(["(?, ?, ?)"] * count)
     return f"INSERT INTO entries (posting_id, account_id, amount) VALUES {rows}"  # noqa: S608 -- placeholders only
+
+
+def _open_error(path: str | Path, exc: sqlite3.Error) -> SwipepayError:
+    """What opening the SQLite database at ``path`` failing means for the user: another
+    process holding it locked past the busy timeout is :class:`StorageUnavailable` (try again);
+    anything else (no such directory, not a database, not a file) is a configuration error."""
+    if "locked" in str(exc):
+        return StorageUnavailable(f"SQLite database {path} is locked by another process: {exc}")
+    return ConfigError(
+        f"cannot open the SQLite database {path}: {exc} (it must be a SQLite file, or a path "
+        "in a writable directory where one can be created)"
+    )

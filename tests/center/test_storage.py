@@ -3,6 +3,7 @@ constraints, the caches; and SQLite's own failed-COMMIT handling."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +18,10 @@ from swipepay.center.storage import (
     MessageKey,
     SQLiteStorage,
     Storage,
+    StorageUnavailable,
     TerminalRecord,
 )
-from swipepay.firmware_sim.errors import LocalError
+from swipepay.firmware_sim.errors import ConfigError, LocalError
 
 
 def integrity_error(storage: Storage) -> type[Exception]:
@@ -193,3 +195,31 @@ def test_balance_and_holds_in_one_query(storage: Storage) -> None:
             storage.entry_sum("A"),
             storage.active_hold_sum("A"),
         )
+
+
+@pytest.mark.parametrize("where", ["a-file/inside.db", "not-a-database", "a-directory", "a-fifo"])
+def test_a_path_that_is_no_sqlite_database_is_a_configuration_error(
+    tmp_path: Path, where: str
+) -> None:
+    # Before: sqlite3's OperationalError or DatabaseError, a traceback from `center report
+    # --db`, `center serve --db` and `init --db`.
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "not-a-database").write_text("hello, world\n" * 100)
+    (tmp_path / "a-directory").mkdir()
+    os.mkfifo(tmp_path / "a-fifo")
+    with pytest.raises(ConfigError, match="cannot open the SQLite database"):
+        SQLiteStorage(tmp_path / where)
+    assert (tmp_path / "not-a-database").read_text() == "hello, world\n" * 100  # left alone
+
+
+def test_a_database_locked_past_the_busy_timeout_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "center.db"
+    SQLiteStorage(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # held while the next open needs its write lock
+    try:
+        with pytest.raises(StorageUnavailable, match="locked by another process"):
+            SQLiteStorage(path, busy_timeout_ms=50)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
