@@ -119,3 +119,14 @@ def test_a_malformed_old_stan_file_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / LEGACY_STAN).write_text("{not json")
     with pytest.raises(ConfigError, match="delete it to restart STANs at 1"):
         TerminalStore(tmp_path)
+
+
+def test_a_damaged_store_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    # Before: sqlite3's DatabaseError traceback from every `terminal run`.
+    (tmp_path / STORE_FILE).write_bytes(b"not a database, maybe a half-copied one\n" * 50)
+    with pytest.raises(ConfigError, match=r"is not a usable SQLite file .* move it aside"):
+        TerminalStore(tmp_path)
+    assert (tmp_path / STORE_FILE).read_bytes().startswith(b"not a database")
+    (tmp_path / "under-a-file").write_text("")
+    with pytest.raises(ConfigError, match="cannot open"):
+        TerminalStore(tmp_path / "under-a-file")
