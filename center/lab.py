@@ -52,6 +52,7 @@ from swipepay.firmware_sim.certificate import (
 from swipepay.firmware_sim.dukpt import derive_initial_key
 from swipepay.firmware_sim.errors import ConfigError, DecodeError, SwipepayError
 from swipepay.firmware_sim.phonelink.protocol import AID, parse_aid
+from swipepay.firmware_sim.pinblock import pin_well_formed
 from swipepay.firmware_sim.terminal import TerminalConfig
 
 CA_KEY_INDEX = 1
@@ -286,9 +287,25 @@ class Lab:
         return _load_key(self.root / "ca" / "ca.key")
 
     def pins(self) -> dict[str, str]:
-        """The lab cardholders' PINs (only simulated users and tests read this)."""
-        data = json.loads(read_private(self.root / "secrets" / "pins.json"))
-        return {str(k): str(v) for k, v in data.items()}
+        """The lab cardholders' PINs by card (only simulated users and tests read this): a
+        JSON object of well-formed PINs, else a :class:`ConfigError` that shows none of them."""
+        path = self.root / "secrets" / "pins.json"
+        try:
+            data = json.loads(read_private(path).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise ConfigError(f"{path} is not valid JSON") from None
+        if not isinstance(data, dict) or not all(
+            isinstance(v, str) and pin_well_formed(v) for v in data.values()
+        ):
+            raise ConfigError(f"{path} must map each card name to a PIN of 4 to 12 digits")
+        return {str(k): v for k, v in data.items()}
+
+    def pin(self, card: str) -> str:
+        """The lab PIN of ``card`` (:meth:`pins`); a :class:`ConfigError` if it has none."""
+        pin = self.pins().get(card)
+        if pin is None:
+            raise ConfigError(f"no PIN for card {card!r} in {self.root / 'secrets' / 'pins.json'}")
+        return pin
 
 
 def create_lab(

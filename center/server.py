@@ -63,6 +63,7 @@ from swipepay.center.storage import (
 )
 from swipepay.center.tls_stream import TlsStream
 from swipepay.center.verifier import SignatureCheck, VerifierProcess
+from swipepay.drivers.tls_identity import load_identity
 from swipepay.firmware_sim.errors import DecodeError, SwipepayError
 from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.hostmsg import AuthRequest, AuthResponse
@@ -113,8 +114,7 @@ def server_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     # No TLS 1.3 session tickets: terminals keep one connection and never resume a session, and
     # issuing the default two costs ~1 ms of CPU per handshake (~30 % of a mutual-TLS accept).
     ctx.num_tickets = 0
-    ctx.load_verify_locations(cafile=str(ca))
-    ctx.load_cert_chain(str(cert), str(key))
+    load_identity(ctx, ca, cert, key, "the center")
     return ctx
 
 

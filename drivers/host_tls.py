@@ -38,6 +38,7 @@ from typing import Any
 
 from swipepay.drivers.store.reversal_queue import ReversalQueue
 from swipepay.drivers.store.terminal_store import TerminalStore, terminal_dir
+from swipepay.drivers.tls_identity import load_identity
 from swipepay.firmware_sim.address import Address
 from swipepay.firmware_sim.errors import DecodeError, LinkTimeout, NotSent, TransportError
 from swipepay.firmware_sim.hostlink import iso8583 as codec
@@ -88,11 +89,10 @@ _log = logging.getLogger("swipepay.terminal")
 _RETRY_CODES = frozenset({"91", "96"})
 
 
-def client_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+def client_context(ca: Path, cert: Path, key: Path, whose: str = "the terminal") -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.load_verify_locations(cafile=str(ca))
-    ctx.load_cert_chain(str(cert), str(key))
+    load_identity(ctx, ca, cert, key, whose)
     ctx.check_hostname = False  # the center is identified by the lab CA, not by a DNS name
     return ctx
 
@@ -100,7 +100,9 @@ def client_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
 def lab_client_context(home: Path, terminal_id: str) -> ssl.SSLContext:
     """The TLS client context of a lab terminal (its certificate, the lab CA)."""
     base = terminal_dir(home, terminal_id)
-    return client_context(home / "ca" / "ca.crt", base / "tls.crt", base / "tls.key")
+    return client_context(
+        home / "ca" / "ca.crt", base / "tls.crt", base / "tls.key", f"terminal {terminal_id}"
+    )
 
 
 #: One token per terminal process: armed reversals with another token belong to a process that

@@ -192,7 +192,7 @@ def lab_phone(
     card = store.profile.card
 
     def pin() -> str:
-        real = lab.pins()[card]
+        real = lab.pin(card)
         return f"{(int(real) + 1) % 10_000:04d}" if wrong_pin else real
 
     chosen = lab.aid if aid is None else aid

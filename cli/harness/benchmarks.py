@@ -908,7 +908,7 @@ def bench_flow_processes(transactions: int = 20, workdir: Path | None = None) ->
         with Stack.open(lab.root) as stack:
             stack.start_center()
             stack.start_card("alice-visa")
-            stack.start_phone("alice-phone", pin=lab.pins()["alice-visa"])
+            stack.start_phone("alice-phone", pin=lab.pin("alice-visa"))
             for _ in range(transactions):
                 _, result = stack.terminal(
                     "--terminal-id", "POS00001", "--type", "purchase", "--amount", "1.00",

@@ -67,7 +67,7 @@ class LabSigner:
         self.account = lab.card_account(profile.card)
         self._key = profile.identity().signing_key
         self._dukpt = store.dukpt()
-        self._pin = lab.pins()[profile.card]
+        self._pin = lab.pin(profile.card)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:

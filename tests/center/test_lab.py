@@ -49,3 +49,21 @@ def test_a_manifest_that_is_no_file_is_refused_at_once(lab: Lab) -> None:
     manifest.unlink()
     with pytest.raises(ConfigError, match="not a swipepay lab"):
         Lab(lab.root)
+
+
+@pytest.mark.parametrize(
+    "pins", [[1], {"alice-visa": 1234}, {"alice-visa": "12a4"}, {"alice-visa": "١٢٣٤"}]
+)
+def test_a_broken_pin_file_is_refused_without_showing_it(lab: Lab, pins: object) -> None:
+    # Before: AttributeError or KeyError tracebacks from `demo` and `terminal run`.
+    path = lab.root / "secrets" / "pins.json"
+    path.write_text(json.dumps(pins))
+    with pytest.raises(ConfigError, match="must map each card name to a PIN") as info:
+        lab.pins()
+    assert "1234" not in str(info.value) and "12a4" not in str(info.value)
+
+
+def test_a_card_without_a_pin_is_named(lab: Lab) -> None:
+    assert lab.pin("alice-visa") == lab.pins()["alice-visa"]
+    with pytest.raises(ConfigError, match="no PIN for card 'nobody'"):
+        lab.pin("nobody")
