@@ -71,6 +71,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from swipepay.firmware_sim.errors import ConfigError
 from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.hostmsg import AuthRequest
 
@@ -334,8 +335,14 @@ class MetricsEndpoint:
         return len(self._clients)
 
     async def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port`` (0: any free port); the bound port."""
-        self._server = await asyncio.start_server(self._handle, host, port, limit=_MAX_HEAD)
+        """Listen on ``host:port`` (0: any free port); the bound port.  An address that cannot
+        be bound is a :class:`ConfigError` naming ``--metrics`` (not the terminals' address)."""
+        try:
+            self._server = await asyncio.start_server(self._handle, host, port, limit=_MAX_HEAD)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port} (--metrics): {exc.strerror or exc}"
+            ) from None
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:

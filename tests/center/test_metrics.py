@@ -39,6 +39,7 @@ from swipepay.center.metrics import (
 from swipepay.center.response_codes import RC
 from swipepay.center.server import new_event_loop
 from swipepay.cli.harness.processes import child_env
+from swipepay.firmware_sim.errors import ConfigError
 from swipepay.firmware_sim.hostlink import iso8583 as codec
 from swipepay.firmware_sim.hostmsg import AuthRequest
 from swipepay.firmware_sim.transaction import Transaction, TxnType
@@ -298,6 +299,24 @@ def test_connections_beyond_max_clients_are_closed_on_arrival(
             assert (await fetch(port, "/metrics"))[0] == 200
         finally:
             await endpoint.close()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+
+
+def test_an_address_in_use_is_a_configuration_error_naming_metrics(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    # Before: an OSError that `center serve` reported as "cannot listen on <--listen>".
+    async def main() -> None:
+        first = MetricsEndpoint(PrometheusMetrics().registry, lambda: (True, ""))
+        port = await first.start("127.0.0.1", 0)
+        try:
+            second = MetricsEndpoint(PrometheusMetrics().registry, lambda: (True, ""))
+            with pytest.raises(ConfigError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+                await second.start("127.0.0.1", port)
+        finally:
+            await first.close()
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(main())
