@@ -36,6 +36,16 @@ class TerminalSettings:
     aid: str | None = None
 
     def __post_init__(self) -> None:
+        for key, (shortest, longest) in TEXT_LENGTHS.items():
+            text = getattr(self, key)
+            if text is not None and not (
+                shortest <= len(text) <= longest and text.isascii() and text.isprintable()
+            ):
+                size = str(longest) if shortest == longest else f"{shortest} to {longest}"
+                raise ConfigError(
+                    f"{key} must be {size} printable ASCII characters (ISO 8583 field "
+                    f"{ISO_FIELDS[key]}), not {text!r}"
+                )
         for key, (low, high) in NUMBER_RANGES.items():
             value = getattr(self, key)
             if not (math.isfinite(value) and low < value <= high):
@@ -44,6 +54,12 @@ class TerminalSettings:
                     f"{key}{option} must be above {low} and at most {high}, not {value}"
                 )
 
+
+#: The lengths of the settings that go into the request as they are: a value the ISO 8583
+#: field cannot hold is refused before a card is read or a phone asked, not when the request
+#: is encoded after the user typed the PIN.
+TEXT_LENGTHS: Final[dict[str, tuple[int, int]]] = {"terminal_id": (8, 8), "merchant_id": (1, 15)}
+ISO_FIELDS: Final[dict[str, int]] = {"terminal_id": 41, "merchant_id": 42}
 
 #: The settings ``terminal run`` also takes as options (the rest only from terminal.toml).
 OPTIONS: Final = frozenset({"card_timeout", "phone_timeout", "host_timeout", "confirm_timeout"})

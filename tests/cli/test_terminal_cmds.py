@@ -142,6 +142,24 @@ def test_settings_file_numbers_out_of_range_and_no_file(lab: Lab, tmp_path: Path
         load_settings(lab.root, fifo, {})
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('merchant_id = "MERCH00000000012345"', "merchant_id must be 1 to 15 printable ASCII"),
+        ('merchant_id = "MÉRCH0000000001"', "merchant_id must be 1 to 15 printable ASCII"),
+        ('terminal_id = "POS1"', "terminal_id must be 8 printable ASCII"),
+    ],
+)
+def test_ids_the_request_cannot_carry_are_refused_before_anything_runs(
+    lab: Lab, line: str, message: str
+) -> None:
+    # Before: the card was read and the user typed the PIN on the phone, then the request
+    # failed to encode ("Field data is 19 bytes, expecting 15: field 42").
+    (lab.root / "terminal.toml").write_text(line + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_settings(lab.root, None, {})
+
+
 def test_bad_inputs_are_one_line_errors(lab: Lab) -> None:
     code, out = run(lab, "--type", "purchase", "--amount", "12,34", "--phone", "mock:")
     assert code != 0 and "use a point" in out and "Traceback" not in out
