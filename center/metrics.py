@@ -164,6 +164,12 @@ class PrometheusMetrics(ServerMetrics):
                 "this process's metrics would stay in memory; put the variable in the "
                 "environment the process is started with"
             )
+        directory = os.environ.get(MULTIPROC_ENV)
+        if directory and not (os.path.isdir(directory) and os.access(directory, os.W_OK)):
+            raise ConfigError(
+                f"{MULTIPROC_ENV}={directory} is not a writable directory (prometheus_client "
+                "keeps each process's values there): create it, or unset the variable"
+            )
         self.registry = CollectorRegistry(auto_describe=True) if registry is None else registry
         reg = self.registry
         self._requests = Counter(

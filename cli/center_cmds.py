@@ -116,7 +116,10 @@ def serve(
     except SwipepayError as exc:
         fail(exc)
     except OSError as exc:
-        fail(ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}"))
+        if exc.filename is not None:  # a file or directory it needs, not the address
+            fail(ConfigError(f"center serve: {exc.filename}: {exc.strerror or exc}"))
+        else:
+            fail(ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}"))
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
 

@@ -25,6 +25,7 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from swipepay.center.lab import Lab
 from swipepay.center.metrics import (
     DATABASE_ERRORS,
     MULTIPROC_ENV,
@@ -437,6 +438,22 @@ def test_a_worker_that_imported_prometheus_client_before_the_variable_was_set_fa
     assert done.returncode != 0
     assert "RuntimeError" in done.stderr
     assert "imported before" in done.stderr
+
+
+def test_a_center_started_with_the_variable_naming_no_directory_says_so(
+    lab: Lab, tmp_path: Path
+) -> None:
+    # Before: "cannot listen on 127.0.0.1:0: No such file or directory" (prometheus_client
+    # failing to create its value file in the missing directory).
+    done = subprocess.run(
+        [sys.executable, "-m", "swipepay", "center", "serve", "--home", str(lab.root),
+         "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"],
+        env={**child_env(), MULTIPROC_ENV: str(tmp_path / "missing")},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert f"{MULTIPROC_ENV}={tmp_path / 'missing'} is not a writable directory" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_multiprocess_registry_needs_an_existing_directory(tmp_path: Path) -> None:
