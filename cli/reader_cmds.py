@@ -54,8 +54,9 @@ def _mask(text: str, pan: str, show_pan: bool) -> str:
     default=None,
     help="Lab whose cards mock: URLs use.",
 )
-@click.option("--timeout", default=30.0, show_default=True, type=Seconds(),
-              help="Seconds to wait for a card.")
+@click.option(
+    "--timeout", default=30.0, show_default=True, type=Seconds(), help="Seconds to wait for a card."
+)
 def card_read(
     url: str, as_json: bool, show_pan: bool, trace: bool, home: Path | None, timeout: float
 ) -> None:
