@@ -66,6 +66,21 @@ def redact(text: str) -> str:
     return _PAN.sub(lambda m: m.group(1) + "*" * len(m.group(2)) + m.group(3), text)
 
 
+#: Control characters (C0 but tab, and DEL) as the escapes a text line shows instead.
+_CONTROLS: Final[dict[int, str]] = {
+    c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c != 0x09
+} | {0x0A: "\\n", 0x0D: "\\r"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped: a text log record is one line, whatever a
+    message quotes (a peer's bytes could otherwise forge a line with a newline, or drive the
+    operator's terminal with an escape sequence).  JSON lines escape them by themselves."""
+    if text.isprintable():  # the usual case, one C-level scan
+        return text
+    return text.translate(_CONTROLS)
+
+
 def txn_id(terminal_id: str, stan: str | int) -> str:
     """``POS00001`` + 42 -> ``POS00001-000042`` (what a center operator greps for)."""
     stan_text = f"{int(stan):06d}" if isinstance(stan, int) else stan
@@ -116,7 +131,7 @@ class TextFormatter(logging.Formatter):
         stamp = self._stamp
         line = (
             f"{stamp}.{int(record.msecs):03d}Z {record.levelname:<7} {record.name} "
-            f"{_txn_of(record) or '-'} {redact(record.getMessage())}"
+            f"{_txn_of(record) or '-'} {one_line(redact(record.getMessage()))}"
         )
         if record.exc_info and record.levelno >= logging.ERROR:
             line += f" [{record.exc_info[0].__name__ if record.exc_info[0] else 'error'}]"

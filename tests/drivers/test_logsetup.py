@@ -71,3 +71,18 @@ def test_the_level_filters_lines(stream: io.StringIO) -> None:
     log.info("not shown")
     log.warning("shown")
     assert [line.split()[1] for line in lines(stream)] == ["WARNING"]
+
+
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_a_record_stays_one_line_whatever_it_quotes(stream: io.StringIO, json_lines: bool) -> None:
+    # Before: a newline in a quoted value forged a second line in the text log, and an escape
+    # sequence reached the operator's terminal as it was.
+    setup_logging(json_lines, "info", stream)
+    forged = "x\n2026-12-02T00:00:00.000Z INFO    swipepay.center - approved\r\x1b[2J"
+    logging.getLogger("swipepay.test").warning("peer sent %s", forged)
+    got = lines(stream)
+    assert len(got) == 1
+    assert "\x1b" not in stream.getvalue() and "\r" not in stream.getvalue()
+    if not json_lines:
+        assert got[0].endswith("peer sent x\\n2026-12-02T00:00:00.000Z INFO    "
+                               "swipepay.center - approved\\r\\x1b[2J")  # fmt: skip
