@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO, Final
 
+from swipepay.firmware_sim.printable import one_line
+
 #: The transaction ID of the work in progress ("" outside a transaction).
 TXN_ID: Final[contextvars.ContextVar[str]] = contextvars.ContextVar("swipepay_txn", default="")
 
@@ -64,21 +66,6 @@ def redact(text: str) -> str:
         return text
     text = _TRACK_TAIL.sub(r"\1…?", text)
     return _PAN.sub(lambda m: m.group(1) + "*" * len(m.group(2)) + m.group(3), text)
-
-
-#: Control characters (C0 but tab, and DEL) as the escapes a text line shows instead.
-_CONTROLS: Final[dict[int, str]] = {
-    c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c != 0x09
-} | {0x0A: "\\n", 0x0D: "\\r"}
-
-
-def one_line(text: str) -> str:
-    """``text`` with its control characters escaped: a text log record is one line, whatever a
-    message quotes (a peer's bytes could otherwise forge a line with a newline, or drive the
-    operator's terminal with an escape sequence).  JSON lines escape them by themselves."""
-    if text.isprintable():  # the usual case, one C-level scan
-        return text
-    return text.translate(_CONTROLS)
 
 
 def txn_id(terminal_id: str, stan: str | int) -> str:

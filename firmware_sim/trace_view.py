@@ -27,6 +27,7 @@ from typing import Any
 
 from swipepay.firmware_sim.errors import DecodeError
 from swipepay.firmware_sim.phonelink.protocol import CLA_ISO, CLA_PROPRIETARY, Ins
+from swipepay.firmware_sim.printable import one_line
 from swipepay.firmware_sim.statuswords import describe
 
 TRACE_VERSION = 1
@@ -174,7 +175,7 @@ def render_table(records: list[Record]) -> str:
     sent = sum(len(str(r.get("cmd"))) // 2 for r in apdus)
     received = sum(len(r.get("rsp") or "") // 2 for r in apdus)
     lines.append(f"{len(apdus)} APDUs, {sent} bytes to the phone, {received} bytes back")
-    return "\n".join(lines)
+    return "\n".join(one_line(line) for line in lines)  # a trace's strings are not trusted
 
 
 def _mermaid_text(text: str) -> str:
@@ -207,4 +208,4 @@ def render_mermaid(records: list[Record]) -> str:
         elif r.kind == "step":
             text = _mermaid_text(str(r.get("text")))
             lines.append(f"    Note over T: step {r.get('step')}: {text}")
-    return "\n".join(lines)
+    return "\n".join(one_line(line) for line in lines)

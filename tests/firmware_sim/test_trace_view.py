@@ -92,6 +92,21 @@ def test_bad_lines_name_the_line(text: str, message: str) -> None:
         parse_trace(text)
 
 
+def test_a_traces_strings_are_shown_escaped_one_row_each() -> None:
+    # Before: a hand-made trace could print a newline or an escape sequence as it was.
+    hostile = "\n".join([
+        line(kind="host", dir="terminal->center", text="ok\n  999    fake row\x1b[2J"),
+        line(kind="link", event="connect\x9b31m", detail="\r"),
+    ])  # fmt: skip
+    records = parse_trace(hostile)
+    for shown in (render_table(records), render_mermaid(records)):
+        assert "\x1b" not in shown and "\x9b" not in shown and "\r" not in shown
+        assert "fake row\\x1b[2J" in shown
+    table = render_table(records)
+    assert "ok\\n  999    fake row" in table
+    assert len(table.splitlines()) == 2 + 2 + 1  # header, rule, the two rows, the total
+
+
 @given(st.text(max_size=300))
 def test_any_text_parses_or_fails_cleanly(text: str) -> None:
     try:
