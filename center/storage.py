@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Protocol
 
 from swipepay.center import schema
+from swipepay.drivers.store.sqlite_file import is_busy
 from swipepay.firmware_sim.errors import ConfigError, LocalError, SwipepayError
 
 SCHEMA_VERSION = schema.LATEST
@@ -605,7 +606,7 @@ def _open_error(path: str | Path, exc: sqlite3.Error) -> SwipepayError:
     """What opening the SQLite database at ``path`` failing means for the user: another
     process holding it locked past the busy timeout is :class:`StorageUnavailable` (try again);
     anything else (no such directory, not a database, not a file) is a configuration error."""
-    if "locked" in str(exc):
+    if is_busy(exc):
         return StorageUnavailable(f"SQLite database {path} is locked by another process: {exc}")
     return ConfigError(
         f"cannot open the SQLite database {path}: {exc} (it must be a SQLite file, or a path "

@@ -30,7 +30,7 @@ def open_durable(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous = FULL")
     except BaseException as exc:
         db.close()
-        if isinstance(exc, sqlite3.DatabaseError) and "locked" not in str(exc):
+        if isinstance(exc, sqlite3.DatabaseError) and not is_busy(exc):
             # Damaged or not a database: said, never replaced (it may hold queued reversals).
             raise ConfigError(
                 f"{path} is not a usable SQLite file ({exc}); move it aside to start afresh, "
@@ -38,6 +38,12 @@ def open_durable(path: Path) -> sqlite3.Connection:
             ) from None
         raise
     return db
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` says another connection holds the lock (worth trying again later), by
+    SQLite's own result code rather than its message text."""
+    return getattr(exc, "sqlite_errorname", None) in ("SQLITE_BUSY", "SQLITE_LOCKED")
 
 
 def _reason(exc: OSError | sqlite3.Error) -> str:

@@ -73,8 +73,8 @@ def test_hostile_arguments_end_at_once_with_one_line(
     argv = [a.replace("{lab}", str(lab.root)) for a in args]
     result = CliRunner().invoke(main, argv)
     assert "Traceback" not in result.output
-    assert not isinstance(result.exception, Exception) or isinstance(
-        result.exception, SystemExit
-    ), repr(result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
     assert result.exit_code == code, result.output
     assert words in result.output, result.output
